@@ -1,0 +1,3 @@
+from upsync.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Read-only views of the running proxy: upstream_show."""

@@ -1,0 +1,111 @@
+"""Which directives upsync knows: its own (taught to crossplane), the nginx ones it implements,
+and the nginx ones it accepts and ignores because they only tune nginx itself."""
+
+from crossplane import analyzer
+
+_UPS = analyzer.NGX_HTTP_UPS_CONF
+_LOC = analyzer.NGX_HTTP_LOC_CONF
+
+# Our directives are added to crossplane's table so that strict parsing checks their context and
+# argument count like nginx does (crossplane's register_external_directives() fails on Python 3).
+UPSYNC_DIRECTIVES: dict[str, list[int]] = {
+    "upsync": [_UPS | analyzer.NGX_CONF_1MORE],
+    "upsync_dump_path": [_UPS | analyzer.NGX_CONF_TAKE1],
+    "upsync_lb": [_UPS | analyzer.NGX_CONF_TAKE1],
+    "upstream_show": [_LOC | analyzer.NGX_CONF_NOARGS],
+    "check": [_UPS | analyzer.NGX_CONF_1MORE],
+    "check_http_send": [_UPS | analyzer.NGX_CONF_TAKE1],
+    "check_http_expect_alive": [_UPS | analyzer.NGX_CONF_1MORE],
+    "check_keepalive_requests": [_UPS | analyzer.NGX_CONF_TAKE1],
+    "check_status": [_LOC | analyzer.NGX_CONF_NOARGS | analyzer.NGX_CONF_TAKE1],
+}
+
+
+def register() -> None:
+    for name, masks in UPSYNC_DIRECTIVES.items():
+        analyzer.DIRECTIVES[name] = masks
+
+
+# nginx directives that tune nginx's own internals (buffers, sendfile, hash sizes, event methods);
+# accepting them lets an existing nginx.conf run unchanged. Each is reported once as a notice.
+IGNORED = frozenset(
+    {
+        "user",
+        "worker_rlimit_nofile",
+        "worker_cpu_affinity",
+        "worker_priority",
+        "worker_shutdown_timeout",
+        "pcre_jit",
+        "thread_pool",
+        "timer_resolution",
+        "lock_file",
+        "env",
+        "use",
+        "multi_accept",
+        "accept_mutex",
+        "accept_mutex_delay",
+        "worker_aio_requests",
+        "sendfile",
+        "sendfile_max_chunk",
+        "tcp_nopush",
+        "tcp_nodelay",
+        "types",
+        "types_hash_max_size",
+        "types_hash_bucket_size",
+        "server_names_hash_bucket_size",
+        "server_names_hash_max_size",
+        "variables_hash_max_size",
+        "variables_hash_bucket_size",
+        "server_tokens",
+        "charset",
+        "gzip",
+        "gzip_vary",
+        "gzip_proxied",
+        "gzip_comp_level",
+        "gzip_buffers",
+        "gzip_http_version",
+        "gzip_types",
+        "gzip_min_length",
+        "gzip_disable",
+        "client_body_buffer_size",
+        "client_header_buffer_size",
+        "client_body_temp_path",
+        "proxy_buffer_size",
+        "proxy_buffers",
+        "proxy_busy_buffers_size",
+        "proxy_temp_path",
+        "proxy_temp_file_write_size",
+        "proxy_max_temp_file_size",
+        "proxy_request_buffering",
+        "proxy_redirect",
+        "proxy_intercept_errors",
+        "proxy_ignore_client_abort",
+        "open_file_cache",
+        "open_file_cache_valid",
+        "open_file_cache_min_uses",
+        "open_file_cache_errors",
+        "reset_timedout_connection",
+        "resolver",
+        "resolver_timeout",
+        "root",
+        "index",
+        "error_page",
+        "log_not_found",
+        "output_buffers",
+        "postpone_output",
+        "lingering_close",
+        "lingering_time",
+        "lingering_timeout",
+        "send_lowat",
+        "port_in_redirect",
+        "absolute_redirect",
+        "server_name_in_redirect",
+        "ignore_invalid_headers",
+        "underscores_in_headers",
+        "merge_slashes",
+        "msie_padding",
+        "msie_refresh",
+        "log_subrequest",
+        "open_log_file_cache",
+    }
+)

@@ -1,0 +1,373 @@
+"""`http { server { location { ... } } }` into ServerBlock and LocationConfig values."""
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable
+
+from upsync.config.directives import IGNORED
+from upsync.config.model import (
+    AccessLog,
+    AccessRule,
+    ClientLimits,
+    Handler,
+    Listen,
+    LocationConfig,
+    ProxyPass,
+    ProxySettings,
+    Return,
+    ServerBlock,
+    UpstreamShow,
+)
+from upsync.config.nodes import Node, Scope
+from upsync.config.servers import ServerLineError, split_address
+from upsync.config.variables import Template, VariableError, compile_template
+from upsync.units import UnitError, parse_size, parse_time
+
+COMBINED_FORMAT = (
+    '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+    '"$http_referer" "$http_user_agent"'
+)
+NEXT_UPSTREAM_CONDITIONS = frozenset(
+    {
+        "error",
+        "timeout",
+        "invalid_header",
+        "http_500",
+        "http_502",
+        "http_503",
+        "http_504",
+        "http_403",
+        "http_404",
+        "http_429",
+        "non_idempotent",
+        "off",
+    }
+)
+# Settings a server or location inherits from the level above (nginx's merge semantics).
+INHERITED = frozenset(
+    {
+        "proxy_set_header",
+        "proxy_http_version",
+        "proxy_connect_timeout",
+        "proxy_send_timeout",
+        "proxy_read_timeout",
+        "proxy_next_upstream",
+        "proxy_next_upstream_tries",
+        "proxy_next_upstream_timeout",
+        "proxy_buffering",
+        "allow",
+        "deny",
+        "client_max_body_size",
+        "keepalive_timeout",
+        "keepalive_requests",
+        "access_log",
+        "default_type",
+        "client_header_timeout",
+        "client_body_timeout",
+        "send_timeout",
+        "large_client_header_buffers",
+    }
+)
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+
+
+def _template(node: Node, value: str) -> Template:
+    try:
+        return compile_template(value)
+    except VariableError as exc:
+        raise node.error(f'{exc} in "{node.name}" directive') from None
+
+
+def _time(node: Node | None, default: float, index: int = 0) -> float:
+    if node is None:
+        return default
+    try:
+        return parse_time(node.args[index])
+    except UnitError:
+        raise node.invalid(node.args[index]) from None
+
+
+def _size(node: Node | None, default: int, index: int = 0) -> int:
+    if node is None:
+        return default
+    try:
+        return parse_size(node.args[index])
+    except UnitError:
+        raise node.invalid(node.args[index]) from None
+
+
+def _flag(node: Node | None, default: bool) -> bool:
+    if node is None:
+        return default
+    value = node.args[0].lower()
+    if value not in ("on", "off"):
+        raise node.error(f'invalid value "{node.args[0]}" in "{node.name}" directive, it must be "on" or "off"')
+    return value == "on"
+
+
+def _int(node: Node | None, default: int) -> int:
+    if node is None:
+        return default
+    if not node.args[0].isdigit():
+        raise node.invalid(node.args[0])
+    return int(node.args[0])
+
+
+class HttpBuilder:
+    """Builds the server blocks of one `http` block; knows the upstream names for proxy_pass."""
+
+    def __init__(
+        self,
+        upstream_names: set[str],
+        log_formats: dict[str, Template],
+        prefix: str,
+        notice: Callable[[Node], None],
+    ) -> None:
+        self.upstream_names = upstream_names
+        self.log_formats = log_formats
+        self.prefix = prefix
+        self.notice = notice
+        self.implicit_upstreams: dict[str, Node] = {}
+
+    def server(self, node: Node, http_scope: Scope) -> ServerBlock:
+        inherited: list[Node] = []
+        listens: list[Listen] = []
+        names: list[str] = []
+        locations: list[Node] = []
+        server_return: Node | None = None
+        for child in node.block or ():
+            if child.name in INHERITED:
+                inherited.append(child)
+            elif child.name == "listen":
+                listens.append(self._listen(child))
+            elif child.name == "server_name":
+                names.extend(child.args)
+            elif child.name == "location":
+                locations.append(child)
+            elif child.name == "return":
+                server_return = child
+            elif child.name in IGNORED:
+                self.notice(child)
+            else:
+                raise child.error(f'"{child.name}" directive is not supported in server by upsync')
+        scope = http_scope.child(inherited)
+        built = [self.location(child, scope) for child in locations]
+        if server_return is not None:
+            # A server-level `return` answers every request before any location is chosen.
+            built = [self._location_from(server_return, "", "/", None, Return(*self._return(server_return)), scope)]
+            built.append(self._location_from(server_return, "~", ".", re.compile(""), built[0].handler, scope))
+        limits = ClientLimits(
+            client_header_timeout=_time(scope.one("client_header_timeout"), 60.0),
+            client_body_timeout=_time(scope.one("client_body_timeout"), 60.0),
+            send_timeout=_time(scope.one("send_timeout"), 60.0),
+            header_buffer_size=self._header_buffers(scope.one("large_client_header_buffers")),
+            keepalive_requests=_int(scope.one("keepalive_requests"), 1000),
+        )
+        return ServerBlock(
+            listens=tuple(listens) or (Listen("", 80),),
+            names=tuple(names) or ("",),
+            locations=tuple(built),
+            fallback=self._location_from(node, "", "", None, None, scope),
+            limits=limits,
+            where=node.where,
+        )
+
+    def _header_buffers(self, node: Node | None) -> int:
+        if node is None:
+            return 4 * 8192
+        count = _int(node, 4)
+        return count * _size(node, 8192, index=1)
+
+    def _listen(self, node: Node) -> Listen:
+        address = node.args[0]
+        default_server = False
+        for param in node.args[1:]:
+            if param in ("default_server", "default"):
+                default_server = True
+            elif param in ("ssl", "http2", "quic", "proxy_protocol"):
+                raise node.error(f'"{param}" parameter of "listen" is not supported by upsync')
+        if address.isdigit():
+            host, port = "", int(address)
+        else:
+            try:
+                host, port = split_address(address)
+            except ServerLineError as exc:
+                raise node.error(f'{exc} in "listen" directive') from None
+            if host == "*":
+                host = ""
+        if not 0 < port < 65536:
+            raise node.error(f'invalid port in "{address}" of the "listen" directive')
+        return Listen(host, port, default_server)
+
+    def location(self, node: Node, server_scope: Scope) -> LocationConfig:
+        args = node.args
+        if len(args) == 2:
+            modifier, path = args
+            if modifier not in ("=", "^~", "~", "~*"):
+                raise node.error(f'invalid location modifier "{modifier}"')
+        elif len(args) == 1:
+            modifier, path = "", args[0]
+            # nginx also accepts the modifier glued to the path: "location =/x".
+            for glued in ("^~", "~*", "=", "~"):
+                if path.startswith(glued) and len(path) > len(glued):
+                    modifier, path = glued, path[len(glued) :]
+                    break
+        else:
+            raise node.error('invalid number of arguments in "location" directive')
+        regex = None
+        if modifier in ("~", "~*"):
+            try:
+                regex = re.compile(path, re.IGNORECASE if modifier == "~*" else 0)
+            except re.error as exc:
+                raise node.error(f'invalid regular expression "{path}": {exc}') from None
+        inherited: list[Node] = []
+        handler_node: Node | None = None
+        for child in node.block or ():
+            if child.name in INHERITED:
+                inherited.append(child)
+            elif child.name in ("proxy_pass", "return", "upstream_show"):
+                if handler_node is not None and child.name != "return":
+                    raise child.error(f'"{child.name}" directive is duplicate')
+                if handler_node is None or handler_node.name != "return":
+                    handler_node = child
+            elif child.name == "location":
+                raise child.error("nested locations are not supported by upsync")
+            elif child.name in IGNORED:
+                self.notice(child)
+            else:
+                raise child.error(f'"{child.name}" directive is not supported in location by upsync')
+        scope = server_scope.child(inherited)
+        handler: Handler = None
+        if handler_node is not None:
+            handler = self._handler(handler_node, regex is not None)
+        return self._location_from(node, modifier, path, regex, handler, scope)
+
+    def _location_from(
+        self,
+        node: Node,
+        modifier: str,
+        path: str,
+        regex: re.Pattern[str] | None,
+        handler: Handler,
+        scope: Scope,
+    ) -> LocationConfig:
+        keepalive = scope.one("keepalive_timeout")
+        return LocationConfig(
+            modifier=modifier,
+            path=path,
+            regex=regex,
+            handler=handler,
+            proxy=self._proxy_settings(scope),
+            access=self._access(scope),
+            client_max_body_size=_size(scope.one("client_max_body_size"), 1024 * 1024),
+            keepalive_timeout=_time(keepalive, 75.0),
+            default_type=scope.one("default_type").args[0] if scope.one("default_type") else "text/plain",  # type: ignore[union-attr]
+            access_log=self._access_log(scope),
+            where=node.where,
+        )
+
+    def _handler(self, node: Node, in_regex: bool) -> Handler:
+        if node.name == "upstream_show":
+            return UpstreamShow()
+        if node.name == "return":
+            return Return(*self._return(node))
+        return self._proxy_pass(node, in_regex)
+
+    def _return(self, node: Node) -> tuple[int, Template | None]:
+        args = node.args
+        if len(args) > 2:
+            raise node.error('invalid number of arguments in "return" directive')
+        first = args[0]
+        if not first.isdigit():
+            if first.startswith(("http://", "https://", "$scheme")) and len(args) == 1:
+                return 302, _template(node, first)
+            raise node.error(f'invalid return code "{first}"')
+        code = int(first)
+        if code > 999:
+            raise node.error(f'invalid return code "{first}"')
+        text = _template(node, args[1]) if len(args) == 2 else None
+        return code, text
+
+    def _proxy_pass(self, node: Node, in_regex: bool) -> ProxyPass:
+        url = node.args[0]
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme.lower() != "http":
+            if sep and scheme.lower() == "https":
+                raise node.error('https upstreams are not supported by upsync in "proxy_pass"')
+            raise node.error(f'invalid URL prefix in "{url}"')
+        if "$" in rest:
+            return ProxyPass("http", None, _template(node, rest), None)
+        host, slash, uri = rest.partition("/")
+        if not host:
+            raise node.error(f'no host in "{url}" of the "proxy_pass" directive')
+        if slash and in_regex:
+            raise node.error(
+                '"proxy_pass" cannot have URI part in location given by regular expression'
+            )
+        if host not in self.upstream_names:
+            try:
+                split_address(host)
+            except ServerLineError as exc:
+                raise node.error(f'{exc} in "proxy_pass" directive') from None
+            self.implicit_upstreams.setdefault(host, node)
+        return ProxyPass("http", host, None, "/" + uri if slash else None)
+
+    def _proxy_settings(self, scope: Scope) -> ProxySettings:
+        headers: list[tuple[str, Template]] = []
+        for node in scope.all("proxy_set_header"):
+            if len(node.args) != 2:
+                raise node.error('invalid number of arguments in "proxy_set_header" directive')
+            headers.append((node.args[0], _template(node, node.args[1])))
+        version_node = scope.one("proxy_http_version")
+        version = version_node.args[0] if version_node else "1.0"
+        if version not in ("1.0", "1.1") and version_node is not None:
+            raise version_node.invalid(version)
+        next_node = scope.one("proxy_next_upstream")
+        conditions = frozenset({"error", "timeout"})
+        if next_node is not None:
+            for arg in next_node.args:
+                if arg not in NEXT_UPSTREAM_CONDITIONS:
+                    raise next_node.invalid(arg)
+            conditions = frozenset(next_node.args)
+            if "off" in conditions:
+                if len(conditions) > 1:
+                    raise next_node.error('"off" cannot be combined with other values in "proxy_next_upstream"')
+                conditions = frozenset()
+        return ProxySettings(
+            set_headers=tuple(headers),
+            http_version=version,
+            connect_timeout=_time(scope.one("proxy_connect_timeout"), 60.0),
+            send_timeout=_time(scope.one("proxy_send_timeout"), 60.0),
+            read_timeout=_time(scope.one("proxy_read_timeout"), 60.0),
+            next_upstream=conditions,
+            next_upstream_tries=_int(scope.one("proxy_next_upstream_tries"), 0),
+            next_upstream_timeout=_time(scope.one("proxy_next_upstream_timeout"), 0.0),
+            buffering=_flag(scope.one("proxy_buffering"), True),
+        )
+
+    def _access(self, scope: Scope) -> tuple[AccessRule, ...]:
+        rules = []
+        for node in scope.all("access"):
+            value = node.args[0]
+            if value != "all":
+                try:
+                    value = str(ipaddress.ip_network(value, strict=False))
+                except ValueError:
+                    raise node.error(f'invalid parameter "{value}"') from None
+            rules.append(AccessRule(node.name == "allow", value))
+        return tuple(rules)
+
+    def _access_log(self, scope: Scope) -> AccessLog:
+        nodes = scope.all("access_log")
+        if not nodes or nodes[0].args[0] == "off":
+            return AccessLog("")
+        node = nodes[0]
+        path = node.args[0]
+        format_name = node.args[1] if len(node.args) > 1 else "combined"
+        template = self.log_formats.get(format_name)
+        if template is None:
+            raise node.error(f'unknown log format "{format_name}"')
+        if path not in ("stderr", "/dev/stdout", "/dev/stderr") and not os.path.isabs(path):
+            path = os.path.join(self.prefix, path)
+        return AccessLog(path, template)

@@ -1,0 +1,170 @@
+"""The validated configuration: immutable values built once from the parsed files."""
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from upsync.config.variables import Template
+
+BalanceKind = Literal["round_robin", "least_conn", "ip_hash", "hash", "random"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """One upstream server: from a `server` line, a registry entry or a dump file line."""
+
+    name: str  # "ip:port", as upstream_show and the dump print it
+    host: str  # where to connect
+    port: int
+    weight: int = 1
+    max_fails: int = 1
+    fail_timeout: float = 10.0
+    max_conns: int = 0
+    backup: bool = False
+    down: bool = False
+    # The address as written on the `server` line: what `hash ... consistent` hashes, as nginx does.
+    written: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceMethod:
+    kind: BalanceKind = "round_robin"
+    key: Template | None = None  # hash KEY
+    consistent: bool = False  # hash KEY consistent
+    two: bool = False  # random two
+    where: tuple[str, int] = ("", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class UpsyncDirectives:
+    """Raw `upsync*` directives of an upstream, interpreted by the registry sources."""
+
+    upsync: tuple[str, ...] | None = None
+    dump_path: str | None = None
+    lb: str | None = None
+    where: tuple[str, int] = ("", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    name: str
+    servers: tuple[ServerSpec, ...]
+    method: BalanceMethod
+    keepalive: int = 0  # idle connections cached per upstream; 0 disables the cache
+    keepalive_timeout: float = 60.0
+    keepalive_requests: int = 1000
+    sync: UpsyncDirectives = field(default_factory=UpsyncDirectives)
+    where: tuple[str, int] = ("", 0)
+    implicit: bool = False  # made by `proxy_pass http://host:port`, not an `upstream` block
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str  # "" means every address
+    port: int
+    default_server: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRule:
+    allow: bool
+    network: str  # "all" or an ip_network string
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyPass:
+    """`proxy_pass`: a fixed upstream (or host:port) or a target computed per request."""
+
+    scheme: str
+    upstream: str | None  # upstream name or "host:port", None when it has variables
+    target: Template | None  # set when the target has variables
+    uri: str | None  # URI part after the host, None when absent
+    port: int = 80
+
+
+@dataclass(frozen=True, slots=True)
+class Return:
+    code: int
+    text: Template | None  # body, or Location for redirects
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamShow:
+    pass
+
+
+Handler = ProxyPass | Return | UpstreamShow | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    set_headers: tuple[tuple[str, Template], ...]
+    http_version: str = "1.0"
+    connect_timeout: float = 60.0
+    send_timeout: float = 60.0
+    read_timeout: float = 60.0
+    next_upstream: frozenset[str] = frozenset({"error", "timeout"})
+    next_upstream_tries: int = 0
+    next_upstream_timeout: float = 0.0
+    buffering: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLog:
+    path: str  # "" when off
+    format: Template | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LocationConfig:
+    modifier: str  # "", "=", "^~", "~", "~*"
+    path: str
+    regex: re.Pattern[str] | None
+    handler: Handler
+    proxy: ProxySettings
+    access: tuple[AccessRule, ...]
+    client_max_body_size: int
+    keepalive_timeout: float
+    default_type: str
+    access_log: AccessLog
+    where: tuple[str, int] = ("", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    client_header_timeout: float = 60.0
+    client_body_timeout: float = 60.0
+    send_timeout: float = 60.0
+    header_buffer_size: int = 32 * 1024  # large_client_header_buffers: number * size
+    keepalive_requests: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ServerBlock:
+    listens: tuple[Listen, ...]
+    names: tuple[str, ...]
+    locations: tuple[LocationConfig, ...]
+    fallback: LocationConfig  # answers 404 when no location matches, with the server's settings
+    limits: ClientLimits
+    where: tuple[str, int] = ("", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class MainConfig:
+    worker_processes: int = 1
+    worker_connections: int = 512
+    pid: str = "logs/upsync.pid"
+    error_log: str = "stderr"
+    error_log_level: str = "error"
+    daemon: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    prefix: str
+    main: MainConfig
+    upstreams: dict[str, UpstreamConfig]
+    servers: tuple[ServerBlock, ...]
+    files: tuple[str, ...] = ()
+    notices: tuple[str, ...] = ()

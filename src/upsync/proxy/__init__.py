@@ -1,0 +1,1 @@
+"""The HTTP front end: listeners, client connections, routing, upstream exchanges."""

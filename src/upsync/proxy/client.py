@@ -1,0 +1,507 @@
+"""One client connection: parses requests with httptools and answers them in order.
+
+Pipelined requests are queued (reading pauses meanwhile); request bodies are kept for a retry
+when small and streamed otherwise; response bodies flow with back-pressure both ways.
+"""
+
+import asyncio
+import ipaddress
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from upsync.config.model import AccessRule, LocationConfig, ProxyPass, Return, UpstreamShow
+from upsync.proxy import http1
+from upsync.proxy.request import Request
+from upsync.proxy.routing import ServerTable, normalize_path, split_host, valid_host
+from upsync.proxy.timer import Deadline
+
+if TYPE_CHECKING:
+    from upsync.app import App
+    from upsync.proxy.exchange import ProxyExchange
+    from upsync.proxy.upstream_conn import UpstreamConnection
+
+log = logging.getLogger("upsync.client")
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def access_allowed(rules: tuple[AccessRule, ...], address: str) -> bool:
+    """allow/deny rules in order, the first match wins; no match means allowed."""
+    if not rules:
+        return True
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    for rule in rules:
+        if rule.network == "all" or ip in ipaddress.ip_network(rule.network):
+            return rule.allow
+    return True
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, app: "App", table: ServerTable) -> None:
+        self.app = app
+        self.loop = app.loop
+        self.table = table
+        self.limits = table.default.block.limits
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.remote: tuple[str, int] = ("", 0)
+        self.local: tuple[str, int] = ("", 0)
+        self.current: Request | None = None  # being parsed
+        self.active: Request | None = None  # being answered
+        self.queue: deque[Request] = deque()
+        self.exchange: ProxyExchange | None = None
+        self.body_sink: ProxyExchange | None = None
+        self.in_headers = True
+        self.header_size = 0
+        self.raw_header_bytes = 0
+        self.requests = 0
+        self.closed = False
+        self.write_paused = False
+        self.read_pause_reasons: set[str] = set()
+        self.upgrade_buffer: bytes | None = None
+        self.tunnel: asyncio.Transport | None = None
+        self.timer = Deadline(self.loop, self._on_timeout)
+        self.keepalive_timeout = 75.0
+
+    # connection lifecycle
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        peer = transport.get_extra_info("peername") or ("", 0)
+        sock = transport.get_extra_info("sockname") or ("", 0)
+        self.remote = (str(peer[0]), int(peer[1]))
+        self.local = (str(sock[0]), int(sock[1]))
+        self.app.connections.add(self)
+        self.timer.set(self.limits.client_header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.timer.cancel()
+        self.app.connections.discard(self)
+        if self.exchange is not None:
+            exchange, self.exchange = self.exchange, None
+            if self.active is not None and not self.active.response_done:
+                self.active.status = self.active.status or 499
+                self.app.log_access(self.active)
+            exchange.abort()
+        if self.tunnel is not None:
+            self.tunnel.close()
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.timer.cancel()
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
+    def idle(self) -> bool:
+        return self.active is None and self.current is None and self.tunnel is None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.tunnel is not None:
+            self.tunnel.pause_reading()
+        elif self.exchange is not None and self.exchange.conn is not None:
+            transport = self.exchange.conn.transport
+            if transport is not None:
+                transport.pause_reading()
+        self.timer.set(self.limits.send_timeout)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.tunnel is not None:
+            self.tunnel.resume_reading()
+        elif self.exchange is not None and self.exchange.conn is not None:
+            transport = self.exchange.conn.transport
+            if transport is not None:
+                transport.resume_reading()
+        if self.active is not None:
+            self.timer.clear()
+
+    def pause_reading_for(self, reason: str) -> None:
+        if not self.read_pause_reasons and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.read_pause_reasons.add(reason)
+
+    def resume_reading_for(self, reason: str) -> None:
+        self.read_pause_reasons.discard(reason)
+        if not self.read_pause_reasons and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def _on_timeout(self) -> None:
+        # client_header_timeout, client_body_timeout, keepalive_timeout, send_timeout: nginx
+        # closes the connection without an answer in each case.
+        self.abort() if self.write_paused else self.close()
+
+    # incoming bytes
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        if self.upgrade_buffer is not None:
+            self.upgrade_buffer += data
+            return
+        if self.closed:
+            return
+        if self.active is None and self.current is None:
+            self.timer.set(self.limits.client_header_timeout)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self.upgrade_buffer = data[upgrade.args[0] :]
+            return
+        except httptools.HttpParserError:
+            self._reject(400)
+            return
+        except BadRequest as bad:
+            self._reject(bad.status)
+            return
+        if self.in_headers and self.current is not None:
+            self.raw_header_bytes += len(data)
+            if self.raw_header_bytes > self.limits.header_buffer_size:
+                self._reject(400, "Request Header Or Cookie Too Large")
+
+    def _reject(self, status: int, reason: str = "") -> None:
+        """A request that cannot be parsed: answer after the ones before it, then close."""
+        if reason:
+            log.info("client %s: %s", self.remote[0], reason)
+        if self.active is not None and not self.active.response_done:
+            # answered requests come first; this connection ends once they are done
+            req = Request(self.remote, self.local)
+            req.status = status
+            req.keep_alive = False
+            req.body_complete = True
+            self.queue.append(req)
+            self.current = None
+            self.parser = httptools.HttpRequestParser(self)  # drop the rest of the input
+            self.pause_reading_for("rejected")
+            return
+        self._write_and_close(http1.error_response(status, keep_alive=False))
+
+    def _write_and_close(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+        self.close()
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.current = Request(self.remote, self.local)
+        self.in_headers = True
+        self.header_size = 0
+        self.requests += 1
+
+    def on_url(self, url: bytes) -> None:
+        req = self.current
+        assert req is not None
+        req.target += url.decode("latin-1")
+        self.header_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self.current
+        assert req is not None
+        self.header_size += len(name) + len(value) + 4
+        if self.header_size > self.limits.header_buffer_size:
+            raise BadRequest(400)
+        req.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        req = self.current
+        assert req is not None
+        self.in_headers = False
+        self.raw_header_bytes = 0
+        parser = self.parser
+        req.method = parser.get_method()
+        req.version = parser.get_http_version()
+        req.keep_alive = parser.should_keep_alive()
+        self._check_request(req)
+        if self.active is None:
+            self.active = req
+            self._dispatch(req)
+        else:
+            self.queue.append(req)
+            self.pause_reading_for("pipelined")
+
+    def on_body(self, body: bytes) -> None:
+        req = self.current
+        if req is None:
+            return
+        req.body_size += len(body)
+        if self.active is req:
+            self.timer.set(self.limits.client_body_timeout)
+            location = req.location
+            if (
+                location is not None
+                and location.client_max_body_size
+                and req.body_size > location.client_max_body_size
+                and not req.response_done
+            ):
+                raise BadRequest(413)
+        sink = self.body_sink
+        if sink is not None and self.active is req:
+            sink.on_request_body(body)
+        elif not req.response_done:
+            req.body.append(body)
+            if self.active is req and self.exchange is None and req.body_size > _replay_limit():
+                self._start_proxy_streaming(req)
+
+    def on_message_complete(self) -> None:
+        req = self.current
+        if req is None:
+            return
+        self.current = None
+        self.in_headers = True
+        req.body_complete = True
+        if self.active is not req:
+            return
+        self.timer.clear()
+        if req.response_done:
+            self._advance()
+        elif self.body_sink is not None:
+            sink, self.body_sink = self.body_sink, None
+            sink.on_request_body_complete()
+        elif self.exchange is None and isinstance(req.location and req.location.handler, ProxyPass):
+            self._start_proxy(req)
+
+    # request handling
+    def _check_request(self, req: Request) -> None:
+        if req.method == b"CONNECT":
+            raise BadRequest(405)
+        target = req.target
+        if not target.startswith("/"):
+            # absolute-form: its host selects the server block, never the destination
+            scheme, sep, rest = target.partition("://")
+            if not sep or scheme.lower() not in ("http", "https"):
+                if target == "*" and req.method == b"OPTIONS":
+                    target = "/"
+                else:
+                    raise BadRequest(400)
+            else:
+                host, slash, path = rest.partition("/")
+                req.host = split_host(host)
+                target = "/" + path
+                req.target = target
+        path, _, query = target.partition("?")
+        normalized = normalize_path(path)
+        if normalized is None:
+            raise BadRequest(400)
+        req.path = normalized
+        req.query = query
+        host_header: bytes | None = None
+        for name, value in req.headers:
+            lower = name.lower()
+            if lower == b"host":
+                if host_header is not None:
+                    raise BadRequest(400)
+                host_header = value
+            elif lower == b"content-length":
+                if req.content_length is not None or not value.strip().isdigit():
+                    raise BadRequest(400)
+                req.content_length = int(value)
+            elif lower == b"transfer-encoding":
+                if value.strip().lower() != b"chunked" or req.version == "1.0":
+                    raise BadRequest(501 if value.strip().lower() != b"chunked" else 400)
+                req.chunked = True
+            elif lower == b"expect":
+                if value.strip().lower() == b"100-continue":
+                    req.expect_continue = True
+                else:
+                    raise BadRequest(417)
+            elif lower == b"upgrade":
+                req.upgrade = True
+        if req.chunked and req.content_length is not None:
+            raise BadRequest(400)  # both framings: a smuggling attempt
+        if not req.host:
+            if host_header is not None:
+                req.host = split_host(host_header.decode("latin-1"))
+                if not valid_host(req.host):
+                    raise BadRequest(400)
+            elif req.version == "1.1":
+                raise BadRequest(400)
+        # no body at all: complete now, so a proxied GET is sent before on_message_complete
+        req.body_complete = not req.chunked and not req.content_length
+
+    def _dispatch(self, req: Request) -> None:
+        if req.status:  # a rejected request waiting its turn
+            self._write_and_close(http1.error_response(req.status, keep_alive=False))
+            return
+        server = self.table.find(req.host)
+        req.server = server
+        location = server.locations.match(req.path)
+        req.location = location
+        self.keepalive_timeout = location.keepalive_timeout
+        if self.requests >= self.limits.keepalive_requests:
+            req.keep_alive = False
+        if not access_allowed(location.access, req.remote_addr):
+            log.error('access forbidden by rule, client: %s, request: "%s"', req.remote_addr, req.target)
+            self.send_error(403)
+            return
+        limit = location.client_max_body_size
+        if limit and req.content_length is not None and req.content_length > limit:
+            req.keep_alive = False
+            self.send_error(413)
+            return
+        handler = location.handler
+        if isinstance(handler, ProxyPass):
+            has_body = req.chunked or bool(req.content_length)
+            if req.expect_continue and has_body and req.version == "1.1":
+                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if req.body_complete or not has_body:
+                self._start_proxy(req)
+            elif req.content_length is not None and req.content_length > _replay_limit():
+                self._start_proxy_streaming(req)
+            else:
+                self.timer.set(self.limits.client_body_timeout)
+            return
+        if isinstance(handler, Return):
+            self._send_return(req, location, handler)
+        elif isinstance(handler, UpstreamShow):
+            status, content_type, body = self.app.show_upstreams(req)
+            self.send_simple(status, body, content_type)
+        else:
+            self.send_error(404)
+
+    def _send_return(self, req: Request, location: LocationConfig, handler: Return) -> None:
+        code = handler.code
+        if code == 444:
+            req.status = 444
+            self.app.log_access(req)
+            self.abort()
+            return
+        text = handler.text.render(req) if handler.text is not None else None
+        if code in (301, 302, 303, 307, 308) and text is not None:
+            body = http1.error_body(code)
+            self.send_simple(code, body, b"text/html", extra=b"Location: " + text.encode("latin-1") + b"\r\n")
+        elif text is not None:
+            self.send_simple(code, text.encode("utf-8"), location.default_type.encode())
+        elif code >= 400 or code in (301, 302, 303, 307, 308):
+            self.send_error(code)
+        else:
+            self.send_simple(code, b"", location.default_type.encode())
+
+    def _start_proxy(self, req: Request) -> None:
+        exchange = self.app.start_exchange(self, req)
+        if exchange is not None:
+            self.exchange = exchange
+            exchange.start()
+
+    def _start_proxy_streaming(self, req: Request) -> None:
+        exchange = self.app.start_exchange(self, req)
+        if exchange is not None:
+            self.exchange = exchange
+            exchange.streaming = True
+            self.pause_reading_for("connecting")
+            exchange.start()
+
+    def stream_body_to(self, exchange: "ProxyExchange") -> None:
+        self.body_sink = exchange
+        self.resume_reading_for("connecting")
+
+    # responses
+    def keep_alive_allowed(self) -> bool:
+        return self.keepalive_timeout > 0 and not self.app.draining
+
+    def write(self, data: bytes, body: int = 0) -> None:
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.write(data)
+        if body and self.active is not None:
+            self.active.bytes_sent += body
+
+    def send_simple(self, status: int, body: bytes, content_type: bytes, extra: bytes = b"") -> None:
+        req = self.active
+        assert req is not None
+        keep = req.keep_alive and self.keep_alive_allowed()
+        req.status = status
+        req.bytes_sent = len(body)
+        self.write(http1.simple_response(status, body, content_type, keep, req.method == b"HEAD", extra))
+        self.finish_response(keep)
+
+    def send_error(self, status: int) -> None:
+        req = self.active
+        if req is None:
+            return
+        self.exchange = None
+        self.body_sink = None
+        keep = req.keep_alive and self.keep_alive_allowed() and (req.body_complete or status < 400)
+        if not req.body_complete:
+            keep = False
+        req.status = status
+        body = http1.error_body(status)
+        req.bytes_sent = len(body)
+        self.write(http1.simple_response(status, body, b"text/html", keep, req.method == b"HEAD"))
+        self.finish_response(keep)
+
+    def finish_response(self, keep_alive: bool) -> None:
+        req = self.active
+        if req is None:
+            return
+        req.response_done = True
+        self.exchange = None
+        self.app.log_access(req)
+        if not keep_alive or not req.keep_alive or self.upgrade_buffer is not None:
+            self.close()
+            return
+        if req.body_complete:
+            self._advance()
+        else:
+            # the rest of this request's body is read and dropped before the next request
+            self.resume_reading_for("connecting")
+            self.timer.set(self.limits.client_body_timeout)
+
+    def _advance(self) -> None:
+        self.active = None
+        if self.closed:
+            return
+        if self.queue:
+            req = self.queue.popleft()
+            self.active = req
+            if not self.queue:
+                self.resume_reading_for("pipelined")
+            self._dispatch(req)
+            return
+        if self.app.draining:
+            self.close()
+            return
+        self.resume_reading_for("pipelined")
+        self.timer.set(self.keepalive_timeout)
+
+    def start_tunnel(self, upstream: "UpstreamConnection", rest: bytes) -> None:
+        """101 Switching Protocols: from now on bytes flow untouched both ways."""
+        req = self.active
+        transport = upstream.transport
+        if req is None or transport is None or self.closed:
+            upstream.close()
+            return
+        req.response_done = True
+        self.exchange = None
+        self.app.log_access(req)
+        self.timer.cancel()
+        self.tunnel = transport
+        assert self.transport is not None
+        upstream.tunnel = self.transport
+        if rest:
+            self.transport.write(rest)
+        pending, self.upgrade_buffer = self.upgrade_buffer, None
+        if pending:
+            transport.write(pending)
+        self.read_pause_reasons.clear()
+        self.transport.resume_reading()
+
+
+def _replay_limit() -> int:
+    from upsync.proxy.exchange import REPLAYABLE_BODY
+
+    return REPLAYABLE_BODY

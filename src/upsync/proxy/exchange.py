@@ -1,0 +1,438 @@
+"""One proxied request: choose a peer, send, relay the response, and retry the way
+`proxy_next_upstream` says, marking failures on peers as nginx's passive health check does."""
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from upsync.config.model import LocationConfig, ProxyPass, ProxySettings
+from upsync.config.variables import Template, compile_template
+from upsync.proxy.http1 import (
+    HIDDEN_RESPONSE,
+    HOP_BY_HOP,
+    NON_IDEMPOTENT,
+    common_headers,
+    status_has_body,
+    status_line,
+)
+from upsync.proxy.request import Request
+from upsync.proxy.timer import Deadline
+from upsync.proxy.upstream_conn import UpstreamConnection
+from upsync.upstream.balancer import release
+from upsync.upstream.group import UpstreamGroup
+from upsync.upstream.peer import Peer
+
+if TYPE_CHECKING:
+    from upsync.proxy.client import ClientConnection
+
+log = logging.getLogger("upsync.proxy")
+
+STATUS_CONDITIONS = {
+    500: "http_500",
+    502: "http_502",
+    503: "http_503",
+    504: "http_504",
+    403: "http_403",
+    404: "http_404",
+    429: "http_429",
+}
+# nginx does not count these as a failure of the peer, only as a reason to try the next one.
+NOT_FAILURES = frozenset({"http_403", "http_404"})
+_SKIP_REQUEST_HEADERS = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+_SKIP_RESPONSE_HEADERS = HOP_BY_HOP | HIDDEN_RESPONSE | {b"content-length"}
+_SKIP_UPGRADE_HEADERS = (HOP_BY_HOP | HIDDEN_RESPONSE | {b"content-length"}) - {
+    b"upgrade",
+    b"connection",
+}
+_HOST_TEMPLATE = compile_template("$proxy_host")
+_CLOSE_TEMPLATE = compile_template("close")
+
+# Bodies up to this size are read whole before the upstream is chosen, so a failed attempt can
+# be replayed on the next peer (nginx's proxy_request_buffering); larger ones are streamed.
+REPLAYABLE_BODY = 1024 * 1024
+
+# how the response body is framed towards the client
+FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE = range(4)
+
+
+class ProxyPlan:
+    """What a location's proxy_pass needs per request, computed once."""
+
+    __slots__ = ("headers", "location", "skip", "target", "upstream", "uri", "version")
+
+    def __init__(self, location: LocationConfig, handler: ProxyPass) -> None:
+        settings = location.proxy
+        self.location = location
+        self.upstream = handler.upstream
+        self.target = handler.target
+        self.uri = handler.uri
+        self.version = settings.http_version.encode()
+        overridden = {name.lower() for name, _ in settings.set_headers}
+        headers: list[tuple[bytes, Template]] = []
+        if "host" not in overridden:
+            headers.append((b"Host", _HOST_TEMPLATE))
+        if "connection" not in overridden:
+            headers.append((b"Connection", _CLOSE_TEMPLATE))
+        headers.extend((name.encode("latin-1"), value) for name, value in settings.set_headers)
+        self.headers = tuple(headers)
+        self.skip = _SKIP_REQUEST_HEADERS | {name.encode("latin-1") for name in overridden}
+
+    def request_uri(self, req: Request, uri_override: str | None) -> str:
+        if uri_override is not None:
+            return uri_override
+        if self.uri is None:
+            return req.target
+        rest = req.path[len(self.location.path) :] if self.location.regex is None else ""
+        uri = self.uri + quote(rest, safe="/:@!$&'()*+,;=-._~%")
+        return f"{uri}?{req.query}" if req.query else uri
+
+    def head(self, req: Request, uri: str, framing: bytes) -> bytes:
+        parts = [b"%s %s HTTP/%s\r\n" % (req.method, uri.encode("latin-1"), self.version)]
+        for name, template in self.headers:
+            value = template.render(req)
+            if value:
+                parts.append(name + b": " + value.encode("latin-1") + b"\r\n")
+        skip = self.skip
+        for name, value in req.headers:
+            if name.lower() not in skip:
+                parts.append(name + b": " + value + b"\r\n")
+        parts.append(framing)
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+
+class ProxyExchange:
+    def __init__(
+        self,
+        client: "ClientConnection",
+        req: Request,
+        plan: ProxyPlan,
+        group: UpstreamGroup,
+        uri_override: str | None,
+    ) -> None:
+        self.client = client
+        self.req = req
+        self.plan = plan
+        self.group = group
+        self.settings: ProxySettings = plan.location.proxy
+        self.loop = client.loop
+        self.uri = plan.request_uri(req, uri_override)
+        self.peer: Peer | None = None
+        self.conn: UpstreamConnection | None = None
+        self.tried: set[Peer] = set()
+        self.tries_left = self.settings.next_upstream_tries or group.balancer.tries
+        self.started = self.loop.time()
+        self.timer = Deadline(self.loop, self._on_timeout)
+        self.request_sent = False
+        self.response_started = False
+        self.frame = FRAME_NONE
+        self.client_keep_alive = False
+        self.finished = False
+        self.reused = False
+        self.streaming = False  # request body streamed: cannot be replayed after it starts
+        self.connecting: asyncio.Future[None] | None = None
+        key_kind = group.balancer.key_kind
+        if key_kind == "ip":
+            self.key = req.remote_addr.encode()
+        elif key_kind == "template" and group.config.method.key is not None:
+            self.key = group.config.method.key.render(req).encode("latin-1")
+        else:
+            self.key = b""
+
+    # choosing and connecting
+    def start(self) -> None:
+        self._try_next()
+
+    def _try_next(self) -> None:
+        now = self.loop.time()
+        group = self.group
+        peer = group.balancer.pick(self.tried, now, self.key)
+        if peer is None:
+            log.error('no live upstreams while connecting to upstream "%s"', group.name)
+            self._give_up(502)
+            return
+        peer.conns += 1
+        self.peer = peer
+        self.tried.add(peer)
+        self.req.upstream_addr = peer.name
+        conn = group.pool.take(peer, now)
+        if conn is not None:
+            assert isinstance(conn, UpstreamConnection)
+            self.reused = True
+            self._send(conn)
+        else:
+            self._connect(peer)
+
+    def _connect(self, peer: Peer) -> None:
+        self.reused = False
+        self.connecting = asyncio.ensure_future(self._open(peer), loop=self.loop)
+
+    async def _open(self, peer: Peer) -> None:
+        group = self.group
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout or None):
+                _, conn = await self.loop.create_connection(
+                    lambda: UpstreamConnection(peer, group.pool), peer.host, peer.port
+                )
+        except TimeoutError:
+            self.connecting = None
+            if not self.finished:
+                log.error("upstream timed out while connecting to %s", peer.name)
+                self._failed("timeout", 504)
+            return
+        except OSError as exc:
+            self.connecting = None
+            if not self.finished:
+                log.error("connect() to %s failed (%s)", peer.name, exc.strerror or exc)
+                self._failed("error", 502)
+            return
+        self.connecting = None
+        if self.finished:
+            conn.close()
+            return
+        self._send(conn)
+
+    def _send(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        conn.attach(self)
+        req = self.req
+        transport = conn.transport
+        assert transport is not None
+        if req.body_complete and not self.streaming:
+            body = b"".join(req.body) if len(req.body) != 1 else req.body[0]
+            framing = b"Content-Length: %d\r\n" % len(body) if (body or req.content_length is not None) else b""
+            transport.write(self.plan.head(req, self.uri, framing) + body)
+            self.timer.set(self.settings.read_timeout)
+        else:
+            self.streaming = True
+            if req.content_length is not None:
+                framing = b"Content-Length: %d\r\n" % req.content_length
+            else:
+                framing = b"Transfer-Encoding: chunked\r\n"
+            transport.write(self.plan.head(req, self.uri, framing))
+            for chunk in req.body:
+                self._write_body(chunk)
+            req.body.clear()
+            self.timer.set(self.settings.send_timeout)
+            if req.body_complete:
+                self.on_request_body_complete()
+            else:
+                self.client.stream_body_to(self)
+        self.request_sent = True
+
+    # request body streaming (bodies too large to keep for a retry)
+    def _write_body(self, chunk: bytes) -> None:
+        conn = self.conn
+        if conn is None or conn.transport is None:
+            return
+        if self.req.content_length is None:
+            conn.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        else:
+            conn.transport.write(chunk)
+
+    def on_request_body(self, chunk: bytes) -> None:
+        self._write_body(chunk)
+        self.timer.set(self.settings.send_timeout)
+
+    def on_request_body_complete(self) -> None:
+        conn = self.conn
+        if self.req.content_length is None and conn is not None and conn.transport is not None:
+            conn.transport.write(b"0\r\n\r\n")
+        self.timer.set(self.settings.read_timeout)
+
+    # response
+    def on_response_head(self, conn: UpstreamConnection, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Returns True when no body follows (or the response is dropped for a retry)."""
+        condition = STATUS_CONDITIONS.get(status)
+        if condition is not None and condition in self.settings.next_upstream and self._may_retry(condition):
+            conn.exchange = None
+            self._failed(condition, status, closing=conn)
+            return True
+        self.timer.set(self.settings.read_timeout)
+        self.response_started = True
+        req = self.req
+        self.req.upstream_status = str(status)
+        req.status = status
+        client_keep = req.keep_alive and self.client.keep_alive_allowed()
+        length: bytes | None = None
+        chunked = False
+        out = [status_line(status), common_headers()]
+        skip = _SKIP_UPGRADE_HEADERS if status == 101 else _SKIP_RESPONSE_HEADERS
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                length = value
+            elif lower == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            if lower not in skip:
+                out.append(name + b": " + value + b"\r\n")
+        no_body = req.method == b"HEAD" or not status_has_body(status)
+        if status == 101:
+            self.frame = FRAME_NONE
+            client_keep = False
+        elif no_body:
+            self.frame = FRAME_NONE
+            if length is not None:
+                out.append(b"Content-Length: " + length + b"\r\n")
+        elif length is not None and not chunked:
+            self.frame = FRAME_LENGTH
+            out.append(b"Content-Length: " + length + b"\r\n")
+        elif req.version == "1.1":
+            self.frame = FRAME_CHUNKED
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            self.frame = FRAME_CLOSE
+            client_keep = False
+        if status != 101:
+            out.append(b"Connection: keep-alive\r\n\r\n" if client_keep else b"Connection: close\r\n\r\n")
+        else:
+            out.append(b"\r\n")
+        self.client_keep_alive = client_keep
+        self.client.write(b"".join(out))
+        return no_body
+
+    def on_response_body(self, chunk: bytes) -> None:
+        if self.frame == FRAME_CHUNKED:
+            self.client.write(b"%x\r\n%s\r\n" % (len(chunk), chunk), body=len(chunk))
+        else:
+            self.client.write(chunk, body=len(chunk))
+        self.timer.set(self.settings.read_timeout)
+
+    def on_response_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
+        self.timer.cancel()
+        if self.frame == FRAME_CHUNKED:
+            self.client.write(b"0\r\n\r\n")
+        self._finish_peer(failed=False)
+        conn.detach()
+        self.conn = None
+        if not (keep_alive and self.group.pool.put(conn, self.loop.time())):
+            conn.close()
+        self.finished = True
+        self.client.finish_response(self.client_keep_alive)
+
+    def on_upstream_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
+        self.timer.cancel()
+        self._finish_peer(failed=False)
+        self.conn = None
+        self.finished = True
+        conn.detach()
+        self.client.start_tunnel(conn, rest)
+
+    def on_upstream_invalid(self, conn: UpstreamConnection) -> None:
+        log.error("upstream sent invalid header while reading response header from %s", conn.peer.name)
+        conn.abort()
+        if self.response_started:
+            self._abort_client()
+        else:
+            self._failed("invalid_header", 502)
+
+    def on_upstream_closed(self, conn: UpstreamConnection) -> None:
+        if self.finished or conn is not self.conn:
+            return
+        if self.response_started:
+            if self.frame == FRAME_CLOSE:
+                self.on_response_complete(conn, keep_alive=False)
+            else:
+                log.error("upstream prematurely closed connection while reading upstream %s", conn.peer.name)
+                self._finish_peer(failed=True)
+                self._abort_client()
+            return
+        if self.reused and not conn.received_any and self._replayable():
+            # a cached connection the peer had already closed: not the peer's failure (as nginx);
+            # the same peer is asked again on a new connection
+            self.conn = None
+            self.request_sent = False
+            assert self.peer is not None
+            self._connect(self.peer)
+            return
+        log.error("upstream prematurely closed connection while reading response header from %s", conn.peer.name)
+        self._failed("error", 502)
+
+    # failures and retries
+    def _replayable(self) -> bool:
+        return not self.streaming or not self.request_sent
+
+    def _may_retry(self, condition: str) -> bool:
+        if self.tries_left <= 1 or self.response_started or self.client.closed:
+            return False
+        if condition not in self.settings.next_upstream:
+            return False
+        timeout = self.settings.next_upstream_timeout
+        if timeout and self.loop.time() - self.started >= timeout:
+            return False
+        if (
+            self.request_sent
+            and self.req.method in NON_IDEMPOTENT
+            and "non_idempotent" not in self.settings.next_upstream
+        ):
+            return False
+        return self._replayable()
+
+    def _failed(self, condition: str, status: int, closing: UpstreamConnection | None = None) -> None:
+        self.timer.cancel()
+        conn = closing or self.conn
+        self.conn = None
+        if conn is not None:
+            conn.detach()
+            conn.abort()
+        retry = self._may_retry(condition)
+        self._finish_peer(failed=condition not in NOT_FAILURES)
+        if retry:
+            self.tries_left -= 1
+            self.request_sent = False
+            self._try_next()
+        else:
+            self._give_up(status)
+
+    def _finish_peer(self, failed: bool) -> None:
+        peer = self.peer
+        if peer is not None:
+            self.peer = None
+            release(peer, failed, self.loop.time())
+            if failed and peer.max_fails and peer.fails >= peer.max_fails:
+                log.warning('upstream server temporarily disabled: "%s" in upstream "%s"', peer.name, self.group.name)
+
+    def _give_up(self, status: int) -> None:
+        self.finished = True
+        self.timer.cancel()
+        if status >= 500 or status in STATUS_CONDITIONS:
+            self.req.upstream_status = self.req.upstream_status or str(status)
+        self.client.send_error(status)
+
+    def _on_timeout(self) -> None:
+        if self.finished:
+            return
+        peer = self.peer
+        log.error("upstream timed out while reading response from %s", peer.name if peer else "?")
+        if self.response_started:
+            conn = self.conn
+            self.conn = None
+            if conn is not None:
+                conn.detach()
+                conn.abort()
+            self._finish_peer(failed=True)
+            self._abort_client()
+        else:
+            self._failed("timeout", 504)
+
+    def _abort_client(self) -> None:
+        self.finished = True
+        self.timer.cancel()
+        self.client.abort()
+
+    def abort(self) -> None:
+        """The client went away: drop the upstream side too (proxy_ignore_client_abort off)."""
+        if self.finished:
+            return
+        self.finished = True
+        self.timer.cancel()
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.detach()
+            conn.abort()
+        self._finish_peer(failed=False)

@@ -1,0 +1,88 @@
+"""HTTP/1.x pieces shared by the client and upstream sides: reasons, error pages, Date."""
+
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+
+from upsync import SERVER_NAME
+
+REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+REASONS[499] = b"Client Closed Request"
+
+# Headers that describe one connection, never forwarded (RFC 9110 7.6.1), plus the framing
+# headers the proxy sets itself.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Response headers nginx's proxy module hides by default (proxy_hide_header's defaults).
+HIDDEN_RESPONSE = frozenset({b"date", b"server", b"x-pad", b"x-accel-expires",
+                             b"x-accel-redirect", b"x-accel-limit-rate", b"x-accel-buffering",
+                             b"x-accel-charset"})
+NON_IDEMPOTENT = frozenset({b"POST", b"LOCK", b"PATCH"})
+
+_SERVER_BYTES = SERVER_NAME.encode()
+_date_second = 0
+_date_header = b""
+
+
+def date_header() -> bytes:
+    """`Date: ...\\r\\n`, formatted once per second."""
+    global _date_second, _date_header
+    now = int(time.time())
+    if now != _date_second:
+        _date_second = now
+        _date_header = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+    return _date_header
+
+
+def status_line(code: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (code, REASONS.get(code, b"Unknown"))
+
+
+def common_headers() -> bytes:
+    return b"Server: " + _SERVER_BYTES + b"\r\n" + date_header()
+
+
+def error_body(code: int) -> bytes:
+    """nginx's built-in error page, signed upsync."""
+    title = b"%d %s" % (code, REASONS.get(code, b"Unknown"))
+    return (
+        b"<html>\r\n<head><title>" + title + b"</title></head>\r\n<body>\r\n<center><h1>"
+        + title + b"</h1></center>\r\n<hr><center>" + _SERVER_BYTES
+        + b"</center>\r\n</body>\r\n</html>\r\n"
+    )
+
+
+def simple_response(
+    code: int,
+    body: bytes,
+    content_type: bytes,
+    keep_alive: bool,
+    head_only: bool = False,
+    extra: bytes = b"",
+) -> bytes:
+    head = (
+        status_line(code)
+        + common_headers()
+        + b"Content-Type: " + content_type + b"\r\n"
+        + b"Content-Length: %d\r\n" % len(body)
+        + extra
+        + (b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+    )
+    return head if head_only else head + body
+
+
+def error_response(code: int, keep_alive: bool, head_only: bool = False) -> bytes:
+    return simple_response(code, error_body(code), b"text/html", keep_alive, head_only)
+
+
+def status_has_body(code: int) -> bool:
+    return not (100 <= code < 200 or code in (204, 304))

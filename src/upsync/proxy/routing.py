@@ -1,0 +1,147 @@
+"""Choosing a server block by Host and a location by URI, with nginx's rules. Pure functions."""
+
+import re
+from collections.abc import Sequence
+from urllib.parse import unquote
+
+from upsync.config.model import LocationConfig, ServerBlock
+
+
+class LocationTable:
+    """nginx's order: `=` exact; else the longest prefix, final if `^~`; else the first matching
+    regex in config order; else that longest prefix."""
+
+    def __init__(self, locations: Sequence[LocationConfig], fallback: LocationConfig) -> None:
+        self.exact = {loc.path: loc for loc in locations if loc.modifier == "="}
+        self.prefixes = sorted(
+            (loc for loc in locations if loc.modifier in ("", "^~") and not loc.path.startswith("@")),
+            key=lambda loc: len(loc.path),
+            reverse=True,
+        )
+        self.regexes = [loc for loc in locations if loc.regex is not None]
+        self.fallback = fallback
+
+    def match(self, path: str) -> LocationConfig:
+        exact = self.exact.get(path)
+        if exact is not None:
+            return exact
+        longest: LocationConfig | None = None
+        for loc in self.prefixes:
+            if path.startswith(loc.path):
+                longest = loc
+                break
+        if longest is not None and longest.modifier == "^~":
+            return longest
+        for loc in self.regexes:
+            assert loc.regex is not None
+            if loc.regex.search(path):
+                return loc
+        return longest if longest is not None else self.fallback
+
+
+class VirtualServer:
+    """A server block with its location table."""
+
+    def __init__(self, block: ServerBlock) -> None:
+        self.block = block
+        self.locations = LocationTable(block.locations, block.fallback)
+        self.name = block.names[0] if block.names else ""
+
+
+class ServerTable:
+    """The server blocks that share one listening address, chosen by Host like nginx:
+    exact name, longest `*.` wildcard, longest `.*` wildcard, first regex, then the default."""
+
+    def __init__(self, blocks: Sequence[ServerBlock], port: int, host: str) -> None:
+        servers = [VirtualServer(b) for b in blocks]
+        self.default = servers[0]
+        for server in servers:
+            if any(lst.default_server and lst.port == port and lst.host == host for lst in server.block.listens):
+                self.default = server
+                break
+        self.exact: dict[str, VirtualServer] = {}
+        self.head_wild: list[tuple[str, VirtualServer]] = []
+        self.tail_wild: list[tuple[str, VirtualServer]] = []
+        self.regexes: list[tuple[re.Pattern[str], VirtualServer]] = []
+        for server in servers:
+            for name in server.block.names:
+                name = name.lower()
+                if name.startswith("~"):
+                    self.regexes.append((re.compile(name[1:]), server))
+                elif name.startswith("*."):
+                    self.head_wild.append((name[1:], server))
+                elif name.startswith("."):
+                    self.exact.setdefault(name[1:], server)
+                    self.head_wild.append((name, server))
+                elif name.endswith(".*"):
+                    self.tail_wild.append((name[:-1], server))
+                else:
+                    self.exact.setdefault(name, server)
+        self.head_wild.sort(key=lambda item: len(item[0]), reverse=True)
+        self.tail_wild.sort(key=lambda item: len(item[0]), reverse=True)
+        self._cache: dict[str, VirtualServer] = {}
+
+    def find(self, host: str) -> VirtualServer:
+        server = self._cache.get(host)
+        if server is None:
+            server = self._find(host)
+            if len(self._cache) < 1024:
+                self._cache[host] = server
+        return server
+
+    def _find(self, host: str) -> VirtualServer:
+        server = self.exact.get(host)
+        if server is not None:
+            return server
+        for suffix, candidate in self.head_wild:
+            if host.endswith(suffix):
+                return candidate
+        for prefix, candidate in self.tail_wild:
+            if host.startswith(prefix):
+                return candidate
+        for pattern, candidate in self.regexes:
+            if pattern.search(host):
+                return candidate
+        return self.default
+
+
+def normalize_path(raw_path: str) -> str | None:
+    """nginx's $uri: percent-decoded, `//` merged, `.` and `..` resolved; None if it climbs
+    above the root or is not a path (nginx answers 400)."""
+    if not raw_path.startswith("/"):
+        return None
+    path = unquote(raw_path, errors="surrogateescape") if "%" in raw_path else raw_path
+    if "\x00" in path:
+        return None
+    if "//" not in path and "/." not in path:
+        return path
+    segments: list[str] = []
+    parts = path.split("/")
+    for part in parts[1:]:
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not segments:
+                return None
+            segments.pop()
+            continue
+        segments.append(part)
+    trailing = path.endswith(("/", "/.", "/.."))
+    result = "/" + "/".join(segments)
+    if trailing and segments:
+        result += "/"
+    return result
+
+
+def split_host(value: str) -> str:
+    """The host of a Host header, lower case, without port or trailing dot (nginx's $host)."""
+    host = value.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end > 0 else host
+    host = host.partition(":")[0]
+    return host.rstrip(".")
+
+
+def valid_host(host: str) -> bool:
+    return bool(host) and "/" not in host and "\\" not in host and ".." not in host and " " not in host

@@ -1,0 +1,149 @@
+"""One connection to an upstream peer; it parses responses and hands events to its exchange."""
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from upsync.upstream.peer import Peer
+
+if TYPE_CHECKING:
+    from upsync.proxy.exchange import ProxyExchange
+    from upsync.upstream.pool import KeepalivePool
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """Parser callbacks only record and forward; completion is reported after feed_data returns,
+    so the exchange may hand this connection to the next request without re-entering the parser."""
+
+    def __init__(self, peer: Peer, pool: "KeepalivePool") -> None:
+        self.peer = peer
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.exchange: ProxyExchange | None = None
+        self.parser: httptools.HttpResponseParser | None = None
+        self.idle_since = 0.0
+        self.requests = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.received_any = False
+        self.done = False
+        self.keep_alive = False
+        self.skip_body = False
+        self.interim = False
+        self.tunnel: asyncio.Transport | None = None
+        self.closed = False
+
+    # lifecycle
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+
+    def attach(self, exchange: "ProxyExchange") -> None:
+        self.exchange = exchange
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers = []
+        self.received_any = False
+        self.done = False
+        self.keep_alive = False
+        self.skip_body = False
+        self.interim = False
+        self.requests += 1
+
+    def detach(self) -> None:
+        self.exchange = None
+        self.parser = None
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.discard(self)
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            exchange.on_upstream_closed(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client.pause_reading_for("upstream")
+        elif self.tunnel is not None:
+            self.tunnel.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.client.resume_reading_for("upstream")
+        elif self.tunnel is not None:
+            self.tunnel.resume_reading()
+
+    # data
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        exchange = self.exchange
+        parser = self.parser
+        if exchange is None or parser is None or self.done:
+            # bytes nobody asked for: the connection can no longer be trusted
+            self.abort()
+            return
+        self.received_any = True
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            if self.done and self.exchange is exchange:
+                self.exchange = None
+                exchange.on_upstream_upgrade(self, data[upgrade.args[0] :])
+            return
+        except httptools.HttpParserError:
+            if not self.done:
+                self.exchange = None
+                exchange.on_upstream_invalid(self)
+                return
+        if self.done and self.exchange is exchange and self.tunnel is None:
+            self.exchange = None
+            exchange.on_response_complete(self, self.keep_alive)
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        exchange = self.exchange
+        assert parser is not None and exchange is not None
+        status = parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self.interim = True  # "100 Continue" and friends are not forwarded
+            self.headers = []
+            return
+        headers, self.headers = self.headers, []
+        self.skip_body = exchange.on_response_head(self, status, headers)
+        if self.skip_body or status == 101:
+            self.keep_alive = parser.should_keep_alive() and status != 101
+            self.done = True
+
+    def on_body(self, body: bytes) -> None:
+        if not self.skip_body and self.exchange is not None:
+            self.exchange.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if not self.done:
+            assert self.parser is not None
+            self.keep_alive = self.parser.should_keep_alive()
+            self.done = True

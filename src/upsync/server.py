@@ -1,0 +1,95 @@
+"""Running upsync in the foreground: pid file, signals, the event loop."""
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import uvloop
+
+from upsync.app import App
+from upsync.config import Config, load_config
+from upsync.errors import ConfigError
+from upsync.logs import setup_error_log
+
+log = logging.getLogger("upsync")
+
+
+def _write_pid(path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as handle:
+        handle.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def _remove_pid(path: str) -> None:
+    try:
+        with open(path) as handle:
+            if handle.read().strip() == str(os.getpid()):
+                os.unlink(path)
+    except OSError:
+        pass
+
+
+async def _serve(config: Config, args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    app = App(config, loop)
+    try:
+        await app.start()
+    except OSError as exc:
+        log.critical("bind() failed (%s)", exc)
+        print(f"upsync: [emerg] bind() failed ({exc})", file=sys.stderr)
+        return 1
+
+    async def reload() -> None:
+        try:
+            new_config = load_config(args.config, args.prefix, args.globals)
+        except ConfigError as exc:
+            log.error("reload failed, the running configuration stays: %s", exc)
+            return
+        try:
+            await app.reload(new_config)
+        except OSError as exc:
+            log.error("reload failed to bind: %s", exc)
+
+    tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(coro: "asyncio.Future[None] | object") -> None:
+        task = loop.create_task(coro)  # type: ignore[arg-type]
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, app.shutdown)
+    loop.add_signal_handler(signal.SIGINT, app.shutdown)
+    loop.add_signal_handler(signal.SIGQUIT, lambda: spawn(app.quit_gracefully()))
+    loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reload()))
+    loop.add_signal_handler(signal.SIGUSR1, app.access_logs.close)
+    listening = ", ".join(f"{host or '0.0.0.0'}:{port}" for host, port in app.listeners)
+    log.info("upsync started, listening on %s", listening)
+    await app.stopped.wait()
+    log.info("upsync stopped")
+    return 0
+
+
+def run(config: Config, args: argparse.Namespace) -> int:
+    setup_error_log(config.main.error_log, config.main.error_log_level)
+    for notice in config.notices:
+        log.info(notice)
+    if config.main.worker_processes > 1:
+        log.warning("worker_processes %d: upsync runs one process for now", config.main.worker_processes)
+    if config.main.daemon:
+        log.info("daemon on: upsync stays in the foreground; run it under a service manager")
+    pid_path = config.main.pid
+    try:
+        _write_pid(pid_path)
+    except OSError as exc:
+        print(f'upsync: [emerg] open() "{pid_path}" failed ({exc.strerror})', file=sys.stderr)
+        return 1
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(_serve(config, args))
+    finally:
+        _remove_pid(pid_path)

@@ -1,0 +1,1 @@
+"""Upstream runtime: peers and their state, balancers, keep-alive pool."""

@@ -1,0 +1,61 @@
+"""nginx's `keepalive N` cache: at most N idle upstream connections per upstream, least recently
+used evicted first, each dropped after `keepalive_timeout` idle or `keepalive_requests` uses."""
+
+from typing import Protocol
+
+from upsync.upstream.peer import Peer
+
+
+class PooledConnection(Protocol):
+    peer: Peer
+    idle_since: float
+    requests: int
+
+    def close(self) -> None: ...
+
+
+class KeepalivePool:
+    def __init__(self, capacity: int, timeout: float, max_requests: int) -> None:
+        self.capacity = capacity
+        self.timeout = timeout
+        self.max_requests = max_requests
+        self.idle: list[PooledConnection] = []
+
+    def take(self, peer: Peer, now: float) -> PooledConnection | None:
+        idle = self.idle
+        for index in range(len(idle) - 1, -1, -1):
+            conn = idle[index]
+            if conn.peer is not peer:
+                continue
+            del idle[index]
+            if now - conn.idle_since > self.timeout:
+                conn.close()
+                continue
+            return conn
+        return None
+
+    def put(self, conn: PooledConnection, now: float) -> bool:
+        """Keep an idle connection; False when the caller must close it instead."""
+        if not self.capacity or conn.requests >= self.max_requests or conn.peer.retired:
+            return False
+        conn.idle_since = now
+        self.idle.append(conn)
+        if len(self.idle) > self.capacity:
+            self.idle.pop(0).close()
+        return True
+
+    def discard(self, conn: PooledConnection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def close_peer(self, peer: Peer) -> None:
+        for conn in [c for c in self.idle if c.peer is peer]:
+            self.idle.remove(conn)
+            conn.close()
+
+    def close_all(self) -> None:
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
