@@ -126,7 +126,11 @@ class App:
                 uri_override = "/" + rest
         group = self.groups.get(name)
         if group is None:
-            log.error('no upstream "%s" for "%s" (upsync resolves proxy_pass variables only to upstream names)', name, req.target)
+            log.error(
+                'no upstream "%s" for "%s" (proxy_pass variables resolve to upstream names only)',
+                name,
+                req.target,
+            )
             client.send_error(502)
             return None
         req.proxy_host = name

@@ -1,22 +1,25 @@
 """Command line shaped like nginx's: -c, -t, -T, -p, -g, -s, -v, -V."""
 
 import argparse
-import asyncio
 import logging
 import os
 import signal
 import sys
-
-import uvloop
+from importlib import metadata
 
 from upsync import __version__
 from upsync.config import Config, load_config
 from upsync.errors import ConfigError
-from upsync.logs import setup_error_log
 
 log = logging.getLogger("upsync")
 DEFAULT_CONFIG = "/etc/upsync/upsync.conf"
-SIGNALS = {"stop": signal.SIGTERM, "quit": signal.SIGQUIT, "reload": signal.SIGHUP, "reopen": signal.SIGUSR1}
+_LIBRARIES = ("crossplane", "httptools", "uvloop", "orjson")
+SIGNALS = {
+    "stop": signal.SIGTERM,
+    "quit": signal.SIGQUIT,
+    "reload": signal.SIGHUP,
+    "reopen": signal.SIGUSR1,
+}
 
 
 def _say(message: str) -> None:
@@ -29,14 +32,34 @@ def _parser() -> argparse.ArgumentParser:
         description="Reverse proxy and load balancer with nginx-syntax config and live upstreams.",
     )
     parser.add_argument("-c", dest="config", default=DEFAULT_CONFIG, help="configuration file")
-    parser.add_argument("-t", dest="test", action="store_true", help="test the configuration and exit")
-    parser.add_argument("-T", dest="dump", action="store_true", help="test the configuration, print it and exit")
-    parser.add_argument("-p", dest="prefix", default=None, help="prefix for relative paths (default: the config's directory)")
-    parser.add_argument("-g", dest="globals", default="", help="global directives, e.g. \"pid /tmp/u.pid;\"")
-    parser.add_argument("-s", dest="signal", choices=sorted(SIGNALS), help="send a signal to the running upsync")
-    parser.add_argument("-q", dest="quiet", action="store_true", help="suppress non-error messages during -t")
+    parser.add_argument(
+        "-t", dest="test", action="store_true", help="test the configuration and exit"
+    )
+    parser.add_argument(
+        "-T", dest="dump", action="store_true", help="test the configuration, print it and exit"
+    )
+    parser.add_argument(
+        "-p",
+        dest="prefix",
+        default=None,
+        help="prefix for relative paths (default: the config's directory)",
+    )
+    parser.add_argument(
+        "-g", dest="globals", default="", help='global directives, e.g. "pid /tmp/u.pid;"'
+    )
+    parser.add_argument(
+        "-s", dest="signal", choices=sorted(SIGNALS), help="send a signal to the running upsync"
+    )
+    parser.add_argument(
+        "-q", dest="quiet", action="store_true", help="suppress non-error messages during -t"
+    )
     parser.add_argument("-v", dest="version", action="store_true", help="show version and exit")
-    parser.add_argument("-V", dest="verbose_version", action="store_true", help="show version and build details and exit")
+    parser.add_argument(
+        "-V",
+        dest="verbose_version",
+        action="store_true",
+        help="show version and build details and exit",
+    )
     return parser
 
 
@@ -92,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.version or args.verbose_version:
         print(f"upsync version: upsync/{__version__}", file=sys.stderr)
         if args.verbose_version:
-            print(f"python {sys.version.split()[0]}, uvloop {uvloop.__version__}", file=sys.stderr)
+            versions = ", ".join(f"{name} {metadata.version(name)}" for name in _LIBRARIES)
+            print(f"python {sys.version.split()[0]}; {versions}", file=sys.stderr)
         return 0
     if args.test or args.dump:
         return _test(args)

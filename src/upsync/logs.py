@@ -30,7 +30,8 @@ class NginxFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         level = _NAMES.get(record.levelno, "error")
-        text = f"{self.formatTime(record, self.datefmt)} [{level}] {os.getpid()}#0: {record.getMessage()}"
+        stamp = self.formatTime(record, self.datefmt)
+        text = f"{stamp} [{level}] {os.getpid()}#0: {record.getMessage()}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
@@ -41,14 +42,14 @@ def setup_error_log(target: str, level: str) -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    handler: logging.Handler
+    output: logging.Handler
     if target in ("stderr", "/dev/stderr"):
-        handler = logging.StreamHandler(sys.stderr)
+        output = logging.StreamHandler(sys.stderr)
     else:
         os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        handler = logging.FileHandler(target)
-    handler.setFormatter(NginxFormatter())
-    root.addHandler(handler)
+        output = logging.FileHandler(target)
+    output.setFormatter(NginxFormatter())
+    root.addHandler(output)
     root.setLevel(LEVELS.get(level, logging.ERROR))
     root.propagate = False
 

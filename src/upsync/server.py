@@ -6,6 +6,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 import uvloop
 
@@ -57,8 +59,8 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
 
     tasks: set[asyncio.Task[None]] = set()
 
-    def spawn(coro: "asyncio.Future[None] | object") -> None:
-        task = loop.create_task(coro)  # type: ignore[arg-type]
+    def spawn(coro: Coroutine[Any, Any, None]) -> None:
+        task = loop.create_task(coro)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
@@ -79,7 +81,9 @@ def run(config: Config, args: argparse.Namespace) -> int:
     for notice in config.notices:
         log.info(notice)
     if config.main.worker_processes > 1:
-        log.warning("worker_processes %d: upsync runs one process for now", config.main.worker_processes)
+        log.warning(
+            "worker_processes %d: upsync runs one process for now", config.main.worker_processes
+        )
     if config.main.daemon:
         log.info("daemon on: upsync stays in the foreground; run it under a service manager")
     pid_path = config.main.pid

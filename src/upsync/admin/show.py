@@ -5,9 +5,9 @@ from collections.abc import Sequence
 
 import orjson
 
+from upsync.units import format_seconds
 from upsync.upstream.group import UpstreamGroup
 from upsync.upstream.peer import Peer
-from upsync.units import format_seconds
 
 
 def server_line(peer: Peer) -> str:

@@ -72,6 +72,14 @@ INHERITED = frozenset(
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 
 
+_PCRE_NAMED_GROUP = re.compile(r"\(\?<(?![=!])")
+
+
+def compile_regex(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    """nginx's PCRE patterns in Python's re: `(?<name>...)` is spelled `(?P<name>...)`."""
+    return re.compile(_PCRE_NAMED_GROUP.sub("(?P<", pattern), flags)
+
+
 def _template(node: Node, value: str) -> Template:
     try:
         return compile_template(value)
@@ -102,7 +110,9 @@ def _flag(node: Node | None, default: bool) -> bool:
         return default
     value = node.args[0].lower()
     if value not in ("on", "off"):
-        raise node.error(f'invalid value "{node.args[0]}" in "{node.name}" directive, it must be "on" or "off"')
+        raise node.error(
+            f'invalid value "{node.args[0]}" in "{node.name}" directive, it must be "on" or "off"'
+        )
     return value == "on"
 
 
@@ -142,6 +152,14 @@ class HttpBuilder:
             elif child.name == "listen":
                 listens.append(self._listen(child))
             elif child.name == "server_name":
+                for name in child.args:
+                    if name.startswith("~"):
+                        try:
+                            compile_regex(name[1:])
+                        except re.error as exc:
+                            raise child.error(
+                                f'invalid server name regex "{name}": {exc}'
+                            ) from None
                 names.extend(child.args)
             elif child.name == "location":
                 locations.append(child)
@@ -155,8 +173,16 @@ class HttpBuilder:
         built = [self.location(child, scope) for child in locations]
         if server_return is not None:
             # A server-level `return` answers every request before any location is chosen.
-            built = [self._location_from(server_return, "", "/", None, Return(*self._return(server_return)), scope)]
-            built.append(self._location_from(server_return, "~", ".", re.compile(""), built[0].handler, scope))
+            built = [
+                self._location_from(
+                    server_return, "", "/", None, Return(*self._return(server_return)), scope
+                )
+            ]
+            built.append(
+                self._location_from(
+                    server_return, "~", ".", re.compile(""), built[0].handler, scope
+                )
+            )
         limits = ClientLimits(
             client_header_timeout=_time(scope.one("client_header_timeout"), 60.0),
             client_body_timeout=_time(scope.one("client_body_timeout"), 60.0),
@@ -218,7 +244,7 @@ class HttpBuilder:
         regex = None
         if modifier in ("~", "~*"):
             try:
-                regex = re.compile(path, re.IGNORECASE if modifier == "~*" else 0)
+                regex = compile_regex(path, re.IGNORECASE if modifier == "~*" else 0)
             except re.error as exc:
                 raise node.error(f'invalid regular expression "{path}": {exc}') from None
         inherited: list[Node] = []
@@ -236,7 +262,9 @@ class HttpBuilder:
             elif child.name in IGNORED:
                 self.notice(child)
             else:
-                raise child.error(f'"{child.name}" directive is not supported in location by upsync')
+                raise child.error(
+                    f'"{child.name}" directive is not supported in location by upsync'
+                )
         scope = server_scope.child(inherited)
         handler: Handler = None
         if handler_node is not None:
@@ -253,6 +281,7 @@ class HttpBuilder:
         scope: Scope,
     ) -> LocationConfig:
         keepalive = scope.one("keepalive_timeout")
+        default_type = scope.one("default_type")
         return LocationConfig(
             modifier=modifier,
             path=path,
@@ -262,7 +291,7 @@ class HttpBuilder:
             access=self._access(scope),
             client_max_body_size=_size(scope.one("client_max_body_size"), 1024 * 1024),
             keepalive_timeout=_time(keepalive, 75.0),
-            default_type=scope.one("default_type").args[0] if scope.one("default_type") else "text/plain",  # type: ignore[union-attr]
+            default_type=default_type.args[0] if default_type else "text/plain",
             access_log=self._access_log(scope),
             where=node.where,
         )
@@ -332,7 +361,9 @@ class HttpBuilder:
             conditions = frozenset(next_node.args)
             if "off" in conditions:
                 if len(conditions) > 1:
-                    raise next_node.error('"off" cannot be combined with other values in "proxy_next_upstream"')
+                    raise next_node.error(
+                        '"off" cannot be combined with other values in "proxy_next_upstream"'
+                    )
                 conditions = frozenset()
         return ProxySettings(
             set_headers=tuple(headers),

@@ -43,9 +43,7 @@ def _parse_globals(text: str) -> tuple[Node, ...]:
         with open(path, "w") as handle:
             handle.write(text)
         nodes = _parse_file(path)
-    return tuple(
-        Node(n.name, n.args, "command line", n.line, n.block) for n in nodes
-    )
+    return tuple(Node(n.name, n.args, "command line", n.line, n.block) for n in nodes)
 
 
 def load_config(path: str, prefix: str | None = None, global_directives: str = "") -> Config:

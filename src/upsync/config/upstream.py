@@ -86,8 +86,9 @@ def _method(node: Node) -> BalanceMethod:
         if len(args) == 2 and args[1] != "least_conn":
             raise node.error(f'invalid parameter "{args[1]}" in "random" directive')
         return BalanceMethod("random", two=bool(args), where=node.where)
-    kind = "least_conn" if node.name == "least_conn" else "ip_hash"
-    return BalanceMethod(kind, where=node.where)
+    if node.name == "least_conn":
+        return BalanceMethod("least_conn", where=node.where)
+    return BalanceMethod("ip_hash", where=node.where)
 
 
 def _count(node: Node, minimum: int) -> int:

@@ -1,4 +1,4 @@
-"""nginx variables in directive values ("$host", "${http_x}"), compiled once, evaluated per request."""
+"""nginx variables in directive values ("$host", "${http_x}"): compiled once, rendered often."""
 
 import re
 from dataclasses import dataclass

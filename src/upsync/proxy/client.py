@@ -75,7 +75,9 @@ class ClientConnection(asyncio.Protocol):
 
     # connection lifecycle
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        self.transport = cast(
+            asyncio.Transport, transport
+        )  # uvloop's transports are not subclasses
         peer = transport.get_extra_info("peername") or ("", 0)
         sock = transport.get_extra_info("sockname") or ("", 0)
         self.remote = (str(peer[0]), int(peer[1]))
@@ -289,7 +291,7 @@ class ClientConnection(asyncio.Protocol):
                 else:
                     raise BadRequest(400)
             else:
-                host, slash, path = rest.partition("/")
+                host, _, path = rest.partition("/")
                 req.host = split_host(host)
                 target = "/" + path
                 req.target = target
@@ -345,7 +347,9 @@ class ClientConnection(asyncio.Protocol):
         if self.requests >= self.limits.keepalive_requests:
             req.keep_alive = False
         if not access_allowed(location.access, req.remote_addr):
-            log.error('access forbidden by rule, client: %s, request: "%s"', req.remote_addr, req.target)
+            log.error(
+                'access forbidden by rule, client: %s, request: "%s"', req.remote_addr, req.target
+            )
             self.send_error(403)
             return
         limit = location.client_max_body_size
@@ -383,7 +387,9 @@ class ClientConnection(asyncio.Protocol):
         text = handler.text.render(req) if handler.text is not None else None
         if code in (301, 302, 303, 307, 308) and text is not None:
             body = http1.error_body(code)
-            self.send_simple(code, body, b"text/html", extra=b"Location: " + text.encode("latin-1") + b"\r\n")
+            self.send_simple(
+                code, body, b"text/html", extra=b"Location: " + text.encode("latin-1") + b"\r\n"
+            )
         elif text is not None:
             self.send_simple(code, text.encode("utf-8"), location.default_type.encode())
         elif code >= 400 or code in (301, 302, 303, 307, 308):
@@ -420,13 +426,17 @@ class ClientConnection(asyncio.Protocol):
         if body and self.active is not None:
             self.active.bytes_sent += body
 
-    def send_simple(self, status: int, body: bytes, content_type: bytes, extra: bytes = b"") -> None:
+    def send_simple(
+        self, status: int, body: bytes, content_type: bytes, extra: bytes = b""
+    ) -> None:
         req = self.active
         assert req is not None
         keep = req.keep_alive and self.keep_alive_allowed()
         req.status = status
         req.bytes_sent = len(body)
-        self.write(http1.simple_response(status, body, content_type, keep, req.method == b"HEAD", extra))
+        self.write(
+            http1.simple_response(status, body, content_type, keep, req.method == b"HEAD", extra)
+        )
         self.finish_response(keep)
 
     def send_error(self, status: int) -> None:

@@ -84,15 +84,15 @@ class ProxyPlan:
         if self.uri is None:
             return req.target
         rest = req.path[len(self.location.path) :] if self.location.regex is None else ""
-        uri = self.uri + quote(rest, safe="/:@!$&'()*+,;=-._~%")
+        uri = self.uri + quote(rest, safe="/:@!$&'()*+,;=-._~%", errors="surrogateescape")
         return f"{uri}?{req.query}" if req.query else uri
 
     def head(self, req: Request, uri: str, framing: bytes) -> bytes:
         parts = [b"%s %s HTTP/%s\r\n" % (req.method, uri.encode("latin-1"), self.version)]
         for name, template in self.headers:
-            value = template.render(req)
-            if value:
-                parts.append(name + b": " + value.encode("latin-1") + b"\r\n")
+            rendered = template.render(req)
+            if rendered:
+                parts.append(name + b": " + rendered.encode("latin-1") + b"\r\n")
         skip = self.skip
         for name, value in req.headers:
             if name.lower() not in skip:
@@ -201,7 +201,11 @@ class ProxyExchange:
         assert transport is not None
         if req.body_complete and not self.streaming:
             body = b"".join(req.body) if len(req.body) != 1 else req.body[0]
-            framing = b"Content-Length: %d\r\n" % len(body) if (body or req.content_length is not None) else b""
+            framing = (
+                b"Content-Length: %d\r\n" % len(body)
+                if (body or req.content_length is not None)
+                else b""
+            )
             transport.write(self.plan.head(req, self.uri, framing) + body)
             self.timer.set(self.settings.read_timeout)
         else:
@@ -242,10 +246,16 @@ class ProxyExchange:
         self.timer.set(self.settings.read_timeout)
 
     # response
-    def on_response_head(self, conn: UpstreamConnection, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+    def on_response_head(
+        self, conn: UpstreamConnection, status: int, headers: list[tuple[bytes, bytes]]
+    ) -> bool:
         """Returns True when no body follows (or the response is dropped for a retry)."""
         condition = STATUS_CONDITIONS.get(status)
-        if condition is not None and condition in self.settings.next_upstream and self._may_retry(condition):
+        if (
+            condition is not None
+            and condition in self.settings.next_upstream
+            and self._may_retry(condition)
+        ):
             conn.exchange = None
             self._failed(condition, status, closing=conn)
             return True
@@ -285,7 +295,9 @@ class ProxyExchange:
             self.frame = FRAME_CLOSE
             client_keep = False
         if status != 101:
-            out.append(b"Connection: keep-alive\r\n\r\n" if client_keep else b"Connection: close\r\n\r\n")
+            out.append(
+                b"Connection: keep-alive\r\n\r\n" if client_keep else b"Connection: close\r\n\r\n"
+            )
         else:
             out.append(b"\r\n")
         self.client_keep_alive = client_keep
@@ -320,7 +332,9 @@ class ProxyExchange:
         self.client.start_tunnel(conn, rest)
 
     def on_upstream_invalid(self, conn: UpstreamConnection) -> None:
-        log.error("upstream sent invalid header while reading response header from %s", conn.peer.name)
+        log.error(
+            "upstream sent invalid header while reading response header from %s", conn.peer.name
+        )
         conn.abort()
         if self.response_started:
             self._abort_client()
@@ -334,7 +348,10 @@ class ProxyExchange:
             if self.frame == FRAME_CLOSE:
                 self.on_response_complete(conn, keep_alive=False)
             else:
-                log.error("upstream prematurely closed connection while reading upstream %s", conn.peer.name)
+                log.error(
+                    "upstream prematurely closed connection while reading upstream %s",
+                    conn.peer.name,
+                )
                 self._finish_peer(failed=True)
                 self._abort_client()
             return
@@ -346,7 +363,10 @@ class ProxyExchange:
             assert self.peer is not None
             self._connect(self.peer)
             return
-        log.error("upstream prematurely closed connection while reading response header from %s", conn.peer.name)
+        log.error(
+            "upstream prematurely closed connection while reading response header from %s",
+            conn.peer.name,
+        )
         self._failed("error", 502)
 
     # failures and retries
@@ -369,7 +389,9 @@ class ProxyExchange:
             return False
         return self._replayable()
 
-    def _failed(self, condition: str, status: int, closing: UpstreamConnection | None = None) -> None:
+    def _failed(
+        self, condition: str, status: int, closing: UpstreamConnection | None = None
+    ) -> None:
         self.timer.cancel()
         conn = closing or self.conn
         self.conn = None
@@ -391,7 +413,11 @@ class ProxyExchange:
             self.peer = None
             release(peer, failed, self.loop.time())
             if failed and peer.max_fails and peer.fails >= peer.max_fails:
-                log.warning('upstream server temporarily disabled: "%s" in upstream "%s"', peer.name, self.group.name)
+                log.warning(
+                    'upstream server temporarily disabled: "%s" in upstream "%s"',
+                    peer.name,
+                    self.group.name,
+                )
 
     def _give_up(self, status: int) -> None:
         self.finished = True

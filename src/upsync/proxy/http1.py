@@ -23,9 +23,18 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Response headers nginx's proxy module hides by default (proxy_hide_header's defaults).
-HIDDEN_RESPONSE = frozenset({b"date", b"server", b"x-pad", b"x-accel-expires",
-                             b"x-accel-redirect", b"x-accel-limit-rate", b"x-accel-buffering",
-                             b"x-accel-charset"})
+HIDDEN_RESPONSE = frozenset(
+    {
+        b"date",
+        b"server",
+        b"x-pad",
+        b"x-accel-expires",
+        b"x-accel-redirect",
+        b"x-accel-limit-rate",
+        b"x-accel-buffering",
+        b"x-accel-charset",
+    }
+)
 NON_IDEMPOTENT = frozenset({b"POST", b"LOCK", b"PATCH"})
 
 _SERVER_BYTES = SERVER_NAME.encode()
@@ -55,8 +64,12 @@ def error_body(code: int) -> bytes:
     """nginx's built-in error page, signed upsync."""
     title = b"%d %s" % (code, REASONS.get(code, b"Unknown"))
     return (
-        b"<html>\r\n<head><title>" + title + b"</title></head>\r\n<body>\r\n<center><h1>"
-        + title + b"</h1></center>\r\n<hr><center>" + _SERVER_BYTES
+        b"<html>\r\n<head><title>"
+        + title
+        + b"</title></head>\r\n<body>\r\n<center><h1>"
+        + title
+        + b"</h1></center>\r\n<hr><center>"
+        + _SERVER_BYTES
         + b"</center>\r\n</body>\r\n</html>\r\n"
     )
 
@@ -72,7 +85,9 @@ def simple_response(
     head = (
         status_line(code)
         + common_headers()
-        + b"Content-Type: " + content_type + b"\r\n"
+        + b"Content-Type: "
+        + content_type
+        + b"\r\n"
         + b"Content-Length: %d\r\n" % len(body)
         + extra
         + (b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")

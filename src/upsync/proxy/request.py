@@ -1,6 +1,8 @@
 """One client request as the proxy sees it, and the nginx variables it defines."""
 
+import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -79,22 +81,22 @@ class Request:
         if getter is not None:
             return getter(self)
         if name.startswith("http_"):
-            value = self.header(name[5:].replace("_", "-").encode())
-            return value.decode("latin-1") if value is not None else ""
+            raw = self.header(name[5:].replace("_", "-").encode())
+            return raw.decode("latin-1") if raw is not None else ""
         if name.startswith("arg_"):
             wanted = name[4:]
             for pair in self.query.split("&"):
-                key, _, value = pair.partition("=")
+                key, _, arg = pair.partition("=")
                 if key == wanted:
-                    return value
+                    return arg
             return ""
         if name.startswith("cookie_"):
             cookies = self.header(b"cookie")
             if cookies:
                 for pair in cookies.decode("latin-1").split(";"):
-                    key, _, value = pair.strip().partition("=")
+                    key, _, cookie = pair.strip().partition("=")
                     if key == name[7:]:
-                        return value
+                        return cookie
             return ""
         return ""
 
@@ -110,7 +112,7 @@ def _time_local(req: Request) -> str:
     return time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(req.start))
 
 
-_VARIABLES = {
+_VARIABLES: dict[str, Callable[[Request], str]] = {
     "host": lambda r: r.host or (r.server.name if r.server else ""),
     "http_host": lambda r: (r.header(b"host") or b"").decode("latin-1"),
     "remote_addr": lambda r: r.remote_addr,
@@ -148,5 +150,5 @@ _VARIABLES = {
     "upstream_response_time": lambda r: "-",
     "connection": lambda r: "0",
     "connection_requests": lambda r: "1",
-    "pid": lambda r: str(__import__("os").getpid()),
+    "pid": lambda r: str(os.getpid()),
 }

@@ -4,6 +4,7 @@ import re
 from collections.abc import Sequence
 from urllib.parse import unquote
 
+from upsync.config.http import compile_regex
 from upsync.config.model import LocationConfig, ServerBlock
 
 
@@ -14,7 +15,11 @@ class LocationTable:
     def __init__(self, locations: Sequence[LocationConfig], fallback: LocationConfig) -> None:
         self.exact = {loc.path: loc for loc in locations if loc.modifier == "="}
         self.prefixes = sorted(
-            (loc for loc in locations if loc.modifier in ("", "^~") and not loc.path.startswith("@")),
+            (
+                loc
+                for loc in locations
+                if loc.modifier in ("", "^~") and not loc.path.startswith("@")
+            ),
             key=lambda loc: len(loc.path),
             reverse=True,
         )
@@ -56,7 +61,10 @@ class ServerTable:
         servers = [VirtualServer(b) for b in blocks]
         self.default = servers[0]
         for server in servers:
-            if any(lst.default_server and lst.port == port and lst.host == host for lst in server.block.listens):
+            if any(
+                lst.default_server and lst.port == port and lst.host == host
+                for lst in server.block.listens
+            ):
                 self.default = server
                 break
         self.exact: dict[str, VirtualServer] = {}
@@ -64,11 +72,12 @@ class ServerTable:
         self.tail_wild: list[tuple[str, VirtualServer]] = []
         self.regexes: list[tuple[re.Pattern[str], VirtualServer]] = []
         for server in servers:
-            for name in server.block.names:
-                name = name.lower()
-                if name.startswith("~"):
-                    self.regexes.append((re.compile(name[1:]), server))
-                elif name.startswith("*."):
+            for written in server.block.names:
+                if written.startswith("~"):
+                    self.regexes.append((compile_regex(written[1:]), server))
+                    continue
+                name = written.lower()
+                if name.startswith("*."):
                     self.head_wild.append((name[1:], server))
                 elif name.startswith("."):
                     self.exact.setdefault(name[1:], server)
@@ -144,4 +153,6 @@ def split_host(value: str) -> str:
 
 
 def valid_host(host: str) -> bool:
-    return bool(host) and "/" not in host and "\\" not in host and ".." not in host and " " not in host
+    return (
+        bool(host) and "/" not in host and "\\" not in host and ".." not in host and " " not in host
+    )

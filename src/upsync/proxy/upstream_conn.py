@@ -35,7 +35,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # lifecycle
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        self.transport = cast(
+            asyncio.Transport, transport
+        )  # uvloop's transports are not subclasses
 
     def attach(self, exchange: "ProxyExchange") -> None:
         self.exchange = exchange

@@ -251,7 +251,9 @@ class ConsistentHash(_KeyedBalancer):
 class Random(_KeyedBalancer):
     """ngx_http_upstream_random_module: weighted random, or the better of two (`random two`)."""
 
-    def __init__(self, peers: Sequence[Peer], rng: random.Random | None = None, two: bool = False) -> None:
+    def __init__(
+        self, peers: Sequence[Peer], rng: random.Random | None = None, two: bool = False
+    ) -> None:
         super().__init__(peers, rng)
         self.two = two
         self.ranges: list[int] = []
@@ -289,8 +291,14 @@ class Random(_KeyedBalancer):
         return super().pick(tried, now)
 
 
-def make_balancer(kind: str, peers: Sequence[Peer], *, consistent: bool = False, two: bool = False,
-                  rng: random.Random | None = None) -> Balancer:
+def make_balancer(
+    kind: str,
+    peers: Sequence[Peer],
+    *,
+    consistent: bool = False,
+    two: bool = False,
+    rng: random.Random | None = None,
+) -> Balancer:
     if kind == "least_conn":
         return LeastConn(peers, rng)
     if kind == "ip_hash":

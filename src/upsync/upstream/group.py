@@ -19,7 +19,9 @@ class UpstreamGroup:
         self.name = config.name
         self.config = config
         self.rng = rng
-        self.pool = KeepalivePool(config.keepalive, config.keepalive_timeout, config.keepalive_requests)
+        self.pool = KeepalivePool(
+            config.keepalive, config.keepalive_timeout, config.keepalive_requests
+        )
         self.peers: list[Peer] = []
         self.balancer: Balancer = make_balancer("round_robin", [])
         self.source = "static"

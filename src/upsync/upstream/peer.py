@@ -76,12 +76,20 @@ class Peer:
         """nginx's test before choosing a peer: not down, not failed recently, under max_conns."""
         if self.down:
             return False
-        if self.max_fails and self.fails >= self.max_fails and now - self.checked <= self.fail_timeout:
+        if (
+            self.max_fails
+            and self.fails >= self.max_fails
+            and now - self.checked <= self.fail_timeout
+        ):
             return False
         return not (self.max_conns and self.conns >= self.max_conns)
 
     def unavailable_until(self, now: float) -> float | None:
-        if self.max_fails and self.fails >= self.max_fails and now - self.checked <= self.fail_timeout:
+        if (
+            self.max_fails
+            and self.fails >= self.max_fails
+            and now - self.checked <= self.fail_timeout
+        ):
             return self.checked + self.fail_timeout
         return None
 

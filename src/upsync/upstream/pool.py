@@ -45,10 +45,8 @@ class KeepalivePool:
         return True
 
     def discard(self, conn: PooledConnection) -> None:
-        try:
+        if conn in self.idle:
             self.idle.remove(conn)
-        except ValueError:
-            pass
 
     def close_peer(self, peer: Peer) -> None:
         for conn in [c for c in self.idle if c.peer is peer]:

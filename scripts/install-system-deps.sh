@@ -1,0 +1,20 @@
+#!/bin/sh
+# Debian packages the tests and benchmarks use: nginx (comparison tests, benchmark backends),
+# wrk (benchmarks) and curl. Installs only what is missing; needs root for apt-get.
+set -eu
+missing=""
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing="$missing nginx-light"
+command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
+command -v curl >/dev/null 2>&1 || missing="$missing curl"
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+    echo "missing Debian packages:$missing (run as root, or: sudo apt-get install$missing)" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# policy-rc.d keeps the packaged nginx service from starting on port 80
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+chmod +x /usr/sbin/policy-rc.d
+trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+apt-get install -y -qq --no-install-recommends $missing >/dev/null

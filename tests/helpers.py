@@ -1,0 +1,247 @@
+"""Shared test tools: free ports, processes started and always stopped, real backends."""
+
+import contextlib
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or (
+        "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None
+    )
+
+
+class Process:
+    """A server process started for one test and stopped (and reaped) at the end."""
+
+    def __init__(self, argv: list[str], port: int, workdir: Path, name: str) -> None:
+        self.argv = argv
+        self.port = port
+        self.workdir = workdir
+        self.name = name
+        self.log_path = workdir / f"{name}.out"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> "Process":
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            self.argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir
+        )
+        if wait:
+            wait_until(
+                lambda: port_open(self.port) or self.proc is None or self.proc.poll() is not None
+            )
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited: {self.output()}")
+        return self
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if hasattr(self, "log"):
+            self.log.close()
+
+
+def upsync_argv(config: Path) -> list[str]:
+    return [sys.executable, "-m", "upsync", "-c", str(config)]
+
+
+@contextlib.contextmanager
+def running_upsync(
+    config_text: str, port: int, extra: list[str] | None = None
+) -> Iterator[Process]:
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        config = workdir / "upsync.conf"
+        config.write_text(config_text)
+        argv = (
+            upsync_argv(config)
+            + ["-g", f"pid {workdir}/upsync.pid; error_log {workdir}/error.log info;"]
+            + (extra or [])
+        )
+        process = Process(argv, port, workdir, "upsync")
+        try:
+            yield process.start()
+        finally:
+            process.stop()
+
+
+@contextlib.contextmanager
+def running_nginx(config_text: str, port: int) -> Iterator[Process]:
+    binary = nginx_binary()
+    assert binary is not None, "nginx is not installed (make test installs it)"
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        (workdir / "logs").mkdir()
+        config = workdir / "nginx.conf"
+        config.write_text(config_text)
+        argv = [
+            binary,
+            "-p",
+            str(workdir),
+            "-c",
+            str(config),
+            "-g",
+            f"daemon off; master_process off; pid {workdir}/nginx.pid; error_log {workdir}/error.log info;",
+        ]
+        process = Process(argv, port, workdir, "nginx")
+        try:
+            yield process.start()
+        finally:
+            process.stop()
+
+
+def request(
+    port: int,
+    path: str = "/",
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        data = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+    finally:
+        conn.close()
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, read until the server closes (or the timeout)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+        return b"".join(chunks)
+
+
+class Backend:
+    """A real HTTP backend in a thread. Behaviour by path:
+    /status/NNN answers NNN; /slow/SECONDS waits first; /close drops the connection;
+    anything else answers 200 with the backend's name. Every request is recorded."""
+
+    def __init__(self, name: str, port: int | None = None) -> None:
+        self.name = name
+        self.port = port or free_port()
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    body = self._read_chunked()
+                backend.requests.append((self.command, self.path, dict(self.headers.items()), body))
+                if self.path.startswith("/close"):
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                status = 200
+                if self.path.startswith("/status/"):
+                    status = int(self.path.split("/")[2])
+                if self.path.startswith("/slow/"):
+                    time.sleep(float(self.path.split("/")[2]))
+                payload = f"{backend.name}\n".encode()
+                if self.path.startswith("/echo"):
+                    payload = body
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(payload)))
+                self.send_header("X-Backend", backend.name)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            def _read_chunked(self) -> bytes:
+                out = b""
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0], 16)
+                    if size == 0:
+                        self.rfile.readline()
+                        return out
+                    out += self.rfile.read(size)
+                    self.rfile.readline()
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "Backend":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)

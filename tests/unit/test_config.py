@@ -1,0 +1,270 @@
+"""Config files into the model; every error names file, line and directive."""
+
+from pathlib import Path
+
+import pytest
+
+from upsync.config import load_config
+from upsync.config.model import ProxyPass, Return, UpstreamShow
+from upsync.errors import ConfigError
+
+BASE = """
+events {{ worker_connections 64; }}
+http {{
+{body}
+}}
+"""
+
+
+def write(tmp_path: Path, body: str, name: str = "nginx.conf") -> Path:
+    path = tmp_path / name
+    path.write_text(BASE.format(body=body))
+    return path
+
+
+def load(tmp_path: Path, body: str):  # type: ignore[no-untyped-def]
+    return load_config(str(write(tmp_path, body)))
+
+
+def error_of(tmp_path: Path, body: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, body)
+    return info.value
+
+
+def test_upstream_servers_and_parameters(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """
+    upstream test {
+        server 127.0.0.1:8001 weight=5 max_fails=3 fail_timeout=30s max_conns=10;
+        server 127.0.0.1:8002 backup;
+        server 127.0.0.1:8003 down;
+        keepalive 32;
+    }
+    server { listen 8080; location / { proxy_pass http://test; } }
+    """,
+    )
+    up = config.upstreams["test"]
+    first, backup, down = up.servers
+    assert (first.name, first.weight, first.max_fails, first.fail_timeout, first.max_conns) == (
+        "127.0.0.1:8001",
+        5,
+        3,
+        30.0,
+        10,
+    )
+    assert backup.backup and down.down
+    assert (backup.max_fails, backup.fail_timeout) == (1, 10.0)  # nginx's defaults
+    assert up.keepalive == 32
+
+
+def test_hostname_resolves_to_one_server_per_address(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """
+    upstream test { server localhost:8003; }
+    server { listen 8080; location / { proxy_pass http://test; } }
+    """,
+    )
+    servers = config.upstreams["test"].servers
+    assert "127.0.0.1:8003" in [s.name for s in servers]
+    assert all(s.written == "localhost:8003" for s in servers)
+
+
+def test_balancing_methods(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """
+    upstream a { least_conn; server 127.0.0.1:1; }
+    upstream b { ip_hash; server 127.0.0.1:1; }
+    upstream c { hash $request_uri consistent; server 127.0.0.1:1; }
+    upstream d { random two least_conn; server 127.0.0.1:1; }
+    server { listen 8080; location / { proxy_pass http://a; } }
+    """,
+    )
+    assert config.upstreams["a"].method.kind == "least_conn"
+    assert config.upstreams["b"].method.kind == "ip_hash"
+    assert config.upstreams["c"].method.consistent
+    assert config.upstreams["d"].method.two
+
+
+def test_locations_and_handlers(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """
+    upstream test { server 127.0.0.1:1; }
+    server {
+        listen 127.0.0.1:8080 default_server;
+        server_name example.com *.example.org;
+        proxy_read_timeout 5s;
+        location = /exact { return 200 "hi"; }
+        location ^~ /static/ { return 404; }
+        location ~* \\.php$ { proxy_pass http://test; }
+        location /api/ { proxy_pass http://test/v2/; proxy_read_timeout 1m; }
+        location /upstream_list { upstream_show; }
+    }
+    """,
+    )
+    server = config.servers[0]
+    assert server.listens[0].host == "127.0.0.1" and server.listens[0].default_server
+    assert server.names == ("example.com", "*.example.org")
+    by_path = {loc.path: loc for loc in server.locations}
+    assert isinstance(by_path["/exact"].handler, Return)
+    assert by_path["\\.php$"].modifier == "~*"
+    api = by_path["/api/"]
+    assert isinstance(api.handler, ProxyPass) and api.handler.uri == "/v2/"
+    assert api.proxy.read_timeout == 60.0
+    assert by_path["^~" and "/static/"].modifier == "^~"
+    assert by_path["/exact"].proxy.read_timeout == 5.0  # inherited from server
+    assert isinstance(by_path["/upstream_list"].handler, UpstreamShow)
+
+
+def test_proxy_set_header_replaces_inherited_array(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """
+    proxy_set_header X-A a;
+    upstream test { server 127.0.0.1:1; }
+    server {
+        listen 8080;
+        location /one { proxy_pass http://test; }
+        location /two { proxy_pass http://test; proxy_set_header X-B b; }
+    }
+    """,
+    )
+    one, two = config.servers[0].locations
+    assert [name for name, _ in one.proxy.set_headers] == ["X-A"]
+    assert [name for name, _ in two.proxy.set_headers] == ["X-B"]
+
+
+def test_quoted_escapes_become_characters(tmp_path: Path) -> None:
+    config = load(tmp_path, 'server { listen 8080; location / { return 200 "a\\nb"; } }')
+    handler = config.servers[0].locations[0].handler
+    assert isinstance(handler, Return) and handler.text is not None
+    assert handler.text.text == "a\nb"
+
+
+def test_proxy_pass_to_address_makes_implicit_upstream(tmp_path: Path) -> None:
+    config = load(
+        tmp_path, "server { listen 8080; location / { proxy_pass http://127.0.0.1:9000; } }"
+    )
+    assert config.upstreams["127.0.0.1:9000"].implicit
+
+
+def test_include_with_glob(tmp_path: Path) -> None:
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "a.conf").write_text("upstream a { server 127.0.0.1:1; }\n")
+    (tmp_path / "conf.d" / "b.conf").write_text("upstream b { server 127.0.0.1:2; }\n")
+    config = load(tmp_path, "include conf.d/*.conf; server { listen 8080; }")
+    assert set(config.upstreams) == {"a", "b"}
+
+
+def test_upsync_directives_are_accepted(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """
+    upstream test {
+        server localhost:8003;
+        upsync 127.0.0.1:2379/v2/keys/upstreams/ upsync_timeout=6m upsync_interval=500ms upsync_type=etcd strong_dependency=off;
+        upsync_dump_path /tmp/servers_test.conf;
+    }
+    server { listen 80; location / { proxy_pass http://test; } location /upstream_list { upstream_show; } }
+    """,
+    )
+    assert config.upstreams["test"].sync.upsync is not None
+
+
+def test_load_module_is_a_notice(tmp_path: Path) -> None:
+    path = tmp_path / "nginx.conf"
+    path.write_text(
+        "load_module modules/ngx_http_upsync_module.so;\n"
+        + BASE.format(body="server { listen 80; }")
+    )
+    config = load_config(str(path))
+    assert any("load_module" in notice for notice in config.notices)
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "words"),
+    [
+        ("server { listen 80; foo bar; }", 4, 'unknown directive "foo"'),
+        (
+            "server { listen 80; }\n\nserver { listen 81; location / { proxy_pass x; } }",
+            6,
+            "invalid URL prefix",
+        ),
+        (
+            "server { listen 80; }\nproxy_pass http://x;",
+            5,
+            '"proxy_pass" directive is not allowed here',
+        ),
+        (
+            "upstream u {\n server 127.0.0.1:1 weight=0;\n}",
+            5,
+            'invalid parameter "weight=0" in "server" directive',
+        ),
+        (
+            "upstream u {\n server 127.0.0.1:1\n server 127.0.0.1:2;\n}",
+            5,
+            'invalid parameter "server"',
+        ),
+        (
+            "server {\n listen 80;\n location / { upstream_show; }\n proxy_read_timeout abc;\n}",
+            7,
+            '"proxy_read_timeout"',
+        ),
+        ("server { listen 80; location / { return 200 $nope; } }", 4, 'unknown "nope" variable'),
+        (
+            "upstream u { server 127.0.0.1:1; }\nupstream u { server 127.0.0.1:2; }",
+            5,
+            'duplicate upstream "u"',
+        ),
+        (
+            "server { listen 80; location / { upsync 127.0.0.1:2379/x; } }",
+            4,
+            '"upsync" directive is not allowed here',
+        ),
+        (
+            "server { listen 80; location / { proxy_pass http://u; proxy_pass http://u; } }",
+            4,
+            "duplicate",
+        ),
+        ("upstream u { ip_hash; server 127.0.0.1:1 backup; }", 4, "backup"),
+        (
+            "server { listen 80; ssl_certificate x; }",
+            4,
+            '"ssl_certificate" directive is not supported',
+        ),
+    ],
+)
+def test_errors_name_file_line_and_directive(
+    tmp_path: Path, body: str, line: int, words: str
+) -> None:
+    error = error_of(tmp_path, body)
+    assert error.file == str(tmp_path / "nginx.conf")
+    assert error.line == line
+    assert words in str(error)
+    assert str(error).endswith(f"{tmp_path / 'nginx.conf'}:{line}")
+
+
+def test_missing_brace_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "nginx.conf"
+    path.write_text("events {}\nhttp {\n server { listen 80;\n}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert "unexpected end of file" in str(info.value)
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="No such file"):
+        load_config(str(tmp_path / "absent.conf"))
+
+
+def test_global_directives_from_command_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "server { listen 80; }")
+    config = load_config(
+        str(path), global_directives=f"pid {tmp_path}/x.pid; error_log stderr info;"
+    )
+    assert config.main.pid == f"{tmp_path}/x.pid"
+    assert config.main.error_log_level == "info"
