@@ -183,8 +183,10 @@ class Backend:
     /status/NNN answers NNN; /slow/SECONDS waits first; /close drops the connection;
     anything else answers 200 with the backend's name. Every request is recorded."""
 
-    def __init__(self, name: str, port: int | None = None) -> None:
+    def __init__(self, name: str, port: int | None = None, delay: float = 0.0, status: int = 200) -> None:
         self.name = name
+        self.delay = delay
+        self.status = status
         self.port = port or free_port()
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
         backend = self
@@ -205,7 +207,9 @@ class Backend:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                status = 200
+                status = backend.status
+                if backend.delay:
+                    time.sleep(backend.delay)
                 if self.path.startswith("/status/"):
                     status = int(self.path.split("/")[2])
                 if self.path.startswith("/slow/"):
@@ -231,6 +235,12 @@ class Backend:
                     out += self.rfile.read(size)
                     self.rfile.readline()
 
+            def handle_one_request(self) -> None:
+                try:
+                    super().handle_one_request()
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the proxy gave up on us: expected in timeouts
+
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _handle
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
@@ -244,4 +254,46 @@ class Backend:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.thread.join(5)
+
+
+class UpgradeBackend:
+    """A raw backend that answers an Upgrade request with 101 and then echoes bytes back."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.head = b""
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            self.head, _, rest = data.partition(b"\r\n\r\n")
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+            )
+            if rest:
+                conn.sendall(rest)
+            while True:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                conn.sendall(chunk)
+
+    def __enter__(self) -> "UpgradeBackend":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.close()
         self.thread.join(5)

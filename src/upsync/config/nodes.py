@@ -58,6 +58,7 @@ def nodes_from_crossplane(statements: list[dict[str, Any]], file: str) -> tuple[
 # Directives that nginx keeps as one array per level: a level that sets any of them replaces the
 # whole array inherited from the level above (allow and deny share one array).
 ARRAY_GROUPS = {"proxy_set_header": "proxy_set_header", "allow": "access", "deny": "access"}
+_ARRAY_KEYS = frozenset(ARRAY_GROUPS.values())
 REPEATABLE = frozenset({"access_log"})
 
 
@@ -72,7 +73,7 @@ class Scope:
         for node in nodes:
             key = ARRAY_GROUPS.get(node.name, node.name)
             entries = own.setdefault(key, [])
-            if entries and key not in ARRAY_GROUPS and key not in REPEATABLE:
+            if entries and key not in _ARRAY_KEYS and key not in REPEATABLE:
                 raise node.error(f'"{node.name}" directive is duplicate')
             entries.append(node)
         merged = dict(self.values)

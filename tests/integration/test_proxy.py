@@ -1,0 +1,308 @@
+"""upsync as a process on free loopback ports, in front of real backends."""
+
+import socket
+import time
+from collections import Counter
+
+from tests.helpers import (
+    Backend,
+    UpgradeBackend,
+    free_port,
+    raw_exchange,
+    request,
+    running_upsync,
+)
+
+
+def config(port: int, upstream: str, location: str = "", http: str = "") -> str:
+    return f"""
+events {{ worker_connections 256; }}
+http {{
+    {http}
+    upstream backend {{
+        {upstream}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            {location}
+        }}
+        location = /upstream_show {{ upstream_show; }}
+        location = /local {{ return 200 "local\\n"; }}
+    }}
+}}
+"""
+
+
+def names(port: int, count: int, path: str = "/") -> list[str]:
+    out = []
+    for _ in range(count):
+        status, _, body = request(port, path)
+        out.append(f"{status} {body.decode().strip()}")
+    return out
+
+
+def test_weighted_round_robin_across_backends() -> None:
+    port = free_port()
+    with Backend("a") as a, Backend("b") as b:
+        upstream = f"server 127.0.0.1:{a.port} weight=2; server 127.0.0.1:{b.port};"
+        with running_upsync(config(port, upstream), port):
+            assert names(port, 6) == ["200 a", "200 b", "200 a"] * 2
+
+
+def test_request_headers_reach_backend_like_nginx() -> None:
+    port = free_port()
+    with Backend("a") as a:
+        location = """
+            proxy_set_header Host $host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        """
+        with running_upsync(config(port, f"server 127.0.0.1:{a.port};", location), port):
+            status, headers, _ = request(
+                port, "/path?q=1", headers={"Host": "app.test", "X-Forwarded-For": "10.9.9.9",
+                                            "Keep-Alive": "300", "X-Custom": "yes"}
+            )
+            assert status == 200
+            assert headers["server"].startswith("upsync")
+            assert headers["x-backend"] == "a"
+            method, path, sent, _ = a.requests[-1]
+            assert (method, path) == ("GET", "/path?q=1")
+            assert sent["Host"] == "app.test"
+            assert sent["X-Real-IP"] == "127.0.0.1"
+            assert sent["X-Forwarded-For"] == "10.9.9.9, 127.0.0.1"
+            assert sent["X-Custom"] == "yes"
+            assert "Keep-Alive" not in sent  # hop-by-hop
+            assert sent["Connection"] == "close"  # nginx's default towards upstreams
+
+
+def test_default_host_header_is_the_upstream_name() -> None:
+    port = free_port()
+    with Backend("a") as a:
+        with running_upsync(config(port, f"server 127.0.0.1:{a.port};"), port):
+            request(port, "/", headers={"Host": "client.test"})
+            assert a.requests[-1][2]["Host"] == "backend"
+
+
+def test_proxy_pass_with_uri_replaces_location_prefix() -> None:
+    port = free_port()
+    with Backend("a") as a:
+        text = f"""
+events {{}}
+http {{
+    upstream backend {{ server 127.0.0.1:{a.port}; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location /api/ {{ proxy_pass http://backend/v2/; }}
+        location / {{ proxy_pass http://127.0.0.1:{a.port}; }}
+    }}
+}}
+"""
+        with running_upsync(text, port):
+            assert request(port, "/api/users?id=3")[0] == 200
+            assert a.requests[-1][1] == "/v2/users?id=3"
+            assert request(port, "/other/%7Ex")[0] == 200
+            assert a.requests[-1][1] == "/other/%7Ex"  # no URI part: passed unchanged
+
+
+def test_dead_peer_is_retried_then_taken_out() -> None:
+    port = free_port()
+    dead = free_port()
+    with Backend("a") as a:
+        upstream = f"server 127.0.0.1:{dead} max_fails=1 fail_timeout=30s; server 127.0.0.1:{a.port};"
+        with running_upsync(config(port, upstream), port) as proc:
+            assert names(port, 4) == ["200 a"] * 4
+            status, _, body = request(port, "/upstream_show?format=json")
+            assert status == 200
+            assert b'"fails": 1' in body
+            assert "connect() to 127.0.0.1" in (proc.workdir / "error.log").read_text()
+
+
+def test_all_peers_down_answers_502_page() -> None:
+    port = free_port()
+    upstream = f"server 127.0.0.1:{free_port()}; server 127.0.0.1:{free_port()};"
+    with running_upsync(config(port, upstream), port):
+        status, headers, body = request(port, "/")
+        assert status == 502
+        assert headers["content-type"] == "text/html"
+        assert b"<center><h1>502 Bad Gateway</h1></center>" in body
+        # a later request is still answered (the worker is fine)
+        assert request(port, "/local")[0] == 200
+
+
+def test_backup_serves_only_when_primaries_are_down() -> None:
+    port = free_port()
+    with Backend("primary") as primary, Backend("backup") as backup:
+        upstream = f"server 127.0.0.1:{primary.port}; server 127.0.0.1:{backup.port} backup;"
+        with running_upsync(config(port, upstream), port):
+            assert set(names(port, 4)) == {"200 primary"}
+    port = free_port()
+    with Backend("backup") as backup:
+        upstream = f"server 127.0.0.1:{free_port()}; server 127.0.0.1:{backup.port} backup;"
+        with running_upsync(config(port, upstream), port):
+            assert set(names(port, 3)) == {"200 backup"}
+
+
+def test_read_timeout_answers_504_and_retries_next_peer() -> None:
+    port = free_port()
+    with Backend("slow", delay=2.0) as slow, Backend("fast") as fast:
+        upstream = f"server 127.0.0.1:{slow.port}; server 127.0.0.1:{fast.port};"
+        with running_upsync(config(port, upstream, "proxy_read_timeout 300ms;"), port):
+            # the slow peer times out and the request moves to the fast one
+            assert names(port, 2) == ["200 fast", "200 fast"]
+    port = free_port()
+    with Backend("slow", delay=2.0) as slow:
+        upstream = f"server 127.0.0.1:{slow.port};"
+        with running_upsync(config(port, upstream, "proxy_read_timeout 300ms;"), port):
+            started = time.monotonic()
+            assert request(port, "/")[0] == 504
+            assert time.monotonic() - started < 1.5
+
+
+def test_non_idempotent_request_is_not_retried_after_it_was_sent() -> None:
+    port = free_port()
+    with Backend("a") as a, Backend("b") as b:
+        upstream = f"server 127.0.0.1:{a.port} max_fails=0; server 127.0.0.1:{b.port} max_fails=0;"
+        with running_upsync(config(port, upstream), port):
+            assert request(port, "/close", method="POST", body=b"x")[0] == 502
+            assert len(a.requests) + len(b.requests) == 1
+            status, _, _ = request(port, "/close")  # GET: tried on both peers
+            assert status == 502
+            assert len(a.requests) + len(b.requests) == 3
+
+
+def test_next_upstream_on_http_500_when_configured() -> None:
+    port = free_port()
+    with Backend("bad", status=500) as bad, Backend("good") as good:
+        upstream = f"server 127.0.0.1:{bad.port}; server 127.0.0.1:{good.port};"
+        with running_upsync(config(port, upstream, "proxy_next_upstream error timeout http_500;"), port):
+            assert names(port, 3) == ["200 good"] * 3
+    port = free_port()
+    with Backend("bad", status=500) as bad:
+        with running_upsync(config(port, f"server 127.0.0.1:{bad.port};"), port):
+            assert names(port, 1) == ["500 bad"]  # not configured: passed through
+
+
+def test_keepalive_pool_reuses_upstream_connections() -> None:
+    port = free_port()
+    with Backend("a") as a:
+        upstream = f"server 127.0.0.1:{a.port}; keepalive 4;"
+        location = 'proxy_http_version 1.1; proxy_set_header Connection "";'
+        with running_upsync(config(port, upstream, location), port):
+            for _ in range(5):
+                assert request(port, "/")[0] == 200
+            assert all("Connection" not in headers for _, _, headers, _ in a.requests)
+
+
+def test_client_keepalive_and_pipelining() -> None:
+    port = free_port()
+    with Backend("a") as a:
+        with running_upsync(config(port, f"server 127.0.0.1:{a.port};"), port):
+            pipelined = (
+                b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /local HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /three HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            reply = raw_exchange(port, pipelined)
+            assert reply.count(b"HTTP/1.1 200 OK") == 3
+            assert reply.index(b"a\n") < reply.index(b"local\n") < reply.rindex(b"a\n")
+            assert [r[1] for r in a.requests] == ["/one", "/three"]
+
+
+def test_request_bodies_content_length_chunked_and_large() -> None:
+    port = free_port()
+    with Backend("a") as a:
+        location = "client_max_body_size 0; proxy_http_version 1.1;"
+        with running_upsync(config(port, f"server 127.0.0.1:{a.port};", location), port):
+            assert request(port, "/echo", method="POST", body=b"hello")[2] == b"hello"
+            chunked = (
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            )
+            reply = raw_exchange(port, chunked)
+            assert reply.startswith(b"HTTP/1.1 200 OK")
+            assert reply.endswith(b"hello world")
+            big = bytes(range(256)) * 12_000  # about 3 MB: streamed, not buffered
+            status, _, body = request(port, "/echo", method="PUT", body=big)
+            assert status == 200 and body == big
+
+
+def test_head_and_expect_continue() -> None:
+    port = free_port()
+    with Backend("a") as a:
+        with running_upsync(config(port, f"server 127.0.0.1:{a.port};"), port):
+            status, headers, body = request(port, "/", method="HEAD")
+            assert status == 200 and body == b"" and headers["content-length"] == "2"
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(
+                    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                    b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+                )
+                assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+                sock.sendall(b"data")
+                reply = b""
+                while chunk := sock.recv(4096):
+                    reply += chunk
+                assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"data")
+
+
+def test_websocket_upgrade_is_tunnelled() -> None:
+    port = free_port()
+    with UpgradeBackend() as backend:
+        location = """
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+        """
+        with running_upsync(config(port, f"server 127.0.0.1:{backend.port};", location), port):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(
+                    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                )
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += sock.recv(4096)
+                assert head.startswith(b"HTTP/1.1 101 Switching Protocols")
+                assert b"Upgrade: websocket" in head
+                sock.sendall(b"ping")
+                echoed = b""
+                while len(echoed) < 4:
+                    echoed += sock.recv(4096)
+                assert echoed == b"ping"
+            assert b"Upgrade: websocket" in backend.head
+
+
+def test_upstream_show_over_http() -> None:
+    port = free_port()
+    upstream = "server 127.0.0.1:8001 weight=1 max_fails=2 fail_timeout=10s; server 127.0.0.1:8002 weight=1 max_fails=2 fail_timeout=10s;"
+    with running_upsync(config(port, upstream), port):
+        status, headers, body = request(port, "/upstream_show?backend")
+        assert status == 200
+        assert body == (
+            b"Upstream name: backend; Backend server count: 2\n"
+            b"        server 127.0.0.1:8001 weight=1 max_fails=2 fail_timeout=10s;\n"
+            b"        server 127.0.0.1:8002 weight=1 max_fails=2 fail_timeout=10s;\n\n"
+        )
+        assert request(port, "/upstream_show?missing")[0] == 404
+        status, headers, body = request(port, "/upstream_show", headers={"Accept": "application/json"})
+        assert headers["content-type"] == "application/json" and b'"name": "backend"' in body
+
+
+def test_access_rules_and_access_log() -> None:
+    port = free_port()
+    with Backend("a") as a:
+        text = config(port, f"server 127.0.0.1:{a.port};", "deny 127.0.0.1; allow all;")
+        with running_upsync(text.replace("events", "error_log stderr;\nevents"), port):
+            assert request(port, "/")[0] == 403
+            assert request(port, "/local")[0] == 200
+            assert not a.requests
+
+
+def test_distribution_counts_over_many_requests() -> None:
+    port = free_port()
+    with Backend("a") as a, Backend("b") as b, Backend("c") as c:
+        upstream = f"server 127.0.0.1:{a.port} weight=5; server 127.0.0.1:{b.port}; server 127.0.0.1:{c.port};"
+        with running_upsync(config(port, upstream), port):
+            counts = Counter(names(port, 70))
+            assert counts == {"200 a": 50, "200 b": 10, "200 c": 10}
