@@ -165,11 +165,15 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as upgrade:
             self.upgrade_buffer = data[upgrade.args[0] :]
             return
-        except httptools.HttpParserError:
-            self._reject(400)
-            return
-        except BadRequest as bad:
-            self._reject(bad.status)
+        except httptools.HttpParserError as error:
+            cause = error.__context__
+            if isinstance(cause, BadRequest):
+                self._reject(cause.status)
+            elif cause is not None and not isinstance(cause, httptools.HttpParserError):
+                log.error("error while handling a request from %s", self.remote[0], exc_info=cause)
+                self._reject(500)
+            else:
+                self._reject(400)
             return
         if self.in_headers and self.current is not None:
             self.raw_header_bytes += len(data)
@@ -177,21 +181,34 @@ class ClientConnection(asyncio.Protocol):
                 self._reject(400, "Request Header Or Cookie Too Large")
 
     def _reject(self, status: int, reason: str = "") -> None:
-        """A request that cannot be parsed: answer after the ones before it, then close."""
+        """Input that cannot be parsed or accepted: answer, then close the connection.
+
+        Requests already answered in full come first; a request whose answer is under way is cut.
+        """
         if reason:
             log.info("client %s: %s", self.remote[0], reason)
-        if self.active is not None and not self.active.response_done:
-            # answered requests come first; this connection ends once they are done
-            req = Request(self.remote, self.local)
-            req.status = status
-            req.keep_alive = False
-            req.body_complete = True
-            self.queue.append(req)
+        active = self.active
+        self.parser = httptools.HttpRequestParser(self)  # nothing after this is read
+        self.pause_reading_for("rejected")
+        if active is None or active is self.current and not active.response_done:
+            if active is not None and self.exchange is not None:
+                if self.exchange.response_started:
+                    self.abort()
+                    return
+                self.exchange.abort()
             self.current = None
-            self.parser = httptools.HttpRequestParser(self)  # drop the rest of the input
-            self.pause_reading_for("rejected")
+            self.active = active or Request(self.remote, self.local)
+            self.active.keep_alive = False
+            self.active.body_complete = True
+            self.send_error(status)
             return
-        self._write_and_close(http1.error_response(status, keep_alive=False))
+        # a pipelined request behind one still being answered: its error waits its turn
+        req = Request(self.remote, self.local)
+        req.status = status
+        req.keep_alive = False
+        req.body_complete = True
+        self.queue.append(req)
+        self.current = None
 
     def _write_and_close(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -445,9 +462,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self.exchange = None
         self.body_sink = None
-        keep = req.keep_alive and self.keep_alive_allowed() and (req.body_complete or status < 400)
-        if not req.body_complete:
-            keep = False
+        # an unread body would be taken for the next request: close instead
+        keep = req.keep_alive and self.keep_alive_allowed() and req.body_complete
         req.status = status
         body = http1.error_body(status)
         req.bytes_sent = len(body)

@@ -1,0 +1,122 @@
+"""Malformed or hostile requests get the right 4xx, and the next request is served normally."""
+
+import socket
+import time
+
+import pytest
+
+from tests.helpers import Backend, free_port, raw_exchange, request, running_upsync
+
+
+@pytest.fixture(scope="module")
+def proxy():  # type: ignore[no-untyped-def]
+    port = free_port()
+    with Backend("a") as backend:
+        text = f"""
+events {{}}
+http {{
+    client_header_timeout 1s;
+    client_body_timeout 1s;
+    large_client_header_buffers 2 1k;
+    upstream backend {{ server 127.0.0.1:{backend.port}; }}
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 100;
+        location / {{ proxy_pass http://backend; proxy_http_version 1.1; }}
+    }}
+}}
+"""
+        with running_upsync(text, port) as process:
+            yield port, backend, process
+
+
+def status_of(reply: bytes) -> int:
+    assert reply.startswith(b"HTTP/1.1 "), reply[:80]
+    return int(reply[9:12])
+
+
+def assert_still_serving(port: int) -> None:
+    assert request(port, "/")[0] == 200
+
+
+CASES = [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400),
+    (b"GET / HTTP/9.9\r\nHost: x\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"GET /../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4000 + b"\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", 413),
+    (
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        400,
+    ),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
+    (b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n", 405),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), CASES)
+def test_bad_request_gets_4xx_and_next_request_works(proxy, raw: bytes, expected: int) -> None:  # type: ignore[no-untyped-def]
+    port, backend, _ = proxy
+    before = len(backend.requests)
+    reply = raw_exchange(port, raw)
+    assert status_of(reply) == expected
+    assert b"Connection: close" in reply
+    assert len(backend.requests) == before  # never forwarded
+    assert_still_serving(port)
+
+
+def test_chunked_body_over_limit_is_413(proxy) -> None:  # type: ignore[no-untyped-def]
+    port, _, _ = proxy
+    body = b"".join(b"40\r\n" + b"x" * 64 + b"\r\n" for _ in range(3)) + b"0\r\n\r\n"
+    reply = raw_exchange(port, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    assert status_of(reply) == 413
+    assert_still_serving(port)
+
+
+def test_absolute_form_never_chooses_destination(proxy) -> None:  # type: ignore[no-untyped-def]
+    port, backend, _ = proxy
+    reply = raw_exchange(port, b"GET http://169.254.169.254/latest HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status_of(reply) == 200
+    assert reply.endswith(b"a\n")  # went to the configured upstream
+    assert backend.requests[-1][1] == "/latest"
+
+
+def test_stalled_client_is_cut_off(proxy) -> None:  # type: ignore[no-untyped-def]
+    port, _, _ = proxy
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finishes the header
+        started = time.monotonic()
+        assert sock.recv(100) == b""  # closed by client_header_timeout
+        assert time.monotonic() - started < 3
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\nabc")  # body stalls
+        started = time.monotonic()
+        data = b""
+        while chunk := sock.recv(100):
+            data += chunk
+        assert time.monotonic() - started < 3
+    assert_still_serving(port)
+
+
+def test_idle_connections_do_not_block_others(proxy) -> None:  # type: ignore[no-untyped-def]
+    port, _, _ = proxy
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+    try:
+        assert_still_serving(port)
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_client_disconnect_mid_request_does_not_break_worker(proxy) -> None:  # type: ignore[no-untyped-def]
+    port, _, process = proxy
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert_still_serving(port)
+    assert "Traceback" not in process.output()

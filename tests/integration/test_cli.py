@@ -1,0 +1,130 @@
+"""The command line as a user meets it: -t, -T, -v, -s reload|quit|stop, signals."""
+
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from tests.helpers import Backend, free_port, request, running_upsync, wait_until
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "upsync", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+GOOD = """
+events {}
+http {
+    upstream backend { server 127.0.0.1:9; }
+    server { listen 127.0.0.1:PORT; location / { return 200 "VERSION"; } }
+}
+"""
+
+
+def test_t_reports_success(tmp_path: Path) -> None:
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(GOOD.replace("PORT", "1").replace("VERSION", "x"))
+    result = run_cli("-t", "-c", str(conf))
+    assert result.returncode == 0
+    assert f"the configuration file {conf} syntax is ok" in result.stderr
+    assert f"configuration file {conf} test is successful" in result.stderr
+
+
+def test_t_reports_file_line_and_directive(tmp_path: Path) -> None:
+    conf = tmp_path / "nginx.conf"
+    conf.write_text("events {}\nhttp {\n  server {\n    listen 80;\n    proxy_pass_typo x;\n  }\n}\n")
+    result = run_cli("-t", "-c", str(conf))
+    assert result.returncode == 1
+    assert f'[emerg] unknown directive "proxy_pass_typo" in {conf}:5' in result.stderr
+    assert "test failed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_start_with_bad_config_exits_non_zero(tmp_path: Path) -> None:
+    conf = tmp_path / "nginx.conf"
+    conf.write_text("events {}\nhttp {\n  upstream u { server 127.0.0.1:1 weight=x; }\n}\n")
+    result = run_cli("-c", str(conf))
+    assert result.returncode == 1
+    assert f'invalid parameter "weight=x" in "server" directive in {conf}:3' in result.stderr
+
+
+def test_capital_t_prints_the_configuration(tmp_path: Path) -> None:
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(GOOD.replace("PORT", "1").replace("VERSION", "x"))
+    result = run_cli("-T", "-c", str(conf))
+    assert result.returncode == 0
+    assert f"# configuration file {conf}:" in result.stdout
+    assert "upstream backend" in result.stdout
+
+
+def test_version() -> None:
+    result = run_cli("-v")
+    assert result.returncode == 0 and "upsync version: upsync/" in result.stderr
+
+
+def test_reload_applies_new_config_without_dropping_the_listener() -> None:
+    port = free_port()
+    text = GOOD.replace("PORT", str(port))
+    with running_upsync(text.replace("VERSION", "one"), port) as proc:
+        assert request(port, "/")[2] == b"one"
+        conf = proc.workdir / "upsync.conf"
+        conf.write_text(text.replace("VERSION", "two"))
+        pid_args = ["-g", f"pid {proc.workdir}/upsync.pid;"]
+        assert run_cli("-s", "reload", "-c", str(conf), *pid_args).returncode == 0
+        wait_until(lambda: request(port, "/")[2] == b"two")
+        # a broken config on reload is refused and the running one stays
+        conf.write_text("events {}\nhttp { bogus; }\n")
+        assert proc.proc is not None
+        proc.signal(signal.SIGHUP)
+        wait_until(lambda: "reload failed" in (proc.workdir / "error.log").read_text())
+        assert request(port, "/")[2] == b"two"
+
+
+def test_quit_finishes_in_flight_requests() -> None:
+    port = free_port()
+    with Backend("slow", delay=1.0) as backend:
+        text = f"""
+events {{}}
+http {{
+    upstream backend {{ server 127.0.0.1:{backend.port}; }}
+    server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://backend; }} }}
+}}
+"""
+        with running_upsync(text, port) as proc:
+            results: list[int] = []
+            worker = threading.Thread(target=lambda: results.append(request(port, "/")[0]))
+            worker.start()
+            wait_until(lambda: len(backend.requests) == 1)
+            proc.signal(signal.SIGQUIT)
+            worker.join(10)
+            assert results == [200]
+            assert proc.wait(10) == 0
+
+
+def test_stop_is_immediate() -> None:
+    port = free_port()
+    with running_upsync(GOOD.replace("PORT", str(port)).replace("VERSION", "x"), port) as proc:
+        conf = proc.workdir / "upsync.conf"
+        assert run_cli("-s", "stop", "-c", str(conf), "-g", f"pid {proc.workdir}/upsync.pid;").returncode == 0
+        assert proc.wait(10) == 0
+        assert not (proc.workdir / "upsync.pid").exists()
+
+
+def test_signal_without_running_instance_is_an_error(tmp_path: Path) -> None:
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(GOOD.replace("PORT", "1").replace("VERSION", "x"))
+    result = run_cli("-s", "reload", "-c", str(conf), "-g", f"pid {tmp_path}/none.pid;")
+    assert result.returncode == 1 and "none.pid" in result.stderr
+
+
+def test_port_in_use_is_reported() -> None:
+    port = free_port()
+    text = GOOD.replace("PORT", str(port)).replace("VERSION", "x")
+    with running_upsync(text, port) as first:
+        conf = first.workdir / "upsync.conf"
+        result = run_cli("-c", str(conf), "-g", f"pid {first.workdir}/second.pid;")
+        assert result.returncode == 1
+        assert "bind() failed" in result.stderr and "Traceback" not in result.stderr
