@@ -183,7 +183,9 @@ class Backend:
     /status/NNN answers NNN; /slow/SECONDS waits first; /close drops the connection;
     anything else answers 200 with the backend's name. Every request is recorded."""
 
-    def __init__(self, name: str, port: int | None = None, delay: float = 0.0, status: int = 200) -> None:
+    def __init__(
+        self, name: str, port: int | None = None, delay: float = 0.0, status: int = 200
+    ) -> None:
         self.name = name
         self.delay = delay
         self.status = status

@@ -53,7 +53,10 @@ CASES = [
         b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
         400,
     ),
-    (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400),
+    (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        400,
+    ),
     (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
     (b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n", 405),
 ]
@@ -73,14 +76,18 @@ def test_bad_request_gets_4xx_and_next_request_works(proxy, raw: bytes, expected
 def test_chunked_body_over_limit_is_413(proxy) -> None:  # type: ignore[no-untyped-def]
     port, _, _ = proxy
     body = b"".join(b"40\r\n" + b"x" * 64 + b"\r\n" for _ in range(3)) + b"0\r\n\r\n"
-    reply = raw_exchange(port, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    reply = raw_exchange(
+        port, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    )
     assert status_of(reply) == 413
     assert_still_serving(port)
 
 
 def test_absolute_form_never_chooses_destination(proxy) -> None:  # type: ignore[no-untyped-def]
     port, backend, _ = proxy
-    reply = raw_exchange(port, b"GET http://169.254.169.254/latest HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    reply = raw_exchange(
+        port, b"GET http://169.254.169.254/latest HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     assert status_of(reply) == 200
     assert reply.endswith(b"a\n")  # went to the configured upstream
     assert backend.requests[-1][1] == "/latest"

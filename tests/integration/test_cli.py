@@ -35,7 +35,9 @@ def test_t_reports_success(tmp_path: Path) -> None:
 
 def test_t_reports_file_line_and_directive(tmp_path: Path) -> None:
     conf = tmp_path / "nginx.conf"
-    conf.write_text("events {}\nhttp {\n  server {\n    listen 80;\n    proxy_pass_typo x;\n  }\n}\n")
+    conf.write_text(
+        "events {}\nhttp {\n  server {\n    listen 80;\n    proxy_pass_typo x;\n  }\n}\n"
+    )
     result = run_cli("-t", "-c", str(conf))
     assert result.returncode == 1
     assert f'[emerg] unknown directive "proxy_pass_typo" in {conf}:5' in result.stderr
@@ -108,7 +110,12 @@ def test_stop_is_immediate() -> None:
     port = free_port()
     with running_upsync(GOOD.replace("PORT", str(port)).replace("VERSION", "x"), port) as proc:
         conf = proc.workdir / "upsync.conf"
-        assert run_cli("-s", "stop", "-c", str(conf), "-g", f"pid {proc.workdir}/upsync.pid;").returncode == 0
+        assert (
+            run_cli(
+                "-s", "stop", "-c", str(conf), "-g", f"pid {proc.workdir}/upsync.pid;"
+            ).returncode
+            == 0
+        )
         assert proc.wait(10) == 0
         assert not (proc.workdir / "upsync.pid").exists()
 

@@ -61,8 +61,14 @@ def test_request_headers_reach_backend_like_nginx() -> None:
         """
         with running_upsync(config(port, f"server 127.0.0.1:{a.port};", location), port):
             status, headers, _ = request(
-                port, "/path?q=1", headers={"Host": "app.test", "X-Forwarded-For": "10.9.9.9",
-                                            "Keep-Alive": "300", "X-Custom": "yes"}
+                port,
+                "/path?q=1",
+                headers={
+                    "Host": "app.test",
+                    "X-Forwarded-For": "10.9.9.9",
+                    "Keep-Alive": "300",
+                    "X-Custom": "yes",
+                },
             )
             assert status == 200
             assert headers["server"].startswith("upsync")
@@ -79,10 +85,9 @@ def test_request_headers_reach_backend_like_nginx() -> None:
 
 def test_default_host_header_is_the_upstream_name() -> None:
     port = free_port()
-    with Backend("a") as a:
-        with running_upsync(config(port, f"server 127.0.0.1:{a.port};"), port):
-            request(port, "/", headers={"Host": "client.test"})
-            assert a.requests[-1][2]["Host"] == "backend"
+    with Backend("a") as a, running_upsync(config(port, f"server 127.0.0.1:{a.port};"), port):
+        request(port, "/", headers={"Host": "client.test"})
+        assert a.requests[-1][2]["Host"] == "backend"
 
 
 def test_proxy_pass_with_uri_replaces_location_prefix() -> None:
@@ -110,7 +115,9 @@ def test_dead_peer_is_retried_then_taken_out() -> None:
     port = free_port()
     dead = free_port()
     with Backend("a") as a:
-        upstream = f"server 127.0.0.1:{dead} max_fails=1 fail_timeout=30s; server 127.0.0.1:{a.port};"
+        upstream = (
+            f"server 127.0.0.1:{dead} max_fails=1 fail_timeout=30s; server 127.0.0.1:{a.port};"
+        )
         with running_upsync(config(port, upstream), port) as proc:
             assert names(port, 4) == ["200 a"] * 4
             status, _, body = request(port, "/upstream_show?format=json")
@@ -176,7 +183,9 @@ def test_next_upstream_on_http_500_when_configured() -> None:
     port = free_port()
     with Backend("bad", status=500) as bad, Backend("good") as good:
         upstream = f"server 127.0.0.1:{bad.port}; server 127.0.0.1:{good.port};"
-        with running_upsync(config(port, upstream, "proxy_next_upstream error timeout http_500;"), port):
+        with running_upsync(
+            config(port, upstream, "proxy_next_upstream error timeout http_500;"), port
+        ):
             assert names(port, 3) == ["200 good"] * 3
     port = free_port()
     with Backend("bad", status=500) as bad:
@@ -197,17 +206,16 @@ def test_keepalive_pool_reuses_upstream_connections() -> None:
 
 def test_client_keepalive_and_pipelining() -> None:
     port = free_port()
-    with Backend("a") as a:
-        with running_upsync(config(port, f"server 127.0.0.1:{a.port};"), port):
-            pipelined = (
-                b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
-                b"GET /local HTTP/1.1\r\nHost: x\r\n\r\n"
-                b"GET /three HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )
-            reply = raw_exchange(port, pipelined)
-            assert reply.count(b"HTTP/1.1 200 OK") == 3
-            assert reply.index(b"a\n") < reply.index(b"local\n") < reply.rindex(b"a\n")
-            assert [r[1] for r in a.requests] == ["/one", "/three"]
+    with Backend("a") as a, running_upsync(config(port, f"server 127.0.0.1:{a.port};"), port):
+        pipelined = (
+            b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /local HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /three HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        reply = raw_exchange(port, pipelined)
+        assert reply.count(b"HTTP/1.1 200 OK") == 3
+        assert reply.index(b"a\n") < reply.index(b"local\n") < reply.rindex(b"a\n")
+        assert [r[1] for r in a.requests] == ["/one", "/three"]
 
 
 def test_request_bodies_content_length_chunked_and_large() -> None:
@@ -230,21 +238,20 @@ def test_request_bodies_content_length_chunked_and_large() -> None:
 
 def test_head_and_expect_continue() -> None:
     port = free_port()
-    with Backend("a") as a:
-        with running_upsync(config(port, f"server 127.0.0.1:{a.port};"), port):
-            status, headers, body = request(port, "/", method="HEAD")
-            assert status == 200 and body == b"" and headers["content-length"] == "2"
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-                sock.sendall(
-                    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
-                    b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
-                )
-                assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
-                sock.sendall(b"data")
-                reply = b""
-                while chunk := sock.recv(4096):
-                    reply += chunk
-                assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"data")
+    with Backend("a") as a, running_upsync(config(port, f"server 127.0.0.1:{a.port};"), port):
+        status, headers, body = request(port, "/", method="HEAD")
+        assert status == 200 and body == b"" and headers["content-length"] == "2"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+            )
+            assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+            sock.sendall(b"data")
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"data")
 
 
 def test_websocket_upgrade_is_tunnelled() -> None:
@@ -285,7 +292,9 @@ def test_upstream_show_over_http() -> None:
             b"        server 127.0.0.1:8002 weight=1 max_fails=2 fail_timeout=10s;\n\n"
         )
         assert request(port, "/upstream_show?missing")[0] == 404
-        status, headers, body = request(port, "/upstream_show", headers={"Accept": "application/json"})
+        status, headers, body = request(
+            port, "/upstream_show", headers={"Accept": "application/json"}
+        )
         assert headers["content-type"] == "application/json" and b'"name": "backend"' in body
 
 

@@ -190,7 +190,7 @@ class ClientConnection(asyncio.Protocol):
         active = self.active
         self.parser = httptools.HttpRequestParser(self)  # nothing after this is read
         self.pause_reading_for("rejected")
-        if active is None or active is self.current and not active.response_done:
+        if active is None or (active is self.current and not active.response_done):
             if active is not None and self.exchange is not None:
                 if self.exchange.response_started:
                     self.abort()

@@ -1,0 +1,195 @@
+"""The same config under Debian's nginx and under upsync: the same statuses, the same peers,
+in the same order, including the failure cases."""
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
+
+import pytest
+
+from tests.helpers import (
+    Backend,
+    Process,
+    free_port,
+    nginx_binary,
+    request,
+    running_nginx,
+    running_upsync,
+)
+
+pytestmark = [
+    pytest.mark.compat,
+    pytest.mark.skipif(
+        nginx_binary() is None, reason="nginx is not installed (make test installs it)"
+    ),
+]
+
+Runner = Callable[[str, int], AbstractContextManager[Process]]
+
+
+def config(port: int, upstream: str, location: str = "") -> str:
+    return f"""
+worker_processes 1;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    upstream backend {{
+        {upstream}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            {location}
+        }}
+    }}
+}}
+"""
+
+
+def observe(runner: Runner, upstream: str, location: str, count: int, path: str = "/") -> list[str]:
+    port = free_port()
+    with runner(config(port, upstream, location), port):
+        seen = []
+        for _ in range(count):
+            status, headers, _ = request(port, path)
+            seen.append(f"{status} {headers.get('x-backend', '-')}")
+        return seen
+
+
+def both(
+    upstream: Callable[[dict[str, Backend], list[int]], str],
+    location: str,
+    count: int,
+    backends: dict[str, dict[str, float | int]],
+    dead: int = 0,
+    path: str = "/",
+) -> tuple[list[str], list[str]]:
+    results = []
+    # the same ports in both runs: `hash ... consistent` places servers by their address
+    ports = {name: free_port() for name in backends}
+    dead_ports = [free_port() for _ in range(dead)]
+    for runner in (running_nginx, running_upsync):
+        with ExitStack() as stack:
+            started = {
+                name: stack.enter_context(Backend(name, ports[name], **opts))  # type: ignore[arg-type]
+                for name, opts in backends.items()
+            }
+            results.append(observe(runner, upstream(started, dead_ports), location, count, path))
+    return results[0], results[1]
+
+
+def server(backend: Backend, params: str = "") -> str:
+    return f"server 127.0.0.1:{backend.port} {params};"
+
+
+def test_weighted_round_robin_sequence() -> None:
+    nginx, upsync = both(
+        lambda b, _: server(b["a"], "weight=5") + server(b["b"]) + server(b["c"]),
+        "",
+        21,
+        {"a": {}, "b": {}, "c": {}},
+    )
+    assert nginx == upsync
+    assert nginx[:7] == ["200 a", "200 a", "200 b", "200 a", "200 c", "200 a", "200 a"]
+
+
+def test_peer_down() -> None:
+    nginx, upsync = both(
+        lambda b, dead: f"server 127.0.0.1:{dead[0]};" + server(b["a"]) + server(b["b"]),
+        "",
+        9,
+        {"a": {}, "b": {}},
+        dead=1,
+    )
+    assert nginx == upsync
+    assert all(entry.startswith("200") for entry in nginx)
+
+
+def test_peer_timing_out() -> None:
+    nginx, upsync = both(
+        lambda b, _: server(b["slow"]) + server(b["fast"]),
+        "proxy_read_timeout 300ms;",
+        6,
+        {"slow": {"delay": 1.0}, "fast": {}},
+    )
+    assert nginx == upsync
+    assert nginx == ["200 fast"] * 6
+
+
+def test_only_peer_timing_out_gives_504() -> None:
+    nginx, upsync = both(
+        lambda b, _: server(b["slow"]), "proxy_read_timeout 300ms;", 2, {"slow": {"delay": 1.0}}
+    )
+    assert nginx == upsync == ["504 -", "504 -"]
+
+
+def test_all_peers_down() -> None:
+    nginx, upsync = both(
+        lambda _, dead: "".join(f"server 127.0.0.1:{port};" for port in dead), "", 4, {}, dead=2
+    )
+    assert nginx == upsync == ["502 -"] * 4
+
+
+def test_backup_takes_over() -> None:
+    nginx, upsync = both(
+        lambda b, dead: f"server 127.0.0.1:{dead[0]};" + server(b["spare"], "backup"),
+        "",
+        4,
+        {"spare": {}},
+        dead=1,
+    )
+    assert nginx == upsync == ["200 spare"] * 4
+
+
+def test_http_500_passed_through_or_retried() -> None:
+    plain = both(
+        lambda b, _: server(b["bad"]) + server(b["good"]),
+        "",
+        4,
+        {"bad": {"status": 500}, "good": {}},
+    )
+    assert plain[0] == plain[1]
+    retried = both(
+        lambda b, _: server(b["bad"]) + server(b["good"]),
+        "proxy_next_upstream error timeout http_500;",
+        4,
+        {"bad": {"status": 500}, "good": {}},
+    )
+    assert retried[0] == retried[1] == ["200 good"] * 4
+
+
+def test_max_fails_zero_keeps_retrying_dead_peer() -> None:
+    nginx, upsync = both(
+        lambda b, dead: f"server 127.0.0.1:{dead[0]} max_fails=0;" + server(b["a"]),
+        "",
+        6,
+        {"a": {}},
+        dead=1,
+    )
+    assert nginx == upsync == ["200 a"] * 6
+
+
+def test_next_upstream_tries_limit() -> None:
+    nginx, upsync = both(
+        lambda b, dead: (
+            "".join(f"server 127.0.0.1:{p} max_fails=0;" for p in dead) + server(b["a"])
+        ),
+        "proxy_next_upstream_tries 2;",
+        6,
+        {"a": {}},
+        dead=2,
+    )
+    assert nginx == upsync
+
+
+def test_ip_hash_and_hash_choose_like_nginx() -> None:
+    for method in ("ip_hash;", "hash $request_uri;", "hash $request_uri consistent;"):
+        for key in ("/some/key", "/other", "/a/b/c?d=1"):
+            nginx, upsync = both(
+                lambda b, _: method + server(b["a"]) + server(b["b"]) + server(b["c"]),  # noqa: B023
+                "",
+                2,
+                {"a": {}, "b": {}, "c": {}},
+                path=key,
+            )
+            assert nginx == upsync, (method, key)
