@@ -1,0 +1,187 @@
+"""Throughput and latency of upsync against nginx, same config, same backend, one worker each.
+
+wrk drives each proxy in alternating rounds; the backend is Debian's nginx answering
+`return 200`. The proxy under test is pinned to one CPU and wrk plus the backend to the other,
+so each proxy gets one core. Prints requests/s, p50 and p99 latency and the upsync/nginx ratios.
+
+    make bench                      # or: .venv/bin/python bench/proxy_bench.py --rounds 3
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def pinned(cpu: int, argv: list[str]) -> list[str]:
+    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        return ["taskset", "-c", str(cpu), *argv]
+    return argv
+
+
+def proxy_config(port: int, backend_port: int) -> str:
+    return f"""
+worker_processes 1;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    upstream backend {{
+        server 127.0.0.1:{backend_port};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def backend_config(port: int) -> str:
+    return f"""
+worker_processes 1;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 100000;
+    server {{ listen 127.0.0.1:{port}; location / {{ return 200 "hello from the backend\\n"; }} }}
+}}
+"""
+
+
+def start_nginx(workdir: Path, name: str, text: str, cpu: int) -> subprocess.Popen[bytes]:
+    conf = workdir / f"{name}.conf"
+    conf.write_text(text)
+    argv = [NGINX, "-p", str(workdir), "-c", str(conf), "-g",
+            f"daemon off; master_process off; pid {workdir}/{name}.pid; error_log {workdir}/{name}.err;"]
+    return subprocess.Popen(pinned(cpu, argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def start_upsync(workdir: Path, text: str, cpu: int) -> subprocess.Popen[bytes]:
+    conf = workdir / "upsync.conf"
+    conf.write_text(text)
+    argv = [sys.executable, "-m", "upsync", "-c", str(conf), "-g",
+            f"pid {workdir}/upsync.pid; error_log {workdir}/upsync.err;"]
+    return subprocess.Popen(pinned(cpu, argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _latency(text: str, label: str) -> float:
+    match = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", text, re.MULTILINE)
+    if match is None:
+        raise SystemExit(f"wrk printed no {label} latency:\n{text}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def run_wrk(port: int, seconds: int, connections: int, close: bool, cpu: int) -> Result:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    argv.append(f"http://127.0.0.1:{port}/")
+    out = subprocess.run(pinned(cpu, argv), capture_output=True, text=True, check=True).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if rps is None:
+        raise SystemExit(f"wrk printed no Requests/sec:\n{out}")
+    if "Non-2xx" in out or "Socket errors" in out and "connect 0, read 0, write 0, timeout 0" not in out:
+        print(f"  note: wrk reported errors:\n{out}", file=sys.stderr)
+    return Result(float(rps.group(1)), _latency(out, "50%"), _latency(out, "99%"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=50)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: make bench installs it (apt-get install wrk)")
+    proxy_cpu, load_cpu = 1, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        (workdir / "logs").mkdir()
+        backend_port, nginx_port, upsync_port = free_port(), free_port(), free_port()
+        processes = [
+            start_nginx(workdir, "backend", backend_config(backend_port), load_cpu),
+            start_nginx(workdir, "proxy", proxy_config(nginx_port, backend_port), proxy_cpu),
+            start_upsync(workdir, proxy_config(upsync_port, backend_port), proxy_cpu),
+        ]
+        try:
+            for port in (backend_port, nginx_port, upsync_port):
+                wait_port(port)
+            rows = []
+            for mode, close in (("keep-alive", False), ("new connection", True)):
+                samples: dict[str, list[Result]] = {"nginx": [], "upsync": []}
+                for port in (nginx_port, upsync_port):  # warm-up
+                    run_wrk(port, 1, args.connections, close, load_cpu)
+                for _ in range(args.rounds):
+                    for name, port in (("nginx", nginx_port), ("upsync", upsync_port)):
+                        samples[name].append(run_wrk(port, args.seconds, args.connections, close, load_cpu))
+                rows.append((mode, samples))
+        finally:
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+                process.wait(10)
+    print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s, {args.rounds} alternating rounds, medians;"
+          f" proxies pinned to CPU {proxy_cpu}, wrk and backend to CPU {load_cpu}\n")
+    print("| mode | server | requests/s | p50 ms | p99 ms |")
+    print("|---|---|---:|---:|---:|")
+    for mode, samples in rows:
+        medians = {}
+        for name, results in samples.items():
+            medians[name] = Result(
+                statistics.median(r.rps for r in results),
+                statistics.median(r.p50_ms for r in results),
+                statistics.median(r.p99_ms for r in results),
+            )
+            m = medians[name]
+            print(f"| {mode} | {name} | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} |")
+        ratio_rps = medians["upsync"].rps / medians["nginx"].rps
+        ratio_p99 = medians["upsync"].p99_ms / medians["nginx"].p99_ms
+        print(f"| {mode} | upsync/nginx | {ratio_rps:.2f} | | {ratio_p99:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
