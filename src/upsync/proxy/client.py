@@ -72,6 +72,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: asyncio.Transport | None = None
         self.timer = Deadline(self.loop, self._on_timeout)
         self.keepalive_timeout = 75.0
+        self.corked: list[bytes] | None = None
 
     # connection lifecycle
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -98,13 +99,27 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.close()
 
+    def cork(self) -> None:
+        """Collect writes until uncork(): a response head and body leave in one send()."""
+        if self.corked is None:
+            self.corked = []
+
+    def uncork(self) -> None:
+        pending = self.corked
+        if pending is not None:
+            self.corked = None
+            if pending and self.transport is not None and not self.closed:
+                self.transport.write(b"".join(pending) if len(pending) > 1 else pending[0])
+
     def close(self) -> None:
+        self.uncork()
         if not self.closed and self.transport is not None:
             self.closed = True
             self.timer.cancel()
             self.transport.close()
 
     def abort(self) -> None:
+        self.corked = None
         if self.transport is not None:
             self.closed = True
             self.transport.abort()
@@ -437,9 +452,10 @@ class ClientConnection(asyncio.Protocol):
         return self.keepalive_timeout > 0 and not self.app.draining
 
     def write(self, data: bytes, body: int = 0) -> None:
-        transport = self.transport
-        if transport is not None and not self.closed:
-            transport.write(data)
+        if self.corked is not None:
+            self.corked.append(data)
+        elif self.transport is not None and not self.closed:
+            self.transport.write(data)
         if body and self.active is not None:
             self.active.bytes_sent += body
 
@@ -506,6 +522,7 @@ class ClientConnection(asyncio.Protocol):
 
     def start_tunnel(self, upstream: "UpstreamConnection", rest: bytes) -> None:
         """101 Switching Protocols: from now on bytes flow untouched both ways."""
+        self.uncork()
         req = self.active
         transport = upstream.transport
         if req is None or transport is None or self.closed:

@@ -17,7 +17,6 @@ from upsync.proxy.http1 import (
     status_line,
 )
 from upsync.proxy.request import Request
-from upsync.proxy.timer import Deadline
 from upsync.proxy.upstream_conn import UpstreamConnection
 from upsync.upstream.balancer import release
 from upsync.upstream.group import UpstreamGroup
@@ -123,7 +122,6 @@ class ProxyExchange:
         self.tried: set[Peer] = set()
         self.tries_left = self.settings.next_upstream_tries or group.balancer.tries
         self.started = self.loop.time()
-        self.timer = Deadline(self.loop, self._on_timeout)
         self.request_sent = False
         self.response_started = False
         self.frame = FRAME_NONE
@@ -139,6 +137,21 @@ class ProxyExchange:
             self.key = group.config.method.key.render(req).encode("latin-1")
         else:
             self.key = b""
+
+    # the upstream read/send timeouts live on the connection, so a pooled connection re-arms its
+    # timer instead of scheduling a new one per request
+    def _arm(self, delay: float) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.timer.set(delay)
+
+    def _disarm(self) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.timer.clear()
+
+    def on_upstream_timeout(self) -> None:
+        self._on_timeout()
 
     # choosing and connecting
     def start(self) -> None:
@@ -207,7 +220,7 @@ class ProxyExchange:
                 else b""
             )
             transport.write(self.plan.head(req, self.uri, framing) + body)
-            self.timer.set(self.settings.read_timeout)
+            self._arm(self.settings.read_timeout)
         else:
             self.streaming = True
             if req.content_length is not None:
@@ -218,7 +231,7 @@ class ProxyExchange:
             for chunk in req.body:
                 self._write_body(chunk)
             req.body.clear()
-            self.timer.set(self.settings.send_timeout)
+            self._arm(self.settings.send_timeout)
             if req.body_complete:
                 self.on_request_body_complete()
             else:
@@ -237,13 +250,13 @@ class ProxyExchange:
 
     def on_request_body(self, chunk: bytes) -> None:
         self._write_body(chunk)
-        self.timer.set(self.settings.send_timeout)
+        self._arm(self.settings.send_timeout)
 
     def on_request_body_complete(self) -> None:
         conn = self.conn
         if self.req.content_length is None and conn is not None and conn.transport is not None:
             conn.transport.write(b"0\r\n\r\n")
-        self.timer.set(self.settings.read_timeout)
+        self._arm(self.settings.read_timeout)
 
     # response
     def on_response_head(
@@ -259,7 +272,6 @@ class ProxyExchange:
             conn.exchange = None
             self._failed(condition, status, closing=conn)
             return True
-        self.timer.set(self.settings.read_timeout)
         self.response_started = True
         req = self.req
         self.req.upstream_status = str(status)
@@ -309,10 +321,10 @@ class ProxyExchange:
             self.client.write(b"%x\r\n%s\r\n" % (len(chunk), chunk), body=len(chunk))
         else:
             self.client.write(chunk, body=len(chunk))
-        self.timer.set(self.settings.read_timeout)
+        self._arm(self.settings.read_timeout)
 
     def on_response_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
-        self.timer.cancel()
+        self._disarm()
         if self.frame == FRAME_CHUNKED:
             self.client.write(b"0\r\n\r\n")
         self._finish_peer(failed=False)
@@ -324,7 +336,7 @@ class ProxyExchange:
         self.client.finish_response(self.client_keep_alive)
 
     def on_upstream_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
-        self.timer.cancel()
+        self._disarm()
         self._finish_peer(failed=False)
         self.conn = None
         self.finished = True
@@ -392,7 +404,7 @@ class ProxyExchange:
     def _failed(
         self, condition: str, status: int, closing: UpstreamConnection | None = None
     ) -> None:
-        self.timer.cancel()
+        self._disarm()
         conn = closing or self.conn
         self.conn = None
         if conn is not None:
@@ -421,7 +433,7 @@ class ProxyExchange:
 
     def _give_up(self, status: int) -> None:
         self.finished = True
-        self.timer.cancel()
+        self._disarm()
         if status >= 500 or status in STATUS_CONDITIONS:
             self.req.upstream_status = self.req.upstream_status or str(status)
         self.client.send_error(status)
@@ -444,7 +456,7 @@ class ProxyExchange:
 
     def _abort_client(self) -> None:
         self.finished = True
-        self.timer.cancel()
+        self._disarm()
         self.client.abort()
 
     def abort(self) -> None:
@@ -452,7 +464,7 @@ class ProxyExchange:
         if self.finished:
             return
         self.finished = True
-        self.timer.cancel()
+        self._disarm()
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from upsync.proxy.timer import Deadline
 from upsync.upstream.peer import Peer
 
 if TYPE_CHECKING:
@@ -32,6 +33,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.interim = False
         self.tunnel: asyncio.Transport | None = None
         self.closed = False
+        self.timer = Deadline(asyncio.get_running_loop(), self._on_timeout)
+
+    def _on_timeout(self) -> None:
+        if self.exchange is not None:
+            self.exchange.on_upstream_timeout()
 
     # lifecycle
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -41,7 +47,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def attach(self, exchange: "ProxyExchange") -> None:
         self.exchange = exchange
-        self.parser = httptools.HttpResponseParser(self)
+        if self.parser is None:
+            self.parser = httptools.HttpResponseParser(self)
         self.headers = []
         self.received_any = False
         self.done = False
@@ -52,20 +59,27 @@ class UpstreamConnection(asyncio.Protocol):
 
     def detach(self) -> None:
         self.exchange = None
-        self.parser = None
+        self.timer.clear()
+        if not (self.done and not self.skip_body):
+            # the parser may still wait for a body that never comes (HEAD, 204, a cut-off
+            # response): the next request on this connection gets a fresh one
+            self.parser = None
 
     def close(self) -> None:
+        self.timer.cancel()
         if not self.closed:
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
 
     def abort(self) -> None:
+        self.timer.cancel()
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.timer.cancel()
         self.closed = True
         self.pool.discard(self)
         exchange = self.exchange
@@ -102,21 +116,26 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         self.received_any = True
+        client = exchange.client
+        client.cork()  # the response head, body and end leave in one send()
         try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            if self.done and self.exchange is exchange:
-                self.exchange = None
-                exchange.on_upstream_upgrade(self, data[upgrade.args[0] :])
-            return
-        except httptools.HttpParserError:
-            if not self.done:
-                self.exchange = None
-                exchange.on_upstream_invalid(self)
+            try:
+                parser.feed_data(data)
+            except httptools.HttpParserUpgrade as upgrade:
+                if self.done and self.exchange is exchange:
+                    self.exchange = None
+                    exchange.on_upstream_upgrade(self, data[upgrade.args[0] :])
                 return
-        if self.done and self.exchange is exchange and self.tunnel is None:
-            self.exchange = None
-            exchange.on_response_complete(self, self.keep_alive)
+            except httptools.HttpParserError:
+                if not self.done:
+                    self.exchange = None
+                    exchange.on_upstream_invalid(self)
+                    return
+            if self.done and self.exchange is exchange and self.tunnel is None:
+                self.exchange = None
+                exchange.on_response_complete(self, self.keep_alive)
+        finally:
+            client.uncork()
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
