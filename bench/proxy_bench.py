@@ -85,16 +85,30 @@ http {{
 def start_nginx(workdir: Path, name: str, text: str, cpu: int) -> subprocess.Popen[bytes]:
     conf = workdir / f"{name}.conf"
     conf.write_text(text)
-    argv = [NGINX, "-p", str(workdir), "-c", str(conf), "-g",
-            f"daemon off; master_process off; pid {workdir}/{name}.pid; error_log {workdir}/{name}.err;"]
+    argv = [
+        NGINX,
+        "-p",
+        str(workdir),
+        "-c",
+        str(conf),
+        "-g",
+        f"daemon off; master_process off; pid {workdir}/{name}.pid; error_log {workdir}/{name}.err;",
+    ]
     return subprocess.Popen(pinned(cpu, argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def start_upsync(workdir: Path, text: str, cpu: int) -> subprocess.Popen[bytes]:
     conf = workdir / "upsync.conf"
     conf.write_text(text)
-    argv = [sys.executable, "-m", "upsync", "-c", str(conf), "-g",
-            f"pid {workdir}/upsync.pid; error_log {workdir}/upsync.err;"]
+    argv = [
+        sys.executable,
+        "-m",
+        "upsync",
+        "-c",
+        str(conf),
+        "-g",
+        f"pid {workdir}/upsync.pid; error_log {workdir}/upsync.err;",
+    ]
     return subprocess.Popen(pinned(cpu, argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -124,13 +138,19 @@ def run_wrk(port: int, seconds: int, connections: int, close: bool, cpu: int) ->
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if rps is None:
         raise SystemExit(f"wrk printed no Requests/sec:\n{out}")
-    if "Non-2xx" in out or "Socket errors" in out and "connect 0, read 0, write 0, timeout 0" not in out:
+    if (
+        "Non-2xx" in out
+        or "Socket errors" in out
+        and "connect 0, read 0, write 0, timeout 0" not in out
+    ):
         print(f"  note: wrk reported errors:\n{out}", file=sys.stderr)
     return Result(float(rps.group(1)), _latency(out, "50%"), _latency(out, "99%"))
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=50)
@@ -157,14 +177,18 @@ def main() -> int:
                     run_wrk(port, 1, args.connections, close, load_cpu)
                 for _ in range(args.rounds):
                     for name, port in (("nginx", nginx_port), ("upsync", upsync_port)):
-                        samples[name].append(run_wrk(port, args.seconds, args.connections, close, load_cpu))
+                        samples[name].append(
+                            run_wrk(port, args.seconds, args.connections, close, load_cpu)
+                        )
                 rows.append((mode, samples))
         finally:
             for process in processes:
                 process.send_signal(signal.SIGTERM)
                 process.wait(10)
-    print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s, {args.rounds} alternating rounds, medians;"
-          f" proxies pinned to CPU {proxy_cpu}, wrk and backend to CPU {load_cpu}\n")
+    print(
+        f"\nwrk -t1 -c{args.connections} -d{args.seconds}s, {args.rounds} alternating rounds, medians;"
+        f" proxies pinned to CPU {proxy_cpu}, wrk and backend to CPU {load_cpu}\n"
+    )
     print("| mode | server | requests/s | p50 ms | p99 ms |")
     print("|---|---|---:|---:|---:|")
     for mode, samples in rows:
