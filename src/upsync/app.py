@@ -14,6 +14,7 @@ from upsync.proxy.exchange import ProxyExchange, ProxyPlan
 from upsync.proxy.request import Request
 from upsync.proxy.routing import ServerTable
 from upsync.upstream.group import UpstreamGroup
+from upsync.upstream.sync import UpstreamSync
 
 log = logging.getLogger("upsync")
 
@@ -51,22 +52,38 @@ class App:
         self.plans: dict[int, ProxyPlan] = {}
         self.access_logs = AccessLogFiles()
         self.stopped = asyncio.Event()
-        self._apply(config)
+        self.background: set[asyncio.Task[None]] = set()
+        self.pending_syncs = self._apply(config)
 
     # building
-    def _apply(self, config: Config) -> None:
+    def _apply(self, config: Config) -> list[UpstreamSync]:
+        """Build the runtime for a config; returns the registry syncs that are new."""
         groups: dict[str, UpstreamGroup] = {}
+        new_syncs: list[UpstreamSync] = []
         for name, upstream in config.upstreams.items():
             group = self.groups.get(name)
+            old_sync = group.sync if group is not None else None
             if group is not None and group.config.method == upstream.method:
                 group.config = upstream
-                group.replace(upstream.servers)
+                if upstream.sync_spec is None or old_sync is None:
+                    group.replace(upstream.servers)
+                    group.source = "static"
             else:
                 group = UpstreamGroup(upstream)
+            spec = upstream.sync_spec
+            if old_sync is not None and (spec != old_sync.spec or group.sync is not old_sync):
+                self._retire(old_sync)
+                group.sync = None
+            if spec is not None and group.sync is None:
+                if old_sync is not None and old_sync.group is not group:
+                    group.replace(old_sync.group.specs())  # same registry, new balancer
+                new_syncs.append(UpstreamSync(group, spec))
             groups[name] = group
         for name, old in self.groups.items():
             if name not in groups:
                 old.pool.close_all()
+                if old.sync is not None:
+                    self._retire(old.sync)
         self.groups = groups
         self.config = config
         self.plans = {}
@@ -79,9 +96,24 @@ class App:
             for location in (*server.locations, server.fallback):
                 if isinstance(location.handler, ProxyPass):
                     self.plans[id(location)] = ProxyPlan(location, location.handler)
+        return new_syncs
+
+    def _retire(self, sync: UpstreamSync) -> None:
+        task = self.loop.create_task(sync.stop())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     async def start(self) -> None:
+        """Pull every synced upstream once (StartupError if a strong dependency fails), then
+        listen, then follow the registries."""
+        syncs, self.pending_syncs = self.pending_syncs, []
+        await asyncio.gather(*(sync.initial_load() for sync in syncs))
         await self._sync_listeners()
+        for sync in syncs:
+            sync.start()
+
+    def syncs(self) -> list[UpstreamSync]:
+        return [group.sync for group in self.groups.values() if group.sync is not None]
 
     async def _sync_listeners(self) -> None:
         for key in list(self.listeners):
@@ -105,7 +137,12 @@ class App:
         )
 
     async def reload(self, config: Config) -> None:
-        self._apply(config)
+        new_syncs = self._apply(config)
+        for sync in new_syncs:
+            # no blocking pull on reload: the dump (or static list) serves until the watch's
+            # first read, which comes at once
+            sync.load_fallback()
+            sync.start()
         await self._sync_listeners()
         self.access_logs.close()
         log.info("configuration reloaded from %s", config.path)
@@ -179,6 +216,9 @@ class App:
         while self.connections:
             await asyncio.sleep(0.05)
         self.shutdown()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(sync.stop() for sync in self.syncs()), *self.background)
 
     def shutdown(self) -> None:
         self.stop_listening()

@@ -15,6 +15,7 @@ from upsync.app import App
 from upsync.config import Config, load_config
 from upsync.errors import ConfigError
 from upsync.logs import setup_error_log
+from upsync.upstream.sync import StartupError
 
 log = logging.getLogger("upsync")
 
@@ -44,6 +45,12 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
     except OSError as exc:
         log.critical("bind() failed (%s)", exc)
         print(f"upsync: [emerg] bind() failed ({exc})", file=sys.stderr)
+        await app.close()
+        return 1
+    except StartupError as exc:
+        log.critical("%s", exc)
+        print(f"upsync: [emerg] {exc}", file=sys.stderr)
+        await app.close()
         return 1
 
     async def reload() -> None:
@@ -72,6 +79,7 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
     listening = ", ".join(f"{host or '0.0.0.0'}:{port}" for host, port in app.listeners)
     log.info("upsync started, listening on %s", listening)
     await app.stopped.wait()
+    await app.close()
     log.info("upsync stopped")
     return 0
 

@@ -5,24 +5,8 @@ from collections.abc import Sequence
 
 import orjson
 
-from upsync.units import format_seconds
+from upsync.upstream.dump import server_line
 from upsync.upstream.group import UpstreamGroup
-from upsync.upstream.peer import Peer
-
-
-def server_line(peer: Peer) -> str:
-    """The module's `server ...;` line, shared by upstream_show and the dump file."""
-    line = (
-        f"server {peer.name} weight={peer.weight} max_fails={peer.max_fails} "
-        f"fail_timeout={format_seconds(peer.fail_timeout)}"
-    )
-    if peer.max_conns:
-        line += f" max_conns={peer.max_conns}"
-    if peer.backup:
-        line += " backup"
-    if peer.down:
-        line += " down"
-    return line + ";"
 
 
 def show_text(groups: Sequence[UpstreamGroup]) -> str:
@@ -30,7 +14,7 @@ def show_text(groups: Sequence[UpstreamGroup]) -> str:
     for group in groups:
         out.append(f"Upstream name: {group.name}; Backend server count: {len(group.peers)}\n")
         for peer in group.peers:
-            out.append(f"        {server_line(peer)}\n")
+            out.append(f"        {server_line(peer.spec())}\n")
         out.append("\n")
     return "".join(out)
 

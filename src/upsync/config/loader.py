@@ -146,7 +146,7 @@ class _Builder:
             if node.name == "upstream":
                 if node.args[0] in upstreams:
                     raise node.error(f'duplicate upstream "{node.args[0]}"')
-                upstreams[node.args[0]] = build_upstream(node, self.notices)
+                upstreams[node.args[0]] = build_upstream(node, self.notices, self._path)
             elif node.name == "server":
                 server_nodes.append(node)
             elif node.name in INHERITED:

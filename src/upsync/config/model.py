@@ -2,9 +2,12 @@
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from upsync.config.variables import Template
+
+if TYPE_CHECKING:
+    from upsync.config.upsync import SyncSpec
 
 BalanceKind = Literal["round_robin", "least_conn", "ip_hash", "hash", "random"]
 
@@ -56,6 +59,7 @@ class UpstreamConfig:
     sync: UpsyncDirectives = field(default_factory=UpsyncDirectives)
     where: tuple[str, int] = ("", 0)
     implicit: bool = False  # made by `proxy_pass http://host:port`, not an `upstream` block
+    sync_spec: "SyncSpec | None" = None  # where the server list comes from at run time
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,13 @@
 """`upstream NAME { ... }` blocks into UpstreamConfig."""
 
+import os
+from collections.abc import Callable
+from dataclasses import replace
+
 from upsync.config.model import BalanceMethod, ServerSpec, UpstreamConfig, UpsyncDirectives
 from upsync.config.nodes import Node
 from upsync.config.servers import ServerLineError, parse_server_params, resolve
+from upsync.config.upsync import SyncSpec, UpsyncError, apply_upsync_lb, parse_upsync
 from upsync.config.variables import VariableError, compile_template
 from upsync.errors import ConfigError
 from upsync.units import UnitError, parse_time
@@ -12,7 +17,9 @@ _METHODS = ("least_conn", "ip_hash", "hash", "random")
 _NO_BACKUP = ("ip_hash", "hash", "random")
 
 
-def build_upstream(node: Node, notices: list[str]) -> UpstreamConfig:
+def build_upstream(
+    node: Node, notices: list[str], resolve_path: Callable[[str], str] = lambda p: p
+) -> UpstreamConfig:
     name = node.args[0]
     servers: list[ServerSpec] = []
     method = BalanceMethod()
@@ -21,8 +28,10 @@ def build_upstream(node: Node, notices: list[str]) -> UpstreamConfig:
     keepalive_timeout = 60.0
     keepalive_requests = 1000
     upsync: tuple[str, ...] | None = None
+    upsync_node: Node | None = None
     dump_path: str | None = None
     lb: str | None = None
+    lb_node: Node | None = None
     for child in node.block or ():
         if child.name == "server":
             servers.extend(_server(child))
@@ -38,11 +47,13 @@ def build_upstream(node: Node, notices: list[str]) -> UpstreamConfig:
         elif child.name == "keepalive_requests":
             keepalive_requests = _count(child, minimum=1)
         elif child.name == "upsync":
-            upsync = child.args
+            if upsync_node is not None:
+                raise child.error('"upsync" directive is duplicate')
+            upsync, upsync_node = child.args, child
         elif child.name == "upsync_dump_path":
-            dump_path = child.args[0]
+            dump_path = resolve_path(child.args[0])
         elif child.name == "upsync_lb":
-            lb = child.args[0]
+            lb, lb_node = child.args[0], child
         elif child.name.startswith("check"):
             notices.append(f'"{child.name}" is not implemented yet and is ignored')
         else:
@@ -51,6 +62,23 @@ def build_upstream(node: Node, notices: list[str]) -> UpstreamConfig:
         raise node.error(f'no servers are inside upstream "{name}"')
     if method.kind in _NO_BACKUP and any(s.backup for s in servers):
         raise node.error(f'balancing method "{method.kind}" does not support "backup" servers')
+    sync = UpsyncDirectives(upsync=upsync, dump_path=dump_path, lb=lb, where=node.where)
+    spec: SyncSpec | None = None
+    if upsync_node is not None:
+        try:
+            token = os.environ.get("CONSUL_HTTP_TOKEN")
+            spec = parse_upsync(upsync_node.args, dump_path, name, token)
+        except UpsyncError as exc:
+            raise upsync_node.error(f'{exc} in "upsync" directive') from None
+        if spec.kind == "file":
+            spec = replace(spec, path=resolve_path(spec.path))
+    elif lb_node is not None:
+        raise lb_node.error('"upsync_lb" needs an "upsync" directive in the same upstream')
+    if lb_node is not None:
+        try:
+            method = apply_upsync_lb(method, sync)
+        except UpsyncError as exc:
+            raise lb_node.error(f'{exc} in "upsync_lb" directive') from None
     return UpstreamConfig(
         name=name,
         servers=tuple(servers),
@@ -58,7 +86,8 @@ def build_upstream(node: Node, notices: list[str]) -> UpstreamConfig:
         keepalive=keepalive,
         keepalive_timeout=keepalive_timeout,
         keepalive_requests=keepalive_requests,
-        sync=UpsyncDirectives(upsync=upsync, dump_path=dump_path, lb=lb, where=node.where),
+        sync=sync,
+        sync_spec=spec,
         where=node.where,
     )
 

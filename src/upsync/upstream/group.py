@@ -7,11 +7,15 @@ holds the Peer it was given, so a removed server finishes its in-flight requests
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from upsync.config.model import ServerSpec, UpstreamConfig
 from upsync.upstream.balancer import Balancer, make_balancer
 from upsync.upstream.peer import Peer
 from upsync.upstream.pool import KeepalivePool
+
+if TYPE_CHECKING:
+    from upsync.upstream.sync import UpstreamSync
 
 
 class UpstreamGroup:
@@ -25,6 +29,7 @@ class UpstreamGroup:
         self.peers: list[Peer] = []
         self.balancer: Balancer = make_balancer("round_robin", [])
         self.source = "static"
+        self.sync: UpstreamSync | None = None
         self.replace(config.servers)
 
     def _build_balancer(self, peers: Sequence[Peer]) -> Balancer:
@@ -33,16 +38,26 @@ class UpstreamGroup:
             method.kind, peers, consistent=method.consistent, two=method.two, rng=self.rng
         )
 
-    def replace(self, specs: Sequence[ServerSpec]) -> None:
+    def replace(self, specs: Sequence[ServerSpec], new_first: bool = False) -> None:
+        """Install a new list. With `new_first`, servers not in the list before go in front of
+        the ones that stay, which is the order nginx-upsync-module shows them in."""
         current = {peer.name: peer for peer in self.peers}
-        peers: list[Peer] = []
+        added: list[Peer] = []
+        kept: list[Peer] = []
         for spec in specs:
             peer = current.pop(spec.name, None)
             if peer is None:
-                peer = Peer(spec)
+                added.append(Peer(spec))
             else:
                 peer.update(spec)
-            peers.append(peer)
+                kept.append(peer)
+        if new_first:
+            order = {peer.name: index for index, peer in enumerate(self.peers)}
+            kept.sort(key=lambda peer: order[peer.name])
+            peers = added + kept
+        else:
+            position = {spec.name: index for index, spec in enumerate(specs)}
+            peers = sorted(added + kept, key=lambda peer: position[peer.name])
         for removed in current.values():
             removed.retired = True
             self.pool.close_peer(removed)
@@ -53,5 +68,9 @@ class UpstreamGroup:
         return [peer.spec() for peer in self.peers]
 
     def status(self) -> dict[str, object]:
-        """What upstream_show's JSON adds per upstream; registry sources extend it."""
-        return {"source": self.source}
+        """What upstream_show's JSON adds per upstream: where the list came from, and the
+        registry's state for a synced upstream."""
+        status: dict[str, object] = {"source": self.source}
+        if self.sync is not None:
+            status.update(self.sync.status())
+        return status

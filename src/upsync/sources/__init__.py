@@ -1,0 +1,1 @@
+"""Registry sources: each turns one registry into a stream of complete server lists."""

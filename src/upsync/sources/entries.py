@@ -1,0 +1,178 @@
+"""Registry entries into ServerSpecs: the value formats of nginx-upsync-module, checked.
+
+Pure functions: a registry's answer goes in, a Snapshot comes out, with every entry that could
+not be used named and explained instead of silently defaulted.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from upsync.config.model import ServerSpec
+from upsync.config.servers import ServerLineError, format_name, parse_server_params, split_address
+from upsync.units import UnitError, parse_time
+
+# nginx-upsync-module's defaults for a registry entry (not nginx's max_fails=1)
+DEFAULT_WEIGHT = 1
+DEFAULT_MAX_FAILS = 2
+DEFAULT_FAIL_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class BadEntry:
+    key: str
+    reason: str
+    name: str | None = None  # the server the entry is about, when its key was an address
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A complete server list as one registry answer gave it."""
+
+    servers: tuple[ServerSpec, ...]
+    index: str = ""  # registry index or revision the list reflects
+    bad: tuple[BadEntry, ...] = field(default_factory=tuple)
+
+
+def server_name(key: str) -> tuple[str, int]:
+    """A registry key naming a server: "host:port" or "[v6]:port", port required."""
+    try:
+        host, port = split_address(key, default_port=0)
+    except ServerLineError as exc:
+        raise ValueError(str(exc)) from None
+    if port == 0:
+        raise ValueError("the key must be host:port")
+    if not host or any(c in host for c in " /\t"):
+        raise ValueError("the key must be host:port")
+    return host, port
+
+
+def _int_field(values: dict[str, Any], name: str, default: int, minimum: int) -> int:
+    value = values.get(name, default)
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if not isinstance(value, int):
+        raise ValueError(f'"{name}" must be a number, not {value!r}')
+    if value < minimum:
+        raise ValueError(f'"{name}" must be at least {minimum}, not {value}')
+    return value
+
+
+def _seconds_field(values: dict[str, Any], name: str, default: float) -> float:
+    value = values.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f'"{name}" must be seconds, not {value!r}')
+    if isinstance(value, str):
+        try:
+            return parse_time(value)
+        except UnitError:
+            raise ValueError(f'"{name}" must be seconds, not {value!r}') from None
+    if value < 0:
+        raise ValueError(f'"{name}" must not be negative')
+    return float(value)
+
+
+def spec_from_json(host: str, port: int, raw: bytes | str | None) -> ServerSpec:
+    """The module's JSON value: every field optional, a missing one taking its default (not its
+    previous value), unknown ones (the seed's "server") ignored; an empty value is all defaults."""
+    values: dict[str, Any] = {}
+    if raw is not None and raw.strip():
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"the value is not JSON ({exc})") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("the value must be a JSON object")
+        values = parsed
+    return ServerSpec(
+        name=format_name(host, port),
+        host=host,
+        port=port,
+        weight=_int_field(values, "weight", DEFAULT_WEIGHT, 1),
+        max_fails=_int_field(values, "max_fails", DEFAULT_MAX_FAILS, 0),
+        fail_timeout=_seconds_field(values, "fail_timeout", DEFAULT_FAIL_TIMEOUT),
+        max_conns=_int_field(values, "max_conns", 0, 0),
+        down=bool(_int_field(values, "down", 0, 0)),
+        backup=bool(_int_field(values, "backup", 0, 0)),
+    )
+
+
+def snapshot_from_kv(pairs: list[tuple[str, bytes | str | None]], index: str = "") -> Snapshot:
+    """Key/value registries (etcd v2, etcd v3, Consul KV): keys are host:port."""
+    servers: list[ServerSpec] = []
+    bad: list[BadEntry] = []
+    seen: set[str] = set()
+    for key, value in pairs:
+        try:
+            host, port = server_name(key)
+        except ValueError as exc:
+            bad.append(BadEntry(key, str(exc)))
+            continue
+        name = format_name(host, port)
+        try:
+            spec = spec_from_json(host, port, value)
+        except ValueError as exc:
+            bad.append(BadEntry(key, str(exc), name))
+            continue
+        if name not in seen:
+            seen.add(name)
+            servers.append(spec)
+    return Snapshot(tuple(servers), index, tuple(bad))
+
+
+def spec_from_tags(host: str, port: int, tags: list[str], down: bool = False) -> ServerSpec:
+    """Consul services: tags `weight=N`, `max_fails=N`, `fail_timeout=10s`, `down`, `backup`;
+    other tags are the service's own and are ignored."""
+    values: dict[str, Any] = {}
+    flags = {"down": down, "backup": False}
+    for tag in tags:
+        key, sep, value = tag.partition("=")
+        if sep and key in ("weight", "max_fails", "fail_timeout", "max_conns"):
+            values[key] = value
+        elif not sep and tag in flags:
+            flags[tag] = True
+    spec = ServerSpec(
+        name=format_name(host, port),
+        host=host,
+        port=port,
+        weight=_int_field(values, "weight", DEFAULT_WEIGHT, 1),
+        max_fails=_int_field(values, "max_fails", DEFAULT_MAX_FAILS, 0),
+        fail_timeout=_seconds_field(values, "fail_timeout", DEFAULT_FAIL_TIMEOUT),
+        max_conns=_int_field(values, "max_conns", 0, 0),
+        down=flags["down"],
+        backup=flags["backup"],
+    )
+    return spec
+
+
+def snapshot_from_server_lines(text: str, origin: str) -> Snapshot:
+    """A dump file, or a file source: `server ADDRESS [params];` lines, `#` comments."""
+    servers: list[ServerSpec] = []
+    bad: list[BadEntry] = []
+    seen: set[str] = set()
+    for number, raw_line in enumerate(text.splitlines(), start=1):
+        line = raw_line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        key = f"{origin}:{number}"
+        if not line.endswith(";"):
+            bad.append(BadEntry(key, f'missing ";" in "{line}"'))
+            continue
+        words = line[:-1].split()
+        if len(words) < 2 or words[0] != "server":
+            bad.append(BadEntry(key, f'expected "server ADDRESS [params];", got "{line}"'))
+            continue
+        try:
+            host, port = server_name(words[1])
+            # `server` lines take nginx's defaults, as they would in an included file
+            spec = parse_server_params(format_name(host, port), words[2:])
+        except (ValueError, ServerLineError) as exc:
+            bad.append(BadEntry(key, str(exc)))
+            continue
+        if spec.name not in seen:
+            seen.add(spec.name)
+            servers.append(spec)
+    return Snapshot(tuple(servers), "", tuple(bad))

@@ -1,0 +1,252 @@
+"""Keeping one upstream in step with its registry: the one place snapshots are applied.
+
+Start-up: pull once; if that fails, start from the dump (strong_dependency=off) or the static
+`server` lines, or refuse to start (strong_dependency=on). Then follow the registry's watch for
+good, surviving outages with capped backoff and logging each outage when it starts and ends.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from upsync.config.model import ServerSpec
+from upsync.config.upsync import SyncSpec
+from upsync.sources.base import RegistryError, Source
+from upsync.sources.entries import Snapshot, snapshot_from_server_lines
+from upsync.sources.registry import make_source
+from upsync.upstream.dump import read_dump, write_dump
+from upsync.upstream.group import UpstreamGroup
+
+log = logging.getLogger("upsync.sync")
+
+STARTUP_PULL_TIMEOUT = 10.0
+BACKOFF_CAP = 10.0
+
+
+class StartupError(Exception):
+    pass
+
+
+def backoff(interval: float, failures: int) -> float:
+    """upsync_interval, doubling per failed round, capped at max(interval, 10s)."""
+    delay: float = interval * 2.0 ** max(0, failures - 1)
+    return min(delay, max(interval, BACKOFF_CAP))
+
+
+class UpstreamSync:
+    def __init__(self, group: UpstreamGroup, spec: SyncSpec) -> None:
+        self.group = group
+        self.spec = spec
+        self.source: Source = make_source(spec, group.name)
+        self.task: asyncio.Task[None] | None = None
+        self.reachable = True
+        self.unreachable_since: float | None = None
+        self.last_error = ""
+        self.last_index = ""
+        self.last_change: float | None = None
+        self.reported: set[tuple[str, str]] = set()
+        self.empty_warned = False
+        self.changes = 0
+        self.changed = asyncio.Event()  # set on every applied change (for tests and benchmarks)
+        group.sync = self
+
+    # start-up
+    async def initial_load(self) -> None:
+        try:
+            snapshot = await asyncio.wait_for(
+                self._pull(), min(self.spec.timeout, STARTUP_PULL_TIMEOUT)
+            )
+        except (RegistryError, TimeoutError) as exc:
+            message = str(exc) or "timed out"
+            if self.spec.strong_dependency:
+                raise StartupError(
+                    f'upstream "{self.group.name}": registry {self.source.where} unreachable '
+                    f"({message}) and strong_dependency=on"
+                ) from None
+            self._outage(message)
+            self.load_fallback()
+            return
+        self.apply(snapshot)
+        if self.group.source != "registry":
+            self.load_fallback()
+
+    async def _pull(self) -> Snapshot:
+        """One complete read: the first list the watch reports, each registry address in turn."""
+        errors = []
+        for _ in range(max(1, len(self.spec.endpoints))):
+            first: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
+
+            def report(snapshot: Snapshot, first: asyncio.Future[Snapshot] = first) -> None:
+                if not first.done():
+                    first.set_result(snapshot)
+
+            task: asyncio.Future[None] = asyncio.ensure_future(self.source.watch(report))
+            try:
+                pending: list[asyncio.Future[Any]] = [first, task]
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if first.done():
+                    return first.result()
+                task.result()
+            except RegistryError as exc:
+                errors.append(str(exc))
+                self.source.next_endpoint()
+            finally:
+                task.cancel()
+        raise RegistryError("; ".join(errors) or "no answer")
+
+    def load_fallback(self) -> None:
+        """The dump when there is one (and the upstream has not synced), else the static list."""
+        text = read_dump(self.spec.dump_path)
+        if text is not None:
+            snapshot = snapshot_from_server_lines(text, self.spec.dump_path)
+            if snapshot.servers:
+                self.group.replace(snapshot.servers)
+                self.group.source = "dump"
+                log.warning(
+                    'upstream "%s": using the dump %s (%d servers) until the registry answers',
+                    self.group.name,
+                    self.spec.dump_path,
+                    len(snapshot.servers),
+                )
+                return
+        self.group.source = "static"
+        if not self.group.peers:
+            log.warning('upstream "%s" has no servers until the registry answers', self.group.name)
+
+    # following the registry
+    def start(self) -> None:
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._follow())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+            self.task = None
+        await self.source.close()
+
+    async def _follow(self) -> None:
+        failures = 0
+        while True:
+            if hasattr(self.source, "start_round"):
+                self.source.start_round()
+            try:
+                await self.source.watch(self._on_snapshot)
+                failures = 0
+            except RegistryError as exc:
+                self._outage(str(exc))
+                if self.source.next_endpoint():
+                    continue  # another address of the registry may answer at once
+                failures += 1
+                await asyncio.sleep(backoff(self.spec.interval, failures))
+            except Exception:
+                log.exception('upstream "%s": registry watch failed', self.group.name)
+                failures += 1
+                await asyncio.sleep(backoff(self.spec.interval, failures))
+
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        self.apply(snapshot)
+
+    def _outage(self, message: str) -> None:
+        if self.reachable:
+            self.reachable = False
+            self.unreachable_since = time.time()
+            log.error(
+                'upstream "%s": registry %s unreachable (%s); serving the last list (%s)',
+                self.group.name,
+                self.source.where,
+                message,
+                self.group.source,
+            )
+        self.last_error = message
+
+    def _recovered(self) -> None:
+        if not self.reachable:
+            down_for = time.time() - (self.unreachable_since or time.time())
+            log.warning(
+                'upstream "%s": registry %s reachable again after %.1fs',
+                self.group.name,
+                self.source.where,
+                down_for,
+            )
+        self.reachable = True
+        self.unreachable_since = None
+        self.last_error = ""
+
+    # applying
+    def apply(self, snapshot: Snapshot) -> None:
+        """A registry answer becomes the server list, unless it has no usable server at all."""
+        self._recovered()
+        self.last_index = snapshot.index
+        current = {peer.name: peer.spec() for peer in self.group.peers}
+        listed = {spec.name for spec in snapshot.servers}
+        specs: list[ServerSpec] = list(snapshot.servers)
+        still_bad: set[tuple[str, str]] = set()
+        for bad in snapshot.bad:
+            report = (bad.key, bad.reason)
+            still_bad.add(report)
+            kept = bad.name is not None and bad.name in current and bad.name not in listed
+            if report not in self.reported:
+                log.error(
+                    'upstream "%s": registry entry "%s" ignored: %s%s',
+                    self.group.name,
+                    bad.key,
+                    bad.reason,
+                    "; the server keeps its last good attributes" if kept else "",
+                )
+            if kept and bad.name is not None:
+                specs.append(current[bad.name])
+                listed.add(bad.name)
+        self.reported = still_bad
+        if not specs:
+            if not self.empty_warned:
+                log.warning(
+                    'upstream "%s": the registry lists no servers; the last list (%d) stays',
+                    self.group.name,
+                    len(self.group.peers),
+                )
+                self.empty_warned = True
+            return
+        self.empty_warned = False
+        if self.group.source == "registry" and _same(current, specs):
+            return
+        self.group.replace(specs, new_first=True)
+        self.group.source = "registry"
+        self.last_change = time.time()
+        self.changes += 1
+        log.info(
+            'upstream "%s": %d servers from %s', self.group.name, len(specs), self.source.where
+        )
+        try:
+            write_dump(self.spec.dump_path, self.group.specs())
+        except OSError as exc:
+            log.error(
+                'upstream "%s": cannot write the dump %s: %s',
+                self.group.name,
+                self.spec.dump_path,
+                exc,
+            )
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def status(self) -> dict[str, object]:
+        return {
+            "registry": {"type": self.spec.kind, "address": self.source.where},
+            "reachable": self.reachable,
+            "unreachable_since": self.unreachable_since,
+            "last_error": self.last_error or None,
+            "last_index": self.last_index or None,
+            "last_change": self.last_change,
+            "dump_path": self.spec.dump_path,
+        }
+
+
+def _same(current: dict[str, ServerSpec], specs: Sequence[ServerSpec]) -> bool:
+    """The same servers with the same attributes (how a static line was written aside)."""
+    new = {spec.name: replace(spec, written="") for spec in specs}
+    return new == {name: replace(spec, written="") for name, spec in current.items()}
