@@ -5,12 +5,15 @@ the directory so every report is a complete list. When etcd has forgotten the in
 "event index cleared"), the directory is simply read again.
 """
 
+import logging
 from typing import Any
 
 import orjson
 
 from upsync.sources.base import HttpSource, OnSnapshot, PollTimeout, RegistryError
 from upsync.sources.entries import Snapshot, snapshot_from_kv
+
+log = logging.getLogger("upsync.sync")
 
 EVENT_INDEX_CLEARED = 401
 KEY_NOT_FOUND = 100
@@ -67,6 +70,11 @@ class EtcdV2Source(HttpSource):
                     error_code = None
                 if error_code != EVENT_INDEX_CLEARED:
                     raise RegistryError(f"etcd refused the watch: {body[:200]!r}")
+                log.info(
+                    'upstream "%s": etcd index %d was cleared (etcd keeps 1000 events); '
+                    "reading %s again",
+                    self.upstream, index + 1, self.where,
+                )
             elif status != 200:
                 raise RegistryError(f"etcd answered the watch with {status}: {body[:200]!r}")
             # a change (or a forgotten index): read the whole directory again
