@@ -1,0 +1,94 @@
+"""Consul beyond KV: catalog services, health, ACL tokens, datacenters (Consul API double, or a
+real agent through CONSUL_HTTP_ADDR for the cases that need no token)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.consul_double import ConsulDouble
+from tests.helpers import free_port, request, running_upsync, wait_until
+from tests.registries import ConsulKVDriver
+from tests.integration.test_discovery import config, listing, show, status_json, wait_show
+
+
+@pytest.fixture
+def double() -> "ConsulDouble":
+    server = ConsulDouble().start()
+    yield server  # type: ignore[misc]
+    server.stop()
+
+
+def test_catalog_services_with_tags(double: ConsulDouble, tmp_path: Path) -> None:
+    port = free_port()
+    double.register("web", "web-1", 8001, ["weight=3", "max_fails=5", "fail_timeout=20s"])
+    double.register("web", "web-2", 8002, ["backup", "http"], address="127.0.0.2")
+    line = f"upsync {double.address}/v1/catalog/service/web upsync_type=consul_services upsync_timeout=20s;"
+    with running_upsync(config(port, line, tmp_path / "d.conf"), port):
+        wait_show(
+            port,
+            "server 127.0.0.1:8001 weight=3 max_fails=5 fail_timeout=20s;",
+            "server 127.0.0.2:8002 weight=1 max_fails=2 fail_timeout=10s backup;",
+        )
+        double.register("web", "web-3", 8003, ["down"])
+        wait_until(lambda: "server 127.0.0.1:8003 weight=1 max_fails=2 fail_timeout=10s down;" in show(port))
+
+
+def test_health_marks_critical_instances_down(double: ConsulDouble, tmp_path: Path) -> None:
+    port = free_port()
+    double.register("api", "api-1", 8001)
+    double.register("api", "api-2", 8002, status="critical")
+    line = f"upsync {double.address}/v1/health/service/api upsync_type=consul_health upsync_timeout=20s;"
+    with running_upsync(config(port, line, tmp_path / "d.conf"), port):
+        wait_show(
+            port,
+            "server 127.0.0.1:8001 weight=1 max_fails=2 fail_timeout=10s;",
+            "server 127.0.0.1:8002 weight=1 max_fails=2 fail_timeout=10s down;",
+        )
+        double.register("api", "api-2", 8002, status="passing")
+        wait_until(lambda: "8002 weight=1 max_fails=2 fail_timeout=10s;\n" in show(port))
+
+
+def test_acl_token_from_directive_and_environment(tmp_path: Path) -> None:
+    double = ConsulDouble(token="s3cret").start()
+    try:
+        driver = ConsulKVDriver(double.address, "upstreams/acl", token="s3cret")
+        driver.put("127.0.0.1:8001")
+        port = free_port()
+        with running_upsync(config(port, driver.upsync("upsync_token=s3cret"), tmp_path / "a.conf"), port):
+            wait_show(port, "server 127.0.0.1:8001 weight=1 max_fails=2 fail_timeout=10s;")
+        # a wrong token: the registry refuses, upsync says so and keeps its static list
+        with running_upsync(config(port, driver.upsync("upsync_token=wrong"), tmp_path / "b.conf"), port) as proc:
+            assert show(port) == listing("server 127.0.0.1:9 weight=1 max_fails=1 fail_timeout=10s;")
+            assert "ACL token" in (proc.workdir / "error.log").read_text()
+        assert double.state.requests  # the double saw the token-bearing requests
+    finally:
+        double.stop()
+
+
+def test_datacenter_and_consistency_are_sent(double: ConsulDouble, tmp_path: Path) -> None:
+    driver = ConsulKVDriver(double.address, "upstreams/dc")
+    driver.put("127.0.0.1:8001")
+    port = free_port()
+    line = driver.upsync("upsync_dc=dc1 upsync_consistency=consistent")
+    with running_upsync(config(port, line, tmp_path / "d.conf"), port):
+        wait_show(port, "server 127.0.0.1:8001 weight=1 max_fails=2 fail_timeout=10s;")
+        assert any("dc=dc1" in path and "consistent" in path for path in double.state.requests)
+    bad = driver.upsync("upsync_dc=elsewhere")
+    with running_upsync(config(port, bad, tmp_path / "e.conf"), port):
+        assert status_json(port)["reachable"] is False
+
+
+def test_blocking_queries_carry_the_index(double: ConsulDouble, tmp_path: Path) -> None:
+    driver = ConsulKVDriver(double.address, "upstreams/blocking")
+    driver.put("127.0.0.1:8001")
+    port = free_port()
+    with running_upsync(config(port, driver.upsync(), tmp_path / "d.conf"), port):
+        wait_show(port, "server 127.0.0.1:8001 weight=1 max_fails=2 fail_timeout=10s;")
+        driver.put("127.0.0.1:8002")
+        wait_until(lambda: "8002" in show(port))
+        blocking = [p for p in double.state.requests if "index=" in p]
+        assert blocking and all("wait=" in p for p in blocking)
+        state = status_json(port)
+        assert state["last_index"] == str(double.state.kv_index("upstreams/blocking/", True))
+        assert json.dumps(state["registry"])  # type and address are reported
