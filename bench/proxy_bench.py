@@ -138,10 +138,8 @@ def run_wrk(port: int, seconds: int, connections: int, close: bool, cpu: int) ->
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if rps is None:
         raise SystemExit(f"wrk printed no Requests/sec:\n{out}")
-    if (
-        "Non-2xx" in out
-        or ("Socket errors" in out
-        and "connect 0, read 0, write 0, timeout 0" not in out)
+    if "Non-2xx" in out or (
+        "Socket errors" in out and "connect 0, read 0, write 0, timeout 0" not in out
     ):
         print(f"  note: wrk reported errors:\n{out}", file=sys.stderr)
     return Result(float(rps.group(1)), _latency(out, "50%"), _latency(out, "99%"))

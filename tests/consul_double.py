@@ -66,6 +66,7 @@ class ConsulDouble:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are separate writes
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -134,8 +135,14 @@ class ConsulDouble:
                     with state.changed:
                         index = state.kv_index(key, recurse)
                         found = [
-                            {"Key": k, "Value": base64.b64encode(v).decode() if v else None,
-                             "CreateIndex": c, "ModifyIndex": m, "LockIndex": 0, "Flags": 0}
+                            {
+                                "Key": k,
+                                "Value": base64.b64encode(v).decode() if v else None,
+                                "CreateIndex": c,
+                                "ModifyIndex": m,
+                                "LockIndex": 0,
+                                "Flags": 0,
+                            }
                             for k, (v, c, m) in sorted(state.kv.items())
                             if (k.startswith(key) if recurse else k == key)
                         ]
@@ -199,7 +206,11 @@ class ConsulDouble:
                     return
                 key = path[len("/v1/kv/") :]
                 with state.changed:
-                    doomed = [k for k in state.kv if (k.startswith(key) if "recurse" in query else k == key)]
+                    doomed = [
+                        k
+                        for k in state.kv
+                        if (k.startswith(key) if "recurse" in query else k == key)
+                    ]
                     if doomed:
                         index = state.bump()
                         for k in doomed:
@@ -228,18 +239,41 @@ class ConsulDouble:
             self.server = None
 
     # test helpers mirroring `consul services register` / `consul services deregister`
-    def register(self, name: str, service_id: str, port: int, tags: list[str] | None = None,
-                 address: str = "127.0.0.1", status: str = "passing") -> None:
+    def register(
+        self,
+        name: str,
+        service_id: str,
+        port: int,
+        tags: list[str] | None = None,
+        address: str = "127.0.0.1",
+        status: str = "passing",
+    ) -> None:
         from tests.registries import http
 
         registration = {
             "Node": "node1",
             "Address": "127.0.0.1",
-            "Service": {"ID": service_id, "Service": name, "Address": address, "Port": port, "Tags": tags or []},
-            "Checks": [{"CheckID": f"check-{service_id}", "ServiceID": service_id, "Status": status}],
+            "Service": {
+                "ID": service_id,
+                "Service": name,
+                "Address": address,
+                "Port": port,
+                "Tags": tags or [],
+            },
+            "Checks": [
+                {"CheckID": f"check-{service_id}", "ServiceID": service_id, "Status": status}
+            ],
         }
         headers = {"X-Consul-Token": self.state.token} if self.state.token else {}
-        assert http("PUT", f"http://{self.address}/v1/catalog/register", json.dumps(registration).encode(), headers)[0] == 200
+        assert (
+            http(
+                "PUT",
+                f"http://{self.address}/v1/catalog/register",
+                json.dumps(registration).encode(),
+                headers,
+            )[0]
+            == 200
+        )
 
 
 def _seconds(value: str) -> float:
@@ -269,9 +303,15 @@ def _health_entry(registration: dict[str, Any]) -> dict[str, Any]:
     service = registration["Service"]
     return {
         "Node": {"Node": registration["Node"], "Address": registration["Address"]},
-        "Service": {"ID": service.get("ID"), "Service": service["Service"],
-                    "Address": service.get("Address", ""), "Port": service["Port"],
-                    "Tags": service.get("Tags") or []},
-        "Checks": [{"CheckID": c.get("CheckID"), "Status": c.get("Status", "passing")}
-                   for c in registration.get("Checks") or []],
+        "Service": {
+            "ID": service.get("ID"),
+            "Service": service["Service"],
+            "Address": service.get("Address", ""),
+            "Port": service["Port"],
+            "Tags": service.get("Tags") or [],
+        },
+        "Checks": [
+            {"CheckID": c.get("CheckID"), "Status": c.get("Status", "passing")}
+            for c in registration.get("Checks") or []
+        ],
     }

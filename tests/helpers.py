@@ -27,8 +27,14 @@ def free_port() -> int:
 def wait_until(
     condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02
 ) -> None:
+    """Poll until the condition holds; a condition that reads a file not there yet is false."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while True:
+        try:
+            if condition():
+                return
+        except FileNotFoundError:
+            pass
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
@@ -195,6 +201,7 @@ class Backend:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are separate writes
 
             def log_message(self, format: str, *args: object) -> None:
                 pass

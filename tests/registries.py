@@ -27,8 +27,13 @@ def etcd_binary() -> str:
     return found
 
 
-def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-         timeout: float = 10.0) -> tuple[int, bytes]:
+def http(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
@@ -55,11 +60,26 @@ class Etcd:
         client = f"http://127.0.0.1:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
         argv = [
-            etcd_binary(), "--data-dir", f"{self.tmp.name}/data", "--name", "test",
-            "--listen-client-urls", client, "--advertise-client-urls", client,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"test={peer}", "--enable-v2=true",
-            "--log-level", "error", "--logger", "zap",
+            etcd_binary(),
+            "--data-dir",
+            f"{self.tmp.name}/data",
+            "--name",
+            "test",
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"test={peer}",
+            "--enable-v2=true",
+            "--log-level",
+            "error",
+            "--logger",
+            "zap",
         ]
         self.log = open(f"{self.tmp.name}/etcd.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
@@ -121,7 +141,9 @@ class EtcdV2Driver(Driver):
 
     def put(self, name: str, value: str = "") -> None:
         body = urllib.parse.urlencode({"value": value}).encode()
-        status, answer = http("PUT", self._url(name), body, {"Content-Type": "application/x-www-form-urlencoded"})
+        status, answer = http(
+            "PUT", self._url(name), body, {"Content-Type": "application/x-www-form-urlencoded"}
+        )
         assert status in (200, 201), answer
 
     def delete(self, name: str) -> None:
@@ -146,7 +168,9 @@ class EtcdV3Driver(Driver):
         return f"upsync {self.etcd.address}/{self.prefix} upsync_type=etcdv3 upsync_timeout=20s upsync_interval=100ms {extra};"
 
     def call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        status, body = http("POST", f"http://{self.etcd.address}{path}", json.dumps(payload).encode())
+        status, body = http(
+            "POST", f"http://{self.etcd.address}{path}", json.dumps(payload).encode()
+        )
         assert status == 200, body
         result: dict[str, Any] = json.loads(body)
         return result
@@ -181,14 +205,29 @@ class ConsulKVDriver(Driver):
         return f"upsync {self.address}/v1/kv/{self.directory} upsync_type=consul upsync_timeout=20s upsync_interval=100ms {extra};"
 
     def put(self, name: str, value: str = "") -> None:
-        status, body = http("PUT", f"http://{self.address}/v1/kv/{self.directory}/{name}", value.encode(), self._headers())
+        status, body = http(
+            "PUT",
+            f"http://{self.address}/v1/kv/{self.directory}/{name}",
+            value.encode(),
+            self._headers(),
+        )
         assert status == 200 and body.strip() == b"true", body
 
     def delete(self, name: str) -> None:
-        assert http("DELETE", f"http://{self.address}/v1/kv/{self.directory}/{name}", None, self._headers())[0] == 200
+        assert (
+            http(
+                "DELETE",
+                f"http://{self.address}/v1/kv/{self.directory}/{name}",
+                None,
+                self._headers(),
+            )[0]
+            == 200
+        )
 
     def delete_all(self) -> None:
-        http("DELETE", f"http://{self.address}/v1/kv/{self.directory}?recurse", None, self._headers())
+        http(
+            "DELETE", f"http://{self.address}/v1/kv/{self.directory}?recurse", None, self._headers()
+        )
 
 
 def consul_address_from_env() -> str | None:

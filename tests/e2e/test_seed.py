@@ -14,7 +14,9 @@ from tests.registries import Etcd, http
 def etcdctl(etcd: Etcd, *args: str) -> str:
     binary = Path(sys.executable).parent / "etcdctl"
     env = {**os.environ, "ETCDCTL_API": "2", "ETCDCTL_ENDPOINTS": f"http://{etcd.address}"}
-    result = subprocess.run([str(binary), *args], env=env, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [str(binary), *args], env=env, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -25,7 +27,12 @@ def test_seed_walkthrough(tmp_path: Path) -> None:
         with Backend("8001") as first, Backend("8002") as second:
             # $ etcdctl set upstreams/127.0.0.1:8001 '{"server": "127.0.0.1:8001"}'
             for backend in (first, second):
-                etcdctl(etcd, "set", f"upstreams/127.0.0.1:{backend.port}", f'{{"server": "127.0.0.1:{backend.port}"}}')
+                etcdctl(
+                    etcd,
+                    "set",
+                    f"upstreams/127.0.0.1:{backend.port}",
+                    f'{{"server": "127.0.0.1:{backend.port}"}}',
+                )
             # $ curl http://127.0.0.1:2379/v2/keys/upstreams/
             status, body = http("GET", f"http://{etcd.address}/v2/keys/upstreams/")
             assert status == 200 and f"127.0.0.1:{first.port}".encode() in body
@@ -71,10 +78,11 @@ server {{
                     "\n"
                 )
                 # servers_test.conf, and `server localhost:8003` no longer used
-                assert dump.read_text() == (
+                expected_dump = (
                     f"server 127.0.0.1:{first.port} weight=1 max_fails=2 fail_timeout=10s;\n"
                     f"server 127.0.0.1:{second.port} weight=1 max_fails=2 fail_timeout=10s;\n"
                 )
+                wait_until(lambda: dump.read_text() == expected_dump)
                 served = Counter(request(port, "/")[2] for _ in range(10))
                 assert served == {b"8001\n": 5, b"8002\n": 5}
                 assert "load_module" in (proc.workdir / "error.log").read_text()

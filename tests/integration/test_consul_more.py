@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from tests.consul_double import ConsulDouble
-from tests.helpers import free_port, request, running_upsync, wait_until
-from tests.registries import ConsulKVDriver
+from tests.helpers import free_port, running_upsync, wait_until
 from tests.integration.test_discovery import config, listing, show, status_json, wait_show
+from tests.registries import ConsulKVDriver
 
 
 @pytest.fixture
@@ -31,7 +31,11 @@ def test_catalog_services_with_tags(double: ConsulDouble, tmp_path: Path) -> Non
             "server 127.0.0.2:8002 weight=1 max_fails=2 fail_timeout=10s backup;",
         )
         double.register("web", "web-3", 8003, ["down"])
-        wait_until(lambda: "server 127.0.0.1:8003 weight=1 max_fails=2 fail_timeout=10s down;" in show(port))
+        wait_until(
+            lambda: (
+                "server 127.0.0.1:8003 weight=1 max_fails=2 fail_timeout=10s down;" in show(port)
+            )
+        )
 
 
 def test_health_marks_critical_instances_down(double: ConsulDouble, tmp_path: Path) -> None:
@@ -55,11 +59,17 @@ def test_acl_token_from_directive_and_environment(tmp_path: Path) -> None:
         driver = ConsulKVDriver(double.address, "upstreams/acl", token="s3cret")
         driver.put("127.0.0.1:8001")
         port = free_port()
-        with running_upsync(config(port, driver.upsync("upsync_token=s3cret"), tmp_path / "a.conf"), port):
+        with running_upsync(
+            config(port, driver.upsync("upsync_token=s3cret"), tmp_path / "a.conf"), port
+        ):
             wait_show(port, "server 127.0.0.1:8001 weight=1 max_fails=2 fail_timeout=10s;")
         # a wrong token: the registry refuses, upsync says so and keeps its static list
-        with running_upsync(config(port, driver.upsync("upsync_token=wrong"), tmp_path / "b.conf"), port) as proc:
-            assert show(port) == listing("server 127.0.0.1:9 weight=1 max_fails=1 fail_timeout=10s;")
+        with running_upsync(
+            config(port, driver.upsync("upsync_token=wrong"), tmp_path / "b.conf"), port
+        ) as proc:
+            assert show(port) == listing(
+                "server 127.0.0.1:9 weight=1 max_fails=1 fail_timeout=10s;"
+            )
             assert "ACL token" in (proc.workdir / "error.log").read_text()
         assert double.state.requests  # the double saw the token-bearing requests
     finally:

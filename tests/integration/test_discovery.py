@@ -58,7 +58,9 @@ def driver(request: pytest.FixtureRequest, etcd: Etcd, consul: str) -> Iterator[
     made.delete_all()
 
 
-def config(port: int, upsync: str, dump: Path, static: str = "server 127.0.0.1:9 ;", extra: str = "") -> str:
+def config(
+    port: int, upsync: str, dump: Path, static: str = "server 127.0.0.1:9 ;", extra: str = ""
+) -> str:
     return f"""
 events {{}}
 http {{
@@ -139,10 +141,11 @@ def test_add_attributes_partial_empty_and_delete(driver: Driver, tmp_path: Path)
             "server 127.0.0.1:8089 weight=20 max_fails=0 fail_timeout=30s;",
             "server 127.0.0.1:8088 weight=40 max_fails=3 fail_timeout=20s down;",
         )
-        assert dump.read_text() == (
+        expected_dump = (
             "server 127.0.0.1:8089 weight=20 max_fails=0 fail_timeout=30s;\n"
             "server 127.0.0.1:8088 weight=40 max_fails=3 fail_timeout=20s down;\n"
         )
+        wait_until(lambda: dump.read_text() == expected_dump)  # written off the event loop
         # the other upstream is shown too, after a blank line, as the C module prints it
         assert show(port, "").endswith(
             "\nUpstream name: backend; Backend server count: 1\n"
@@ -158,8 +161,15 @@ def test_delete_everything_keeps_the_last_list(driver: Driver, tmp_path: Path) -
         wait_show(port, "server 127.0.0.1:8088 weight=40 max_fails=2 fail_timeout=10s;")
         driver.delete_all()
         wait_until(lambda: "lists no servers" in (proc.workdir / "error.log").read_text())
-        assert show(port) == listing("server 127.0.0.1:8088 weight=40 max_fails=2 fail_timeout=10s;")
-        assert dump.read_text() == "server 127.0.0.1:8088 weight=40 max_fails=2 fail_timeout=10s;\n"
+        assert show(port) == listing(
+            "server 127.0.0.1:8088 weight=40 max_fails=2 fail_timeout=10s;"
+        )
+        wait_until(
+            lambda: (
+                dump.read_text()
+                == "server 127.0.0.1:8088 weight=40 max_fails=2 fail_timeout=10s;\n"
+            )
+        )
         driver.put("127.0.0.1:8089")
         wait_show(port, "server 127.0.0.1:8089 weight=1 max_fails=2 fail_timeout=10s;")
 
@@ -224,7 +234,9 @@ def test_start_without_registry_uses_dump_then_static(driver: Driver, tmp_path: 
         assert status_json(port)["source"] == "static"
     dump.write_text("server 127.0.0.1:8088 weight=40 max_fails=2 fail_timeout=10s;\n")
     with running_upsync(config(port, line, dump, static=""), port):
-        assert show(port) == listing("server 127.0.0.1:8088 weight=40 max_fails=2 fail_timeout=10s;")
+        assert show(port) == listing(
+            "server 127.0.0.1:8088 weight=40 max_fails=2 fail_timeout=10s;"
+        )
         state = status_json(port)
         assert state["source"] == "dump" and state["reachable"] is False
 
@@ -239,9 +251,11 @@ def _registry_address(driver: Driver) -> str:
 def test_upstream_without_static_servers_is_valid(driver: Driver, tmp_path: Path) -> None:
     port = free_port()
     driver.put("127.0.0.1:8001")
-    with running_upsync(config(port, driver.upsync(), tmp_path / "nested" / "dir" / "d.conf", static=""), port):
+    with running_upsync(
+        config(port, driver.upsync(), tmp_path / "nested" / "dir" / "d.conf", static=""), port
+    ):
         wait_show(port, "server 127.0.0.1:8001 weight=1 max_fails=2 fail_timeout=10s;")
-        assert (tmp_path / "nested" / "dir" / "d.conf").exists()  # directory created
+        wait_until((tmp_path / "nested" / "dir" / "d.conf").exists)  # directory created
 
 
 def test_thousand_server_upstream(driver: Driver, tmp_path: Path) -> None:
@@ -249,10 +263,14 @@ def test_thousand_server_upstream(driver: Driver, tmp_path: Path) -> None:
     for i in range(1000):
         driver.put(f"10.0.{i // 250}.{i % 250 + 1}:80", '{"weight":2}')
     with running_upsync(config(port, driver.upsync(), tmp_path / "d.conf"), port):
-        wait_until(lambda: show(port).startswith("Upstream name: test; Backend server count: 1000\n"))
+        wait_until(
+            lambda: show(port).startswith("Upstream name: test; Backend server count: 1000\n")
+        )
         driver.delete("10.0.0.1:80")
-        wait_until(lambda: show(port).startswith("Upstream name: test; Backend server count: 999\n"))
-        assert len((tmp_path / "d.conf").read_text().splitlines()) == 999
+        wait_until(
+            lambda: show(port).startswith("Upstream name: test; Backend server count: 999\n")
+        )
+        wait_until(lambda: len((tmp_path / "d.conf").read_text().splitlines()) == 999)
 
 
 # registry outages: a private etcd per test, so stopping it disturbs nothing else
@@ -267,7 +285,11 @@ def own_etcd() -> Iterator[Etcd]:
 
 @pytest.mark.parametrize("kind", ["etcd", "etcdv3"])
 def test_etcd_outage_keeps_serving_and_resyncs(kind: str, own_etcd: Etcd, tmp_path: Path) -> None:
-    driver: Driver = EtcdV2Driver(own_etcd, "upstreams/outage") if kind == "etcd" else EtcdV3Driver(own_etcd, "upstreams/outage")
+    driver: Driver = (
+        EtcdV2Driver(own_etcd, "upstreams/outage")
+        if kind == "etcd"
+        else EtcdV3Driver(own_etcd, "upstreams/outage")
+    )
     port = free_port()
     dump = tmp_path / "servers_test.conf"
     with Backend("a") as a:
@@ -288,7 +310,9 @@ def test_etcd_outage_keeps_serving_and_resyncs(kind: str, own_etcd: Etcd, tmp_pa
             # restart while the registry is down: the dump is used
             proc.stop()
             own_etcd.stop()
-            with running_upsync(config(port, driver.upsync(), dump, static="server 127.0.0.1:9;"), port):
+            with running_upsync(
+                config(port, driver.upsync(), dump, static="server 127.0.0.1:9;"), port
+            ):
                 assert f"127.0.0.1:{a.port}" in show(port)
                 assert status_json(port)["source"] == "dump"
                 assert request(port, "/")[2] == b"a\n"
@@ -325,7 +349,12 @@ def test_etcd_v2_index_cleared_reads_again(own_etcd: Etcd, tmp_path: Path) -> No
         # etcd keeps 1000 events: after more than that, upsync's next wait index is gone
         for i in range(1100):
             other.put("k", str(i))
-        wait_until(lambda: "was cleared (etcd keeps 1000 events)" in (proc.workdir / "error.log").read_text(), timeout=15)
+        wait_until(
+            lambda: (
+                "was cleared (etcd keeps 1000 events)" in (proc.workdir / "error.log").read_text()
+            ),
+            timeout=15,
+        )
         driver.put("127.0.0.1:8002")
         wait_until(lambda: "127.0.0.1:8002" in show(port))
 
@@ -405,6 +434,10 @@ def test_change_reaches_routing_fast_whatever_the_interval(etcd: Etcd, tmp_path:
 
 def test_registry_answer_via_http_put_matches_etcd_readme(etcd: Etcd) -> None:
     """The C module's README adds etcd servers with `curl -X PUT -d value=...`."""
-    status, _ = http("PUT", f"http://{etcd.address}/v2/keys/upstreams/readme/127.0.0.1:8001",
-                     b'value={"weight":1}', {"Content-Type": "application/x-www-form-urlencoded"})
+    status, _ = http(
+        "PUT",
+        f"http://{etcd.address}/v2/keys/upstreams/readme/127.0.0.1:8001",
+        b'value={"weight":1}',
+        {"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert status in (200, 201)

@@ -13,7 +13,9 @@ def test_edits_to_a_file_apply_live(tmp_path: Path) -> None:
     line = f"upsync {servers} upsync_type=file;"
     with running_upsync(config(port, line, tmp_path / "dump.conf"), port) as proc:
         wait_show(port, "server 127.0.0.1:8001 weight=2 max_fails=1 fail_timeout=10s;")
-        servers.write_text("# comment\nserver 127.0.0.1:8001 weight=2;\nserver 127.0.0.1:8002 down;\n")
+        servers.write_text(
+            "# comment\nserver 127.0.0.1:8001 weight=2;\nserver 127.0.0.1:8002 down;\n"
+        )
         wait_show(
             port,
             "server 127.0.0.1:8002 weight=1 max_fails=1 fail_timeout=10s down;",
@@ -32,7 +34,9 @@ def test_a_directory_of_files(tmp_path: Path) -> None:
     directory.mkdir()
     (directory / "a.conf").write_text("server 127.0.0.1:8001;\n")
     port = free_port()
-    with running_upsync(config(port, f"upsync {directory} upsync_type=file;", tmp_path / "d.conf"), port):
+    with running_upsync(
+        config(port, f"upsync {directory} upsync_type=file;", tmp_path / "d.conf"), port
+    ):
         wait_until(lambda: "127.0.0.1:8001" in show(port))
         (directory / "b.conf").write_text("server 127.0.0.1:8002;\n")
         wait_until(lambda: "127.0.0.1:8002" in show(port))

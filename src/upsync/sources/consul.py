@@ -12,8 +12,9 @@ import orjson
 
 from upsync.config.model import ServerSpec
 from upsync.config.servers import format_name
+from upsync.config.upsync import SyncSpec
 from upsync.sources.base import HttpSource, OnSnapshot, RegistryError
-from upsync.sources.entries import BadEntry, Snapshot, snapshot_from_kv, spec_from_tags
+from upsync.sources.entries import BadEntry, EntryParser, Snapshot, spec_from_tags
 
 CONSUL_MAX_WAIT = 300.0  # Consul caps a blocking query at 10 minutes; 5 is its default
 
@@ -29,7 +30,9 @@ def next_index(previous: int, header: str | None) -> int:
     return max(index, 1) if header else 0
 
 
-def parse_kv(body: bytes, status: int, directory: str, index: str) -> Snapshot:
+def parse_kv(
+    body: bytes, status: int, directory: str, index: str, parser: EntryParser | None = None
+) -> Snapshot:
     if status == 404:
         return Snapshot((), index)
     if status != 200:
@@ -44,7 +47,7 @@ def parse_kv(body: bytes, status: int, directory: str, index: str) -> Snapshot:
             continue  # the folder key itself
         value = entry.get("Value")
         pairs.append((name, base64.b64decode(value) if value else None))
-    return snapshot_from_kv(pairs, index)
+    return (parser or EntryParser()).snapshot(pairs, index)
 
 
 def _service_spec(
@@ -103,6 +106,10 @@ def parse_health(body: bytes, status: int, index: str) -> Snapshot:
 
 
 class ConsulSource(HttpSource):
+    def __init__(self, spec: SyncSpec, upstream: str) -> None:
+        super().__init__(spec, upstream)
+        self.parser = EntryParser()
+
     def headers(self) -> dict[str, str]:
         return {"X-Consul-Token": self.spec.token} if self.spec.token else {}
 
@@ -131,7 +138,7 @@ class ConsulSource(HttpSource):
 
     def _parse(self, body: bytes, status: int, index: str) -> Snapshot:
         if self.spec.kind == "consul":
-            return parse_kv(body, status, self.directory, index)
+            return parse_kv(body, status, self.directory, index, self.parser)
         if self.spec.kind == "consul_health":
             return parse_health(body, status, index)
         return parse_catalog(body, status, index)

@@ -10,8 +10,9 @@ from typing import Any
 
 import orjson
 
+from upsync.config.upsync import SyncSpec
 from upsync.sources.base import HttpSource, OnSnapshot, PollTimeout, RegistryError
-from upsync.sources.entries import Snapshot, snapshot_from_kv
+from upsync.sources.entries import EntryParser, Snapshot
 
 log = logging.getLogger("upsync.sync")
 
@@ -19,7 +20,9 @@ EVENT_INDEX_CLEARED = 401
 KEY_NOT_FOUND = 100
 
 
-def parse_directory(body: bytes, status: int, etcd_index: str) -> Snapshot:
+def parse_directory(
+    body: bytes, status: int, etcd_index: str, parser: EntryParser | None = None
+) -> Snapshot:
     """A `GET /v2/keys/DIR?recursive=true` answer into a Snapshot (pure)."""
     try:
         answer: dict[str, Any] = orjson.loads(body)
@@ -41,15 +44,19 @@ def parse_directory(body: bytes, status: int, etcd_index: str) -> Snapshot:
         if child.get("dir"):
             name += "/"
         pairs.append((name, child.get("value")))
-    return snapshot_from_kv(pairs, etcd_index)
+    return (parser or EntryParser()).snapshot(pairs, etcd_index)
 
 
 class EtcdV2Source(HttpSource):
+    def __init__(self, spec: SyncSpec, upstream: str) -> None:
+        super().__init__(spec, upstream)
+        self.parser = EntryParser()
+
     async def read(self) -> Snapshot:
         status, headers, body = await self.request(
             "GET", self.spec.path, params={"recursive": "true"}, timeout=self.spec.timeout
         )
-        return parse_directory(body, status, headers.get("X-Etcd-Index", ""))
+        return parse_directory(body, status, headers.get("X-Etcd-Index", ""), self.parser)
 
     async def watch(self, on_snapshot: OnSnapshot) -> None:
         snapshot = await self.read()
@@ -73,7 +80,9 @@ class EtcdV2Source(HttpSource):
                 log.info(
                     'upstream "%s": etcd index %d was cleared (etcd keeps 1000 events); '
                     "reading %s again",
-                    self.upstream, index + 1, self.where,
+                    self.upstream,
+                    index + 1,
+                    self.where,
                 )
             elif status != 200:
                 raise RegistryError(f"etcd answered the watch with {status}: {body[:200]!r}")

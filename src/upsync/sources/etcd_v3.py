@@ -11,8 +11,9 @@ from typing import Any
 import aiohttp
 import orjson
 
+from upsync.config.upsync import SyncSpec
 from upsync.sources.base import HttpSource, OnSnapshot, RegistryError
-from upsync.sources.entries import Snapshot, snapshot_from_kv
+from upsync.sources.entries import EntryParser, Snapshot
 
 
 def _b64(data: bytes) -> str:
@@ -38,11 +39,16 @@ def kv_pairs(kvs: list[dict[str, Any]], prefix: str) -> dict[str, bytes]:
     return out
 
 
-def snapshot_of(entries: dict[str, bytes], revision: int) -> Snapshot:
-    return snapshot_from_kv(sorted(entries.items()), str(revision))
-
-
 class EtcdV3Source(HttpSource):
+    def __init__(self, spec: SyncSpec, upstream: str) -> None:
+        super().__init__(spec, upstream)
+        self.parser = EntryParser()
+
+    def snapshot_of(self, entries: dict[str, bytes], revision: int) -> Snapshot:
+        # key order: the range read's (sorted), then new keys as they arrive
+        pairs: list[tuple[str, bytes | str | None]] = list(entries.items())
+        return self.parser.snapshot(pairs, str(revision))
+
     @property
     def prefix(self) -> str:
         return self.spec.path.lstrip("/")
@@ -64,7 +70,7 @@ class EtcdV3Source(HttpSource):
     async def watch(self, on_snapshot: OnSnapshot) -> None:
         while True:
             entries, revision = await self.read()
-            on_snapshot(snapshot_of(entries, revision))
+            on_snapshot(self.snapshot_of(entries, revision))
             await self._follow(entries, revision, on_snapshot)
 
     async def _follow(
@@ -109,7 +115,7 @@ class EtcdV3Source(HttpSource):
                         else:  # PUT is the enum's zero value, so the gateway leaves "type" out
                             entries[name] = base64.b64decode(kv.get("value", ""))
                         revision = max(revision, int(kv.get("mod_revision", revision)))
-                    on_snapshot(snapshot_of(entries, revision))
+                    on_snapshot(self.snapshot_of(entries, revision))
         except TimeoutError:
             return  # nothing for upsync_timeout: start over quietly with a fresh read
         except aiohttp.ClientError as exc:

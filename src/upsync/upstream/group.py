@@ -27,6 +27,8 @@ class UpstreamGroup:
             config.keepalive, config.keepalive_timeout, config.keepalive_requests
         )
         self.peers: list[Peer] = []
+        self._peers: dict[str, Peer] = {}
+        self._specs: dict[str, ServerSpec] = {}
         self.balancer: Balancer = make_balancer("round_robin", [])
         self.source = "static"
         self.sync: UpstreamSync | None = None
@@ -38,10 +40,34 @@ class UpstreamGroup:
             method.kind, peers, consistent=method.consistent, two=method.two, rng=self.rng
         )
 
-    def replace(self, specs: Sequence[ServerSpec], new_first: bool = False) -> None:
-        """Install a new list. With `new_first`, servers not in the list before go in front of
-        the ones that stay, which is the order nginx-upsync-module shows them in."""
-        current = {peer.name: peer for peer in self.peers}
+    def replace(self, specs: Sequence[ServerSpec], new_first: bool = False) -> bool:
+        """Install a new list; False when it is the list already in place.
+
+        With `new_first`, servers not in the list before go in front of the ones that stay,
+        the order nginx-upsync-module shows them in. The common registry change (one server's
+        attributes among many) updates that peer in place: unchanged entries are recognised by
+        identity, as the entry parser hands back the same object for the same key and value.
+        """
+        known = self._specs
+        if len(specs) == len(known):
+            changed: list[ServerSpec] = []
+            for spec in specs:
+                old = known.get(spec.name)
+                if old is spec:
+                    continue
+                if old is None:
+                    break
+                if old != spec:
+                    changed.append(spec)
+                known[spec.name] = spec
+            else:
+                if not changed:
+                    return False
+                for spec in changed:
+                    self._peers[spec.name].update(spec)
+                self.balancer = self._build_balancer(self.peers)
+                return True
+        current = dict(self._peers)
         added: list[Peer] = []
         kept: list[Peer] = []
         for spec in specs:
@@ -62,7 +88,10 @@ class UpstreamGroup:
             removed.retired = True
             self.pool.close_peer(removed)
         self.peers = peers
+        self._peers = {peer.name: peer for peer in peers}
+        self._specs = {spec.name: spec for spec in specs}
         self.balancer = self._build_balancer(peers)
+        return True
 
     def specs(self) -> list[ServerSpec]:
         return [peer.spec() for peer in self.peers]

@@ -9,8 +9,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from upsync.config.model import ServerSpec
@@ -51,7 +49,8 @@ class UpstreamSync:
         self.reported: set[tuple[str, str]] = set()
         self.empty_warned = False
         self.changes = 0
-        self.changed = asyncio.Event()  # set on every applied change (for tests and benchmarks)
+        self.dump_dirty = False
+        self.dump_task: asyncio.Future[None] | None = None
         group.sync = self
 
     # start-up
@@ -123,6 +122,7 @@ class UpstreamSync:
             self.task = asyncio.ensure_future(self._follow())
 
     async def stop(self) -> None:
+        await self.flush_dump()
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -183,7 +183,7 @@ class UpstreamSync:
         """A registry answer becomes the server list, unless it has no usable server at all."""
         self._recovered()
         self.last_index = snapshot.index
-        current = {peer.name: peer.spec() for peer in self.group.peers}
+        current = {peer.name: peer for peer in self.group.peers}
         listed = {spec.name for spec in snapshot.servers}
         specs: list[ServerSpec] = list(snapshot.servers)
         still_bad: set[tuple[str, str]] = set()
@@ -200,7 +200,7 @@ class UpstreamSync:
                     "; the server keeps its last good attributes" if kept else "",
                 )
             if kept and bad.name is not None:
-                specs.append(current[bad.name])
+                specs.append(current[bad.name].spec())
                 listed.add(bad.name)
         self.reported = still_bad
         if not specs:
@@ -213,26 +213,42 @@ class UpstreamSync:
                 self.empty_warned = True
             return
         self.empty_warned = False
-        if self.group.source == "registry" and _same(current, specs):
+        from_registry = self.group.source == "registry"
+        if not self.group.replace(specs, new_first=True) and from_registry:
             return
-        self.group.replace(specs, new_first=True)
         self.group.source = "registry"
         self.last_change = time.time()
         self.changes += 1
         log.info(
             'upstream "%s": %d servers from %s', self.group.name, len(specs), self.source.where
         )
-        try:
-            write_dump(self.spec.dump_path, self.group.specs())
-        except OSError as exc:
-            log.error(
-                'upstream "%s": cannot write the dump %s: %s',
-                self.group.name,
-                self.spec.dump_path,
-                exc,
-            )
-        self.changed.set()
-        self.changed = asyncio.Event()
+        self._schedule_dump()
+
+    def _schedule_dump(self) -> None:
+        """Write the dump in a thread, one write at a time, the latest list winning: routing
+        never waits for the disk, and a burst of changes costs one or two writes."""
+        self.dump_dirty = True
+        if self.dump_task is None or self.dump_task.done():
+            self.dump_task = asyncio.ensure_future(self._write_dumps())
+
+    async def _write_dumps(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.dump_dirty:
+            self.dump_dirty = False
+            specs = self.group.specs()
+            try:
+                await loop.run_in_executor(None, write_dump, self.spec.dump_path, specs)
+            except OSError as exc:
+                log.error(
+                    'upstream "%s": cannot write the dump %s: %s',
+                    self.group.name,
+                    self.spec.dump_path,
+                    exc,
+                )
+
+    async def flush_dump(self) -> None:
+        if self.dump_task is not None:
+            await self.dump_task
 
     def status(self) -> dict[str, object]:
         return {
@@ -244,9 +260,3 @@ class UpstreamSync:
             "last_change": self.last_change,
             "dump_path": self.spec.dump_path,
         }
-
-
-def _same(current: dict[str, ServerSpec], specs: Sequence[ServerSpec]) -> bool:
-    """The same servers with the same attributes (how a static line was written aside)."""
-    new = {spec.name: replace(spec, written="") for spec in specs}
-    return new == {name: replace(spec, written="") for name, spec in current.items()}
