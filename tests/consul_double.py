@@ -11,6 +11,7 @@ X-Consul-Index moves past `index`), deletes advancing the index, catalog registe
 """
 
 import base64
+import contextlib
 import json
 import threading
 import time
@@ -114,10 +115,8 @@ class ConsulDouble:
                 except (ConnectionAbortedError, BrokenPipeError, ConnectionResetError):
                     # a stopping agent drops its blocking queries, as a killed Consul would
                     self.close_connection = True
-                    try:
+                    with contextlib.suppress(OSError):
                         self.connection.shutdown(2)
-                    except OSError:
-                        pass
 
             def do_GET(self) -> None:
                 path, query = self._query()
