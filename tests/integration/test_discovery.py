@@ -441,3 +441,27 @@ def test_registry_answer_via_http_put_matches_etcd_readme(etcd: Etcd) -> None:
         {"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert status in (200, 201)
+
+
+def test_reload_keeps_the_synced_list_even_with_the_registry_down(
+    own_etcd: Etcd, tmp_path: Path
+) -> None:
+    """The C module's issues #180/#186: after a reload, requests went to the placeholder."""
+    driver = EtcdV3Driver(own_etcd, "upstreams/reload")
+    port = free_port()
+    with Backend("a") as a:
+        driver.put(f"127.0.0.1:{a.port}")
+        with running_upsync(config(port, driver.upsync(), tmp_path / "d.conf"), port) as proc:
+            wait_until(lambda: request(port, "/")[2] == b"a\n")
+            proc.signal(signal.SIGHUP)
+            wait_until(lambda: "configuration reloaded" in (proc.workdir / "error.log").read_text())
+            assert [request(port, "/")[2] for _ in range(3)] == [b"a\n"] * 3
+            own_etcd.stop()
+            proc.signal(signal.SIGHUP)
+            wait_until(
+                lambda: (
+                    (proc.workdir / "error.log").read_text().count("configuration reloaded") == 2
+                )
+            )
+            assert [request(port, "/")[2] for _ in range(3)] == [b"a\n"] * 3
+            assert status_json(port)["source"] == "registry"
