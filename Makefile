@@ -29,6 +29,8 @@ test: $(STAMP) system-deps lint
 
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/proxy_bench.py
+	$(BIN)/python bench/propagation.py
+	$(BIN)/python bench/apply_cost.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .mypy_cache .ruff_cache .pytest_cache
