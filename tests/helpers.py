@@ -78,6 +78,14 @@ class Process:
                 raise AssertionError(f"{self.name} exited: {self.output()}")
         return self
 
+    def peak_rss_kb(self) -> int:
+        """The process's peak resident memory so far (VmHWM)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmHWM")
+
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -207,6 +215,12 @@ class Backend:
                 pass
 
             def _handle(self) -> None:
+                if self.path.startswith("/big/"):
+                    self._stream_out(int(self.path.split("/")[2]))
+                    return
+                if self.path.startswith("/slowsink"):
+                    self._slow_sink(int(self.headers.get("Content-Length") or 0))
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -233,6 +247,31 @@ class Backend:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(payload)
+
+            def _stream_out(self, size: int) -> None:
+                """A large body produced as it is sent, never held whole."""
+                self.send_response(200)
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                block = b"x" * 65536
+                while size > 0:
+                    self.wfile.write(block[: min(size, len(block))])
+                    size -= len(block)
+
+            def _slow_sink(self, size: int) -> None:
+                """Reads a large body slowly, so the sender must be held back."""
+                received = 0
+                while received < size:
+                    chunk = self.rfile.read(min(1 << 20, size - received))
+                    if not chunk:
+                        break
+                    received += len(chunk)
+                    time.sleep(0.01)
+                payload = str(received).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
             def _read_chunked(self) -> bytes:
                 out = b""

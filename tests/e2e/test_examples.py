@@ -12,7 +12,9 @@ def test_examples_pass_config_test() -> None:
     for example in ("quickstart.conf", "seed.conf"):
         result = subprocess.run(
             [sys.executable, "-m", "upsync", "-t", "-c", str(ROOT / "examples" / example)],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert result.returncode == 0, result.stderr
 
@@ -34,5 +36,7 @@ def test_quickstart_round_robin_and_live_file_edit(tmp_path: Path) -> None:
         seen = [request(port, "/")[2] for _ in range(3)]
         assert seen == [b"backend A\n", b"backend B\n", b"backend A\n"]  # weight 2 for A
         servers.write_text(listing + f"server 127.0.0.1:{ports['8083']};\n")
-        wait_until(lambda: f"127.0.0.1:{ports['8083']}".encode() in request(port, "/upstream_show")[2])
+        wait_until(
+            lambda: f"127.0.0.1:{ports['8083']}".encode() in request(port, "/upstream_show")[2]
+        )
         assert b"backend C" in b"".join(request(port, "/")[2] for _ in range(4))
