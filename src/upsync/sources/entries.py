@@ -87,6 +87,12 @@ def spec_from_json(host: str, port: int, raw: bytes | str | None) -> ServerSpec:
         if not isinstance(parsed, dict):
             raise ValueError("the value must be a JSON object")
         values = parsed
+    return spec_from_fields(host, port, values)
+
+
+def spec_from_fields(host: str, port: int, values: dict[str, Any]) -> ServerSpec:
+    """A server from its fields (weight, max_fails, fail_timeout, max_conns, down, backup),
+    each checked, a missing one taking the module's default."""
     return ServerSpec(
         name=format_name(host, port),
         host=host,
@@ -146,26 +152,14 @@ def snapshot_from_kv(pairs: list[tuple[str, bytes | str | None]], index: str = "
 def spec_from_tags(host: str, port: int, tags: list[str], down: bool = False) -> ServerSpec:
     """Consul services: tags `weight=N`, `max_fails=N`, `fail_timeout=10s`, `down`, `backup`;
     other tags are the service's own and are ignored."""
-    values: dict[str, Any] = {}
-    flags = {"down": down, "backup": False}
+    values: dict[str, Any] = {"down": int(down)}
     for tag in tags:
         key, sep, value = tag.partition("=")
         if sep and key in ("weight", "max_fails", "fail_timeout", "max_conns"):
             values[key] = value
-        elif not sep and tag in flags:
-            flags[tag] = True
-    spec = ServerSpec(
-        name=format_name(host, port),
-        host=host,
-        port=port,
-        weight=_int_field(values, "weight", DEFAULT_WEIGHT, 1),
-        max_fails=_int_field(values, "max_fails", DEFAULT_MAX_FAILS, 0),
-        fail_timeout=_seconds_field(values, "fail_timeout", DEFAULT_FAIL_TIMEOUT),
-        max_conns=_int_field(values, "max_conns", 0, 0),
-        down=flags["down"],
-        backup=flags["backup"],
-    )
-    return spec
+        elif not sep and tag in ("down", "backup"):
+            values[tag] = 1
+    return spec_from_fields(host, port, values)
 
 
 def snapshot_from_server_lines(text: str, origin: str) -> Snapshot:
