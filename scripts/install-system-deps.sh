@@ -1,11 +1,13 @@
 #!/bin/sh
 # Debian packages the tests and benchmarks use: nginx (comparison tests, benchmark backends),
-# wrk (benchmarks) and curl. Installs only what is missing; needs root for apt-get.
+# wrk (benchmarks), curl, and openssl (certificates for the registry TLS tests).
+# Installs only what is missing; needs root for apt-get.
 set -eu
 missing=""
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing="$missing nginx-light"
 command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
 command -v curl >/dev/null 2>&1 || missing="$missing curl"
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
     echo "missing Debian packages:$missing (run as root, or: sudo apt-get install$missing)" >&2

@@ -13,13 +13,84 @@ X-Consul-Index moves past `index`), deletes advancing the index, catalog registe
 import base64
 import contextlib
 import json
+import ssl
+import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from tests.helpers import free_port
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: str
+    cert: str
+    key: str
+
+
+def make_certificates(directory: Path) -> tuple[TlsFiles, TlsFiles]:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=upsync test CA",
+    )
+    (directory / "ip.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ip.ext",
+        )
+    ca = str(directory / "ca.pem")
+    return (
+        TlsFiles(ca, str(directory / "server.pem"), str(directory / "server.key")),
+        TlsFiles(ca, str(directory / "client.pem"), str(directory / "client.key")),
+    )
+
 
 MAX_WAIT = 600.0
 DEFAULT_WAIT = 300.0
@@ -51,7 +122,10 @@ class ConsulState:
 
 
 class ConsulDouble:
-    def __init__(self, token: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, token: str | None = None, port: int | None = None, tls: "TlsFiles | None" = None
+    ) -> None:
+        self.tls = tls
         self.port = port or free_port()
         self.state = ConsulState(token)
         self.server: ThreadingHTTPServer | None = None
@@ -220,6 +294,12 @@ class ConsulDouble:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
+        if self.tls is not None:
+            # https with client certificates required, as an agent with verify_incoming does
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.tls.ca)
+            context.load_cert_chain(self.tls.cert, self.tls.key)
+            context.verify_mode = ssl.CERT_REQUIRED
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         return self

@@ -102,3 +102,39 @@ def test_blocking_queries_carry_the_index(double: ConsulDouble, tmp_path: Path) 
         state = status_json(port)
         assert state["last_index"] == str(double.state.kv_index("upstreams/blocking/", True))
         assert json.dumps(state["registry"])  # type and address are reported
+
+
+def test_https_registry_with_client_certificate(tmp_path: Path) -> None:
+    from tests.consul_double import make_certificates
+
+    server_tls, client_tls = make_certificates(tmp_path)
+    double = ConsulDouble(tls=server_tls).start()
+    try:
+        double.state.kv["upstreams/tls/127.0.0.1:8001"] = (b'{"weight":7}', 2, 2)
+        port = free_port()
+        line = (
+            f"upsync https://{double.address}/v1/kv/upstreams/tls upsync_type=consul upsync_timeout=20s "
+            f"upsync_ssl_trusted_certificate={client_tls.ca} upsync_ssl_certificate={client_tls.cert} "
+            f"upsync_ssl_certificate_key={client_tls.key};"
+        )
+        with running_upsync(config(port, line, tmp_path / "d.conf"), port):
+            wait_show(port, "server 127.0.0.1:8001 weight=7 max_fails=2 fail_timeout=10s;")
+        # without the client certificate the registry refuses the connection
+        line = f"upsync https://{double.address}/v1/kv/upstreams/tls upsync_ssl_trusted_certificate={client_tls.ca};"
+        with running_upsync(config(port, line, tmp_path / "e.conf"), port):
+            assert status_json(port)["reachable"] is False
+    finally:
+        double.stop()
+
+
+def test_acl_token_from_consul_http_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    double = ConsulDouble(token="from-env").start()
+    try:
+        driver = ConsulKVDriver(double.address, "upstreams/envtoken", token="from-env")
+        driver.put("127.0.0.1:8001")
+        monkeypatch.setenv("CONSUL_HTTP_TOKEN", "from-env")
+        port = free_port()
+        with running_upsync(config(port, driver.upsync(), tmp_path / "d.conf"), port):
+            wait_show(port, "server 127.0.0.1:8001 weight=1 max_fails=2 fail_timeout=10s;")
+    finally:
+        double.stop()

@@ -465,3 +465,42 @@ def test_reload_keeps_the_synced_list_even_with_the_registry_down(
             )
             assert [request(port, "/")[2] for _ in range(3)] == [b"a\n"] * 3
             assert status_json(port)["source"] == "registry"
+
+
+def test_retries_use_the_current_list_not_the_start_up_one(etcd: Etcd, tmp_path: Path) -> None:
+    """With the seed's config the C module answers 502 for a dead server, never trying the live
+    one: it keeps the retry count of its one-server start-up list."""
+    driver = EtcdV2Driver(etcd, f"upstreams/retry{os.getpid()}")
+    port = free_port()
+    with Backend("live") as live:
+        driver.put(f"127.0.0.1:{free_port()}", '{"max_fails":0}')  # dead
+        driver.put(f"127.0.0.1:{live.port}", '{"max_fails":0}')
+        with running_upsync(
+            config(port, driver.upsync(), tmp_path / "d.conf", static="server localhost:8003;"),
+            port,
+        ):
+            wait_until(lambda: "Backend server count: 2" in show(port))
+            assert [request(port, "/")[:3:2] for _ in range(4)] == [(200, b"live\n")] * 4
+    driver.delete_all()
+
+
+def test_removed_server_finishes_its_in_flight_request(etcd: Etcd, tmp_path: Path) -> None:
+    import threading
+
+    driver = EtcdV3Driver(etcd, f"upstreams/inflight{os.getpid()}")
+    port = free_port()
+    with Backend("slow", delay=1.0) as slow, Backend("other") as other:
+        driver.put(f"127.0.0.1:{slow.port}")
+        with running_upsync(config(port, driver.upsync(), tmp_path / "d.conf", static=""), port):
+            wait_until(lambda: f"127.0.0.1:{slow.port}" in show(port))
+            results: list[tuple[int, bytes]] = []
+            worker = threading.Thread(target=lambda: results.append(request(port, "/")[::2]))  # type: ignore[arg-type]
+            worker.start()
+            wait_until(lambda: len(slow.requests) == 1)
+            driver.put(f"127.0.0.1:{other.port}")
+            driver.delete(f"127.0.0.1:{slow.port}")
+            wait_until(lambda: f"127.0.0.1:{slow.port}" not in show(port))
+            worker.join(10)
+            assert results == [(200, b"slow\n")]
+            assert request(port, "/")[2] == b"other\n"
+    driver.delete_all()
