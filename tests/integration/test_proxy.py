@@ -11,6 +11,7 @@ from tests.helpers import (
     raw_exchange,
     request,
     running_upsync,
+    wait_until,
 )
 
 
@@ -315,3 +316,71 @@ def test_distribution_counts_over_many_requests() -> None:
         with running_upsync(config(port, upstream), port):
             counts = Counter(names(port, 70))
             assert counts == {"200 a": 50, "200 b": 10, "200 c": 10}
+
+
+def test_proxy_pass_with_host_variable_reaches_upstream_by_name() -> None:
+    """The C module's own test config: `proxy_pass http://$host;` with Host naming an upstream."""
+    port = free_port()
+    with Backend("a") as a:
+        text = f"""
+events {{}}
+http {{
+    upstream test {{ server 127.0.0.1:{a.port}; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ proxy_pass http://$host; }}
+    }}
+}}
+"""
+        with running_upsync(text, port):
+            status, _, body = request(port, "/x", headers={"Host": "test"})
+            assert (status, body) == (200, b"a\n")
+            assert a.requests[-1][2]["Host"] == "test"
+            # a Host naming no upstream is never resolved or dialled
+            assert request(port, "/x", headers={"Host": "example.com"})[0] == 502
+
+
+def test_access_log_in_combined_format() -> None:
+    port = free_port()
+    with Backend("a") as a:
+        text = config(port, f"server 127.0.0.1:{a.port};").replace(
+            "location = /local", "access_log logs/access.log combined;\n        location = /local"
+        )
+        with running_upsync(text, port) as proc:
+            request(port, "/path?q=1", headers={"User-Agent": "tester/1.0", "Referer": "http://r/"})
+            log_file = proc.workdir / "logs" / "access.log"
+            wait_until(lambda: log_file.read_text().count("\n") == 1)
+            line = log_file.read_text()
+            assert line.startswith("127.0.0.1 - - [")
+            assert '"GET /path?q=1 HTTP/1.1" 200 2 "http://r/" "tester/1.0"' in line
+
+
+def test_http10_client_gets_a_close_delimited_body_for_a_chunked_upstream() -> None:
+    port = free_port()
+    chunked_port = free_port()
+    listener = socket.create_server(("127.0.0.1", chunked_port))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(4096)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            )
+
+    import threading
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with running_upsync(config(port, f"server 127.0.0.1:{chunked_port};"), port):
+            reply = raw_exchange(port, b"GET / HTTP/1.0\r\n\r\n")
+            head, _, body = reply.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 OK")
+            assert b"Transfer-Encoding" not in head and b"Connection: close" in head
+            assert body == b"hello"
+    finally:
+        listener.close()
+        thread.join(5)
