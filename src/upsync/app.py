@@ -53,6 +53,7 @@ class App:
         self.access_logs = AccessLogFiles()
         self.stopped = asyncio.Event()
         self.background: set[asyncio.Task[None]] = set()
+        self.drained = asyncio.Event()  # set when the last connection closes while draining
         self.pending_syncs = self._apply(config)
 
     # building
@@ -147,6 +148,11 @@ class App:
         self.access_logs.close()
         log.info("configuration reloaded from %s", config.path)
 
+    def connection_closed(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+        if self.draining and not self.connections:
+            self.drained.set()
+
     # requests
     def start_exchange(self, client: ClientConnection, req: Request) -> ProxyExchange | None:
         location = req.location
@@ -213,8 +219,8 @@ class App:
         for conn in list(self.connections):
             if conn.idle():
                 conn.close()
-        while self.connections:
-            await asyncio.sleep(0.05)
+        if self.connections:
+            await self.drained.wait()
         self.shutdown()
 
     async def close(self) -> None:

@@ -89,7 +89,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.timer.cancel()
-        self.app.connections.discard(self)
+        self.app.connection_closed(self)
         if self.exchange is not None:
             exchange, self.exchange = self.exchange, None
             if self.active is not None and not self.active.response_done:
