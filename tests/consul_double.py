@@ -317,7 +317,6 @@ class ConsulDouble:
             self.thread.join(5)
             self.server = None
 
-    # test helpers mirroring `consul services register` / `consul services deregister`
     def register(
         self,
         name: str,
@@ -327,32 +326,48 @@ class ConsulDouble:
         address: str = "127.0.0.1",
         status: str = "passing",
     ) -> None:
-        from tests.registries import http
-
-        registration = {
-            "Node": "node1",
-            "Address": "127.0.0.1",
-            "Service": {
-                "ID": service_id,
-                "Service": name,
-                "Address": address,
-                "Port": port,
-                "Tags": tags or [],
-            },
-            "Checks": [
-                {"CheckID": f"check-{service_id}", "ServiceID": service_id, "Status": status}
-            ],
-        }
-        headers = {"X-Consul-Token": self.state.token} if self.state.token else {}
-        assert (
-            http(
-                "PUT",
-                f"http://{self.address}/v1/catalog/register",
-                json.dumps(registration).encode(),
-                headers,
-            )[0]
-            == 200
+        register_service(
+            self.address, name, service_id, port, tags, address, status, self.state.token
         )
+
+
+def register_service(
+    agent: str,
+    name: str,
+    service_id: str,
+    port: int,
+    tags: list[str] | None = None,
+    address: str = "127.0.0.1",
+    status: str = "passing",
+    token: str | None = None,
+) -> None:
+    """`PUT /v1/catalog/register`, as `consul services register` does: works on a real agent too."""
+    from tests.registries import http
+
+    registration = {
+        "Node": "upsync-test-node",
+        "Address": "127.0.0.1",
+        "Service": {
+            "ID": service_id,
+            "Service": name,
+            "Address": address,
+            "Port": port,
+            "Tags": tags or [],
+        },
+        "Checks": [
+            {
+                "CheckID": f"check-{service_id}",
+                "ServiceID": service_id,
+                "Name": "test",
+                "Status": status,
+            }
+        ],
+    }
+    headers = {"X-Consul-Token": token} if token else {}
+    status_code, body = http(
+        "PUT", f"http://{agent}/v1/catalog/register", json.dumps(registration).encode(), headers
+    )
+    assert status_code == 200, body
 
 
 def _seconds(value: str) -> float:

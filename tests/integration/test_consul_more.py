@@ -1,36 +1,54 @@
-"""Consul beyond KV: catalog services, health, ACL tokens, datacenters (Consul API double, or a
-real agent through CONSUL_HTTP_ADDR for the cases that need no token)."""
+"""Consul beyond KV: catalog services and health (the API double, or a real agent given
+CONSUL_HTTP_ADDR), and ACL tokens, datacenters, https with client certificates, which need an
+agent configured for them and so run against the double only."""
 
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.consul_double import ConsulDouble
+from tests.consul_double import ConsulDouble, register_service
 from tests.helpers import free_port, running_upsync, wait_until
 from tests.integration.test_discovery import config, listing, show, status_json, wait_show
-from tests.registries import ConsulKVDriver
+from tests.registries import ConsulKVDriver, consul_address_from_env
 
 
 @pytest.fixture
-def double() -> "ConsulDouble":
+def double() -> Iterator[ConsulDouble]:
     server = ConsulDouble().start()
-    yield server  # type: ignore[misc]
+    yield server
     server.stop()
 
 
-def test_catalog_services_with_tags(double: ConsulDouble, tmp_path: Path) -> None:
+@pytest.fixture
+def agent() -> Iterator[str]:
+    """A real Consul agent when CONSUL_HTTP_ADDR names one, else the double."""
+    real = consul_address_from_env()
+    if real:
+        yield real
+        return
+    server = ConsulDouble().start()
+    yield server.address
+    server.stop()
+
+
+def test_catalog_services_with_tags(agent: str, tmp_path: Path) -> None:
     port = free_port()
-    double.register("web", "web-1", 8001, ["weight=3", "max_fails=5", "fail_timeout=20s"])
-    double.register("web", "web-2", 8002, ["backup", "http"], address="127.0.0.2")
-    line = f"upsync {double.address}/v1/catalog/service/web upsync_type=consul_services upsync_timeout=20s;"
+    web = f"web{os.getpid()}"
+    register_service(agent, web, f"{web}-1", 8001, ["weight=3", "max_fails=5", "fail_timeout=20s"])
+    register_service(agent, web, f"{web}-2", 8002, ["backup", "http"], address="127.0.0.2")
+    line = (
+        f"upsync {agent}/v1/catalog/service/{web} upsync_type=consul_services upsync_timeout=20s;"
+    )
     with running_upsync(config(port, line, tmp_path / "d.conf"), port):
         wait_show(
             port,
             "server 127.0.0.1:8001 weight=3 max_fails=5 fail_timeout=20s;",
             "server 127.0.0.2:8002 weight=1 max_fails=2 fail_timeout=10s backup;",
         )
-        double.register("web", "web-3", 8003, ["down"])
+        register_service(agent, web, f"{web}-3", 8003, ["down"])
         wait_until(
             lambda: (
                 "server 127.0.0.1:8003 weight=1 max_fails=2 fail_timeout=10s down;" in show(port)
@@ -38,18 +56,19 @@ def test_catalog_services_with_tags(double: ConsulDouble, tmp_path: Path) -> Non
         )
 
 
-def test_health_marks_critical_instances_down(double: ConsulDouble, tmp_path: Path) -> None:
+def test_health_marks_critical_instances_down(agent: str, tmp_path: Path) -> None:
     port = free_port()
-    double.register("api", "api-1", 8001)
-    double.register("api", "api-2", 8002, status="critical")
-    line = f"upsync {double.address}/v1/health/service/api upsync_type=consul_health upsync_timeout=20s;"
+    api = f"api{os.getpid()}"
+    register_service(agent, api, f"{api}-1", 8001)
+    register_service(agent, api, f"{api}-2", 8002, status="critical")
+    line = f"upsync {agent}/v1/health/service/{api} upsync_type=consul_health upsync_timeout=20s;"
     with running_upsync(config(port, line, tmp_path / "d.conf"), port):
         wait_show(
             port,
             "server 127.0.0.1:8001 weight=1 max_fails=2 fail_timeout=10s;",
             "server 127.0.0.1:8002 weight=1 max_fails=2 fail_timeout=10s down;",
         )
-        double.register("api", "api-2", 8002, status="passing")
+        register_service(agent, api, f"{api}-2", 8002, status="passing")
         wait_until(lambda: "8002 weight=1 max_fails=2 fail_timeout=10s;\n" in show(port))
 
 
