@@ -58,7 +58,7 @@ FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE = range(4)
 class ProxyPlan:
     """What a location's proxy_pass needs per request, computed once."""
 
-    __slots__ = ("headers", "location", "skip", "target", "upstream", "uri", "version")
+    __slots__ = ("headers", "location", "skip", "static", "target", "upstream", "uri", "version")
 
     def __init__(self, location: LocationConfig, handler: ProxyPass) -> None:
         settings = location.proxy
@@ -74,7 +74,23 @@ class ProxyPlan:
         if "connection" not in overridden:
             headers.append((b"Connection", _CLOSE_TEMPLATE))
         headers.extend((name.encode("latin-1"), value) for name, value in settings.set_headers)
-        self.headers = tuple(headers)
+        # headers whose value is known now (constants, and $proxy_host of a fixed upstream) are
+        # encoded once; only the ones that depend on the request are rendered per request
+        static: list[bytes] = []
+        dynamic: list[tuple[bytes, Template]] = []
+        for name, template in headers:
+            if template.is_constant:
+                value: str | None = template.text
+            elif template.parts == _HOST_TEMPLATE.parts and handler.upstream is not None:
+                value = handler.upstream
+            else:
+                value = None
+            if value is None:
+                dynamic.append((name, template))
+            elif value:
+                static.append(name + b": " + value.encode("latin-1") + b"\r\n")
+        self.static = b"".join(static)
+        self.headers = tuple(dynamic)
         self.skip = _SKIP_REQUEST_HEADERS | {name.encode("latin-1") for name in overridden}
 
     def request_uri(self, req: Request, uri_override: str | None) -> str:
@@ -87,7 +103,10 @@ class ProxyPlan:
         return f"{uri}?{req.query}" if req.query else uri
 
     def head(self, req: Request, uri: str, framing: bytes) -> bytes:
-        parts = [b"%s %s HTTP/%s\r\n" % (req.method, uri.encode("latin-1"), self.version)]
+        parts = [
+            b"%s %s HTTP/%s\r\n" % (req.method, uri.encode("latin-1"), self.version),
+            self.static,
+        ]
         for name, template in self.headers:
             rendered = template.render(req)
             if rendered:
