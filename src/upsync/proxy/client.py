@@ -14,6 +14,7 @@ import httptools
 
 from upsync.config.model import AccessRule, LocationConfig, ProxyPass, Return, UpstreamShow
 from upsync.proxy import http1
+from upsync.proxy.exchange import REPLAYABLE_BODY
 from upsync.proxy.request import Request
 from upsync.proxy.routing import ServerTable, normalize_path, split_host, valid_host
 from upsync.proxy.timer import Deadline
@@ -288,7 +289,7 @@ class ClientConnection(asyncio.Protocol):
             sink.on_request_body(body)
         elif not req.response_done:
             req.body.append(body)
-            if self.active is req and self.exchange is None and req.body_size > _replay_limit():
+            if self.active is req and self.exchange is None and req.body_size > REPLAYABLE_BODY:
                 self._start_proxy_streaming(req)
 
     def on_message_complete(self) -> None:
@@ -396,7 +397,7 @@ class ClientConnection(asyncio.Protocol):
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             if req.body_complete or not has_body:
                 self._start_proxy(req)
-            elif req.content_length is not None and req.content_length > _replay_limit():
+            elif req.content_length is not None and req.content_length > REPLAYABLE_BODY:
                 self._start_proxy_streaming(req)
             else:
                 self.timer.set(self.limits.client_body_timeout)
@@ -542,9 +543,3 @@ class ClientConnection(asyncio.Protocol):
             transport.write(pending)
         self.read_pause_reasons.clear()
         self.transport.resume_reading()
-
-
-def _replay_limit() -> int:
-    from upsync.proxy.exchange import REPLAYABLE_BODY
-
-    return REPLAYABLE_BODY

@@ -36,6 +36,9 @@ class Source:
         """Move to the next registry address; False once every address was tried this round."""
         return False
 
+    def start_round(self) -> None:
+        """Begin a round of attempts over the registry addresses."""
+
     async def watch(self, on_snapshot: OnSnapshot) -> None:
         raise NotImplementedError
 

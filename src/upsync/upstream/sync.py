@@ -133,8 +133,7 @@ class UpstreamSync:
     async def _follow(self) -> None:
         failures = 0
         while True:
-            if hasattr(self.source, "start_round"):
-                self.source.start_round()
+            self.source.start_round()
             try:
                 await self.source.watch(self._on_snapshot)
                 failures = 0
