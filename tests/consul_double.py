@@ -317,19 +317,6 @@ class ConsulDouble:
             self.thread.join(5)
             self.server = None
 
-    def register(
-        self,
-        name: str,
-        service_id: str,
-        port: int,
-        tags: list[str] | None = None,
-        address: str = "127.0.0.1",
-        status: str = "passing",
-    ) -> None:
-        register_service(
-            self.address, name, service_id, port, tags, address, status, self.state.token
-        )
-
 
 def register_service(
     agent: str,
