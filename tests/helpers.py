@@ -345,3 +345,22 @@ class UpgradeBackend:
     def __exit__(self, *exc: object) -> None:
         self.listener.close()
         self.thread.join(5)
+
+
+class BlackHole:
+    """A port that accepts no connection: its accept queue is full, so a SYN goes unanswered
+    and connect() hangs, as for a server that is down behind a firewall."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0)
+        self.port = int(self.listener.getsockname()[1])
+        self.filler = socket.create_connection(("127.0.0.1", self.port))
+
+    def __enter__(self) -> "BlackHole":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.filler.close()
+        self.listener.close()

@@ -193,3 +193,30 @@ def test_ip_hash_and_hash_choose_like_nginx() -> None:
                 path=key,
             )
             assert nginx == upsync, (method, key)
+
+
+def test_connect_timeout() -> None:
+    from tests.helpers import BlackHole
+
+    with BlackHole() as hole:
+        nginx, upsync = both(
+            lambda b, _: f"server 127.0.0.1:{hole.port};" + server(b["a"]),
+            "proxy_connect_timeout 200ms;",
+            4,
+            {"a": {}},
+        )
+        assert nginx == upsync == ["200 a"] * 4
+        nginx, upsync = both(
+            lambda b, _: f"server 127.0.0.1:{hole.port};", "proxy_connect_timeout 200ms;", 2, {}
+        )
+        assert nginx == upsync == ["504 -"] * 2
+
+
+def test_next_upstream_timeout() -> None:
+    nginx, upsync = both(
+        lambda b, _: server(b["slow"]) + server(b["fast"]),
+        "proxy_read_timeout 300ms; proxy_next_upstream_timeout 100ms;",
+        2,
+        {"slow": {"delay": 1.0}, "fast": {}},
+    )
+    assert nginx == upsync

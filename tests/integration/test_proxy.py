@@ -384,3 +384,33 @@ def test_http10_client_gets_a_close_delimited_body_for_a_chunked_upstream() -> N
     finally:
         listener.close()
         thread.join(5)
+
+
+def test_connect_timeout_moves_on_or_answers_504() -> None:
+    from tests.helpers import BlackHole
+
+    port = free_port()
+    with BlackHole() as hole, Backend("live") as live:
+        upstream = f"server 127.0.0.1:{hole.port}; server 127.0.0.1:{live.port};"
+        with running_upsync(config(port, upstream, "proxy_connect_timeout 200ms;"), port) as proc:
+            started = time.monotonic()
+            assert request(port, "/")[2] == b"live\n"
+            assert time.monotonic() - started < 1.5
+            assert "timed out while connecting" in (proc.workdir / "error.log").read_text()
+    port = free_port()
+    with BlackHole() as hole:
+        with running_upsync(
+            config(port, f"server 127.0.0.1:{hole.port};", "proxy_connect_timeout 200ms;"), port
+        ):
+            started = time.monotonic()
+            assert request(port, "/")[0] == 504
+            assert time.monotonic() - started < 1.5
+
+
+def test_next_upstream_timeout_stops_retries() -> None:
+    port = free_port()
+    with Backend("slow", delay=1.0) as slow, Backend("fast") as fast:
+        upstream = f"server 127.0.0.1:{slow.port}; server 127.0.0.1:{fast.port};"
+        location = "proxy_read_timeout 300ms; proxy_next_upstream_timeout 100ms;"
+        with running_upsync(config(port, upstream, location), port):
+            assert request(port, "/")[0] == 504  # the time for retries ran out on the slow peer
