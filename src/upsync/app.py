@@ -179,6 +179,14 @@ class App:
         req.proxy_host = name
         return ProxyExchange(client, req, plan, group, uri_override)
 
+    def can_stream_body(self, req: Request) -> bool:
+        """A chunked body of unknown length can only be streamed to an HTTP/1.1 upstream; for
+        proxy_http_version 1.0 it is read whole first (up to client_max_body_size)."""
+        if req.content_length is not None or req.location is None:
+            return True
+        plan = self.plans.get(id(req.location))
+        return plan is None or plan.version == b"1.1"
+
     def show_upstreams(self, req: Request) -> tuple[int, bytes, bytes]:
         name, as_json = parse_show_query(req.query)
         accept = req.header(b"accept")

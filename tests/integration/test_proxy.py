@@ -1,6 +1,7 @@
 """upsync as a process on free loopback ports, in front of real backends."""
 
 import socket
+import threading
 import time
 from collections import Counter
 
@@ -370,8 +371,6 @@ def test_http10_client_gets_a_close_delimited_body_for_a_chunked_upstream() -> N
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
             )
 
-    import threading
-
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
@@ -414,3 +413,77 @@ def test_next_upstream_timeout_stops_retries() -> None:
         location = "proxy_read_timeout 300ms; proxy_next_upstream_timeout 100ms;"
         with running_upsync(config(port, upstream, location), port):
             assert request(port, "/")[0] == 504  # the time for retries ran out on the slow peer
+
+
+def _raw_backend(reply: bytes) -> tuple[int, threading.Thread, socket.socket, list[bytes]]:
+    """A backend that reads one request head (and body), sends `reply` and closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, rest = data.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            while len(rest) < length:
+                rest += conn.recv(65536)
+            received.append(head + b"\r\n\r\n" + rest)
+            conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return int(listener.getsockname()[1]), thread, listener, received
+
+
+def test_upstream_body_ending_at_close_reaches_http11_client_chunked() -> None:
+    port = free_port()
+    backend_port, thread, listener, _ = _raw_backend(
+        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close"
+    )
+    try:
+        with running_upsync(config(port, f"server 127.0.0.1:{backend_port};"), port):
+            status, headers, body = request(port, "/")
+            assert (status, body) == (200, b"until close")
+            assert headers["transfer-encoding"] == "chunked"
+            assert request(port, "/local")[0] == 200
+    finally:
+        listener.close()
+        thread.join(5)
+
+
+def test_large_chunked_body_to_http10_upstream_is_sent_with_length() -> None:
+    port = free_port()
+    backend_port, thread, listener, received = _raw_backend(
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    )
+    try:
+        text = config(port, f"server 127.0.0.1:{backend_port};", "client_max_body_size 10m;")
+        with running_upsync(text, port):
+            block = b"z" * 65536
+            chunks = (
+                b"".join(b"%x\r\n%s\r\n" % (len(block), block) for _ in range(40)) + b"0\r\n\r\n"
+            )
+            reply = raw_exchange(
+                port,
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                + chunks,
+            )
+            assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"ok")
+            sent = received[0]
+            assert b"HTTP/1.0" in sent.split(b"\r\n")[0]
+            assert (
+                f"Content-Length: {40 * 65536}".encode() in sent
+                and b"Transfer-Encoding" not in sent
+            )
+    finally:
+        listener.close()
+        thread.join(5)

@@ -289,7 +289,12 @@ class ClientConnection(asyncio.Protocol):
             sink.on_request_body(body)
         elif not req.response_done:
             req.body.append(body)
-            if self.active is req and self.exchange is None and req.body_size > REPLAYABLE_BODY:
+            if (
+                self.active is req
+                and self.exchange is None
+                and req.body_size > REPLAYABLE_BODY
+                and self.app.can_stream_body(req)
+            ):
                 self._start_proxy_streaming(req)
 
     def on_message_complete(self) -> None:

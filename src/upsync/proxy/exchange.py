@@ -144,6 +144,7 @@ class ProxyExchange:
         self.request_sent = False
         self.response_started = False
         self.frame = FRAME_NONE
+        self.until_close = False  # the upstream's body ends when it closes the connection
         self.client_keep_alive = False
         self.finished = False
         self.reused = False
@@ -309,6 +310,7 @@ class ProxyExchange:
             if lower not in skip:
                 out.append(name + b": " + value + b"\r\n")
         no_body = req.method == b"HEAD" or not status_has_body(status)
+        self.until_close = not no_body and status != 101 and length is None and not chunked
         if status == 101:
             self.frame = FRAME_NONE
             client_keep = False
@@ -376,7 +378,7 @@ class ProxyExchange:
         if self.finished or conn is not self.conn:
             return
         if self.response_started:
-            if self.frame == FRAME_CLOSE:
+            if self.until_close:
                 self.on_response_complete(conn, keep_alive=False)
             else:
                 log.error(
