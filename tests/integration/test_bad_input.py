@@ -23,6 +23,7 @@ http {{
         listen 127.0.0.1:{port};
         client_max_body_size 100;
         location / {{ proxy_pass http://backend; proxy_http_version 1.1; }}
+        location = /local {{ return 200 "ok"; }}
     }}
 }}
 """
@@ -127,3 +128,15 @@ def test_client_disconnect_mid_request_does_not_break_worker(proxy) -> None:  # 
             sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
     assert_still_serving(port)
     assert "Traceback" not in process.output()
+
+
+def test_bad_chunk_after_a_local_answer_closes_without_hanging(proxy) -> None:  # type: ignore[no-untyped-def]
+    port, _, _ = proxy
+    started = time.monotonic()
+    reply = raw_exchange(
+        port,
+        b"POST /local HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n",
+    )
+    assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"ok")
+    assert time.monotonic() - started < 1.0  # closed at once, not by a timeout
+    assert_still_serving(port)

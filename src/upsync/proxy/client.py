@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("upsync.client")
 
+UPGRADE_BUFFER_LIMIT = 1024 * 1024
+
 
 class BadRequest(Exception):
     def __init__(self, status: int) -> None:
@@ -170,7 +172,10 @@ class ClientConnection(asyncio.Protocol):
             self.tunnel.write(data)
             return
         if self.upgrade_buffer is not None:
+            # bytes for the tunnel, held until the upstream agrees to switch protocols
             self.upgrade_buffer += data
+            if len(self.upgrade_buffer) > UPGRADE_BUFFER_LIMIT:
+                self.abort()
             return
         if self.closed:
             return
@@ -206,6 +211,9 @@ class ClientConnection(asyncio.Protocol):
         active = self.active
         self.parser = httptools.HttpRequestParser(self)  # nothing after this is read
         self.pause_reading_for("rejected")
+        if active is not None and active is self.current and active.response_done:
+            self.close()  # answered already; the rest of its body was bad
+            return
         if active is None or (active is self.current and not active.response_done):
             if active is not None and self.exchange is not None:
                 if self.exchange.response_started:
