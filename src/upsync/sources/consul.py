@@ -5,6 +5,7 @@ or W elapses. Per Consul's documentation the index is only compared for equality
 it goes backwards and never below 1 once known.
 """
 
+import asyncio
 import base64
 from typing import Any
 
@@ -161,3 +162,6 @@ class ConsulSource(HttpSource):
                 on_snapshot(snapshot)
                 last_reported = header
             index = new_index
+            if index == 0:
+                # no usable X-Consul-Index: the next query would not block, so pace it
+                await asyncio.sleep(self.spec.interval)

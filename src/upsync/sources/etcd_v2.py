@@ -5,6 +5,7 @@ the directory so every report is a complete list. When etcd has forgotten the in
 "event index cleared"), the directory is simply read again.
 """
 
+import asyncio
 import logging
 from typing import Any
 
@@ -89,4 +90,7 @@ class EtcdV2Source(HttpSource):
             # a change (or a forgotten index): read the whole directory again
             snapshot = await self.read()
             on_snapshot(snapshot)
+            if not snapshot.index:
+                # no X-Etcd-Index to wait from: pace the reads instead of spinning
+                await asyncio.sleep(self.spec.interval)
             index = max(index, int(snapshot.index or 0))
