@@ -65,7 +65,7 @@ class App:
             group = self.groups.get(name)
             old_sync = group.sync if group is not None else None
             if group is not None and group.config.method == upstream.method:
-                group.config = upstream
+                group.reconfigure(upstream)
                 if upstream.sync_spec is None or old_sync is None:
                     group.replace(upstream.servers)
                     group.source = "static"

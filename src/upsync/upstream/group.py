@@ -34,6 +34,13 @@ class UpstreamGroup:
         self.sync: UpstreamSync | None = None
         self.replace(config.servers)
 
+    def reconfigure(self, config: UpstreamConfig) -> None:
+        """A reload with the same balancing method: new keep-alive settings, same peers."""
+        self.config = config
+        self.pool.capacity = config.keepalive
+        self.pool.timeout = config.keepalive_timeout
+        self.pool.max_requests = config.keepalive_requests
+
     def _build_balancer(self, peers: Sequence[Peer]) -> Balancer:
         method = self.config.method
         return make_balancer(
