@@ -13,7 +13,7 @@ from upsync.errors import ConfigError
 
 log = logging.getLogger("upsync")
 DEFAULT_CONFIG = "/etc/upsync/upsync.conf"
-_LIBRARIES = ("crossplane", "httptools", "uvloop", "orjson")
+_LIBRARIES = ("crossplane", "httptools", "uvloop", "orjson", "aiohttp", "watchfiles")
 SIGNALS = {
     "stop": signal.SIGTERM,
     "quit": signal.SIGQUIT,
