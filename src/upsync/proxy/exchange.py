@@ -9,7 +9,6 @@ from urllib.parse import quote
 from upsync.config.model import LocationConfig, ProxyPass, ProxySettings
 from upsync.config.variables import Template, compile_template
 from upsync.proxy.http1 import (
-    HIDDEN_RESPONSE,
     HOP_BY_HOP,
     NON_IDEMPOTENT,
     common_headers,
@@ -39,11 +38,6 @@ STATUS_CONDITIONS = {
 # nginx does not count these as a failure of the peer, only as a reason to try the next one.
 NOT_FAILURES = frozenset({"http_403", "http_404"})
 _SKIP_REQUEST_HEADERS = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
-_SKIP_RESPONSE_HEADERS = HOP_BY_HOP | HIDDEN_RESPONSE | {b"content-length"}
-_SKIP_UPGRADE_HEADERS = (HOP_BY_HOP | HIDDEN_RESPONSE | {b"content-length"}) - {
-    b"upgrade",
-    b"connection",
-}
 _HOST_TEMPLATE = compile_template("$proxy_host")
 _CLOSE_TEMPLATE = compile_template("close")
 
@@ -279,9 +273,7 @@ class ProxyExchange:
         self._arm(self.settings.read_timeout)
 
     # response
-    def on_response_head(
-        self, conn: UpstreamConnection, status: int, headers: list[tuple[bytes, bytes]]
-    ) -> bool:
+    def on_response_head(self, conn: UpstreamConnection, status: int) -> bool:
         """Returns True when no body follows (or the response is dropped for a retry)."""
         condition = STATUS_CONDITIONS.get(status)
         if (
@@ -294,45 +286,36 @@ class ProxyExchange:
             return True
         self.response_started = True
         req = self.req
-        self.req.upstream_status = str(status)
+        req.upstream_status = str(status)
         req.status = status
         client_keep = req.keep_alive and self.client.keep_alive_allowed()
-        length: bytes | None = None
-        chunked = False
-        out = [status_line(status), common_headers()]
-        skip = _SKIP_UPGRADE_HEADERS if status == 101 else _SKIP_RESPONSE_HEADERS
-        for name, value in headers:
-            lower = name.lower()
-            if lower == b"content-length":
-                length = value
-            elif lower == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            if lower not in skip:
-                out.append(name + b": " + value + b"\r\n")
+        length = conn.length
+        chunked = conn.chunked
+        out = [status_line(status), common_headers(), *conn.lines]
         no_body = req.method == b"HEAD" or not status_has_body(status)
         self.until_close = not no_body and status != 101 and length is None and not chunked
         if status == 101:
             self.frame = FRAME_NONE
             client_keep = False
-        elif no_body:
-            self.frame = FRAME_NONE
-            if length is not None:
-                out.append(b"Content-Length: " + length + b"\r\n")
-        elif length is not None and not chunked:
-            self.frame = FRAME_LENGTH
-            out.append(b"Content-Length: " + length + b"\r\n")
-        elif req.version == "1.1":
-            self.frame = FRAME_CHUNKED
-            out.append(b"Transfer-Encoding: chunked\r\n")
+            out.extend(conn.upgrade_lines)
+            out.append(b"\r\n")
         else:
-            self.frame = FRAME_CLOSE
-            client_keep = False
-        if status != 101:
+            if no_body:
+                self.frame = FRAME_NONE
+                if length is not None:
+                    out.append(b"Content-Length: " + length + b"\r\n")
+            elif length is not None and not chunked:
+                self.frame = FRAME_LENGTH
+                out.append(b"Content-Length: " + length + b"\r\n")
+            elif req.version == "1.1":
+                self.frame = FRAME_CHUNKED
+                out.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.frame = FRAME_CLOSE
+                client_keep = False
             out.append(
                 b"Connection: keep-alive\r\n\r\n" if client_keep else b"Connection: close\r\n\r\n"
             )
-        else:
-            out.append(b"\r\n")
         self.client_keep_alive = client_keep
         self.client.write(b"".join(out))
         return no_body

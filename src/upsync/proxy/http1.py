@@ -36,6 +36,11 @@ HIDDEN_RESPONSE = frozenset(
     }
 )
 NON_IDEMPOTENT = frozenset({b"POST", b"LOCK", b"PATCH"})
+# Response headers not passed to the client as they came: framing and hop-by-hop headers (the
+# proxy writes its own) and the ones nginx hides.
+RESPONSE_DROPPED = HOP_BY_HOP | HIDDEN_RESPONSE | {b"content-length"}
+# ...of which a 101 Switching Protocols answer keeps these two
+UPGRADE_KEPT = frozenset({b"upgrade", b"connection"})
 
 _SERVER_BYTES = SERVER_NAME.encode()
 _date_second = 0

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from upsync.proxy.http1 import RESPONSE_DROPPED, UPGRADE_KEPT
 from upsync.proxy.timer import Deadline
 from upsync.upstream.peer import Peer
 
@@ -25,7 +26,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser: httptools.HttpResponseParser | None = None
         self.idle_since = 0.0
         self.requests = 0
-        self.headers: list[tuple[bytes, bytes]] = []
+        # the response head as it is parsed: lines to pass on, and what the proxy itself needs
+        self.lines: list[bytes] = []
+        self.upgrade_lines: list[bytes] = []
+        self.length: bytes | None = None
+        self.chunked = False
         self.received_any = False
         self.done = False
         self.keep_alive = False
@@ -49,7 +54,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = exchange
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
-        self.headers = []
+        self._reset_head()
         self.received_any = False
         self.done = False
         self.keep_alive = False
@@ -138,8 +143,22 @@ class UpstreamConnection(asyncio.Protocol):
             client.uncork()
 
     # httptools callbacks
+    def _reset_head(self) -> None:
+        self.lines = []
+        self.upgrade_lines = []
+        self.length = None
+        self.chunked = False
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        lower = name.lower()
+        if lower not in RESPONSE_DROPPED:
+            self.lines.append(name + b": " + value + b"\r\n")
+        elif lower == b"content-length":
+            self.length = value
+        elif lower == b"transfer-encoding":
+            self.chunked = b"chunked" in value.lower()
+        elif lower in UPGRADE_KEPT:
+            self.upgrade_lines.append(name + b": " + value + b"\r\n")
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -148,10 +167,10 @@ class UpstreamConnection(asyncio.Protocol):
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self.interim = True  # "100 Continue" and friends are not forwarded
-            self.headers = []
+            self._reset_head()
             return
-        headers, self.headers = self.headers, []
-        self.skip_body = exchange.on_response_head(self, status, headers)
+        self.skip_body = exchange.on_response_head(self, status)
+        self._reset_head()
         if self.skip_body or status == 101:
             self.keep_alive = parser.should_keep_alive() and status != 101
             self.done = True
