@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv run test lint unit system-deps bench clean
+.PHONY: venv run etcd test lint unit system-deps bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/upsync -c examples/quickstart.conf
+
+# a local etcd for trying the seed walk-through: v2 API on, client port 2379, data in /tmp
+etcd: $(STAMP)
+	$(BIN)/etcd --data-dir /tmp/upsync-etcd --enable-v2=true \
+		--listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379
 
 system-deps:
 	sh scripts/install-system-deps.sh

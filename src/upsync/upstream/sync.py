@@ -167,7 +167,8 @@ class UpstreamSync:
     def _recovered(self) -> None:
         if not self.reachable:
             down_for = time.time() - (self.unreachable_since or time.time())
-            log.warning(
+            # logged at the level of the outage's start, so both show with the default error_log
+            log.error(
                 'upstream "%s": registry %s reachable again after %.1fs',
                 self.group.name,
                 self.source.where,
