@@ -220,3 +220,18 @@ def test_next_upstream_timeout() -> None:
         {"slow": {"delay": 1.0}, "fast": {}},
     )
     assert nginx == upsync
+
+
+def test_bare_lf_requests_are_accepted_like_nginx() -> None:
+    """nginx-upsync-module's test suite talks to nginx with LF-only lines."""
+    from tests.helpers import raw_exchange
+
+    statuses = []
+    for runner in (running_nginx, running_upsync):
+        with Backend("a") as backend:
+            port = free_port()
+            with runner(config(port, server(backend)), port):
+                reply = raw_exchange(port, b"GET /x HTTP/1.0\nHost: localhost\n\n")
+                statuses.append(reply.split(b"\r\n", 1)[0].split(b" ")[1])
+                assert reply.endswith(b"a\n")
+    assert statuses == [b"200", b"200"]

@@ -49,6 +49,17 @@ def access_allowed(rules: tuple[AccessRule, ...], address: str) -> bool:
     return True
 
 
+def bare_cr_in_head(data: bytes) -> bool:
+    """A CR not followed by LF before the end of the header section. The parser is lenient about
+    line endings to accept bare LF as nginx does, which would also let a bare CR end a line;
+    nginx rejects those, and so does upsync."""
+    if b"\r" not in data:
+        return False
+    ends = [i for i in (data.find(b"\n\r\n"), data.find(b"\n\n")) if i >= 0]
+    head = data[: min(ends) + 1] if ends else data  # through the LF that ends the last line
+    return head.count(b"\r") != head.count(b"\r\n")
+
+
 class ClientConnection(asyncio.Protocol):
     def __init__(self, app: "App", table: ServerTable) -> None:
         self.app = app
@@ -56,7 +67,7 @@ class ClientConnection(asyncio.Protocol):
         self.table = table
         self.limits = table.default.block.limits
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = self._new_parser()
         self.remote: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
         self.current: Request | None = None  # being parsed
@@ -76,6 +87,16 @@ class ClientConnection(asyncio.Protocol):
         self.timer = Deadline(self.loop, self._on_timeout)
         self.keepalive_timeout = 75.0
         self.corked: list[bytes] | None = None
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(self)
+        # nginx accepts lines ended by a bare LF (the C module's own test suite sends them), and
+        # llhttp needs both flags for that; the request is re-serialised with CRLF towards the
+        # upstream, so no ambiguous line ending is ever passed on
+        parser.set_dangerous_leniencies(
+            lenient_optional_cr_before_lf=True, lenient_optional_lf_after_cr=True
+        )
+        return parser
 
     # connection lifecycle
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -181,6 +202,9 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.active is None and self.current is None:
             self.timer.set(self.limits.client_header_timeout)
+        if self.in_headers and bare_cr_in_head(data):
+            self._reject(400)
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -209,7 +233,7 @@ class ClientConnection(asyncio.Protocol):
         if reason:
             log.info("client %s: %s", self.remote[0], reason)
         active = self.active
-        self.parser = httptools.HttpRequestParser(self)  # nothing after this is read
+        self.parser = self._new_parser()  # nothing after this is read
         self.pause_reading_for("rejected")
         if active is not None and active is self.current and active.response_done:
             self.close()  # answered already; the rest of its body was bad
