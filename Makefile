@@ -36,6 +36,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/proxy_bench.py
 	$(BIN)/python bench/propagation.py
 	$(BIN)/python bench/apply_cost.py
+	$(BIN)/python bench/instructions.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,114 @@
+"""CPU instructions per proxied request, counted by valgrind's callgrind: repeatable where
+wall-clock benchmarks on a shared VM are not, so it tells whether a hot-path change helped.
+
+upsync runs under callgrind in front of a Debian nginx backend; N keep-alive requests go through
+it on 10 connections; the count for N=1000 is subtracted from the count for N=3000, which leaves
+the cost of 2000 requests without start-up. Needs valgrind (Debian package `valgrind`).
+
+    .venv/bin/python bench/instructions.py
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\n\r\n"
+BODY = b"hello from the backend\n"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def count(requests: int, workdir: Path) -> int:
+    backend, proxy = free_port(), free_port()
+    (workdir / "logs").mkdir(exist_ok=True)
+    (workdir / "backend.conf").write_text(
+        f'events {{}} http {{ access_log off; keepalive_requests 100000; server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "{BODY.decode().strip()}\\n"; }} }} }}'
+    )
+    (workdir / "proxy.conf").write_text(
+        f"events {{}} http {{ access_log off; upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }} "
+        f'server {{ listen 127.0.0.1:{proxy}; location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}'
+    )
+    nginx = subprocess.Popen(
+        [
+            NGINX,
+            "-p",
+            str(workdir),
+            "-c",
+            str(workdir / "backend.conf"),
+            "-g",
+            f"daemon off; master_process off; pid {workdir}/b.pid; error_log {workdir}/b.err;",
+        ]
+    )
+    out = workdir / f"callgrind.{requests}"
+    upsync = subprocess.Popen(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            "-m",
+            "upsync",
+            "-c",
+            str(workdir / "proxy.conf"),
+            "-g",
+            f"pid {workdir}/u.pid; error_log {workdir}/u.err;",
+        ],
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", proxy), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("upsync did not start under valgrind") from None
+                time.sleep(0.2)
+        connections = [socket.create_connection(("127.0.0.1", proxy)) for _ in range(10)]
+        for _ in range(requests // len(connections)):
+            for conn in connections:
+                conn.sendall(REQUEST)
+            for conn in connections:
+                data = b""
+                while not data.endswith(BODY):
+                    data += conn.recv(4096)
+        for conn in connections:
+            conn.close()
+    finally:
+        upsync.send_signal(signal.SIGTERM)
+        upsync.wait(120)
+        nginx.terminate()
+        nginx.wait(10)
+    for line in out.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise SystemExit("callgrind wrote no totals")
+
+
+def main() -> int:
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install valgrind): skipped")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        low = count(1000, Path(tmp))
+        high = count(3000, Path(tmp))
+    print(f"instructions per proxied keep-alive request: {(high - low) / 2000:,.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
