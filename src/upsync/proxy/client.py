@@ -53,8 +53,8 @@ def bare_cr_in_head(data: bytes) -> bool:
     """A CR not followed by LF before the end of the header section. The parser is lenient about
     line endings to accept bare LF as nginx does, which would also let a bare CR end a line;
     nginx rejects those, and so does upsync."""
-    if b"\r" not in data:
-        return False
+    if data.count(b"\r") == data.count(b"\r\n"):
+        return False  # every CR ends a line: the usual case, decided without copying
     ends = [i for i in (data.find(b"\n\r\n"), data.find(b"\n\n")) if i >= 0]
     head = data[: min(ends) + 1] if ends else data  # through the LF that ends the last line
     return head.count(b"\r") != head.count(b"\r\n")
@@ -416,7 +416,7 @@ class ClientConnection(asyncio.Protocol):
         self.keepalive_timeout = location.keepalive_timeout
         if self.requests >= self.limits.keepalive_requests:
             req.keep_alive = False
-        if not access_allowed(location.access, req.remote_addr):
+        if location.access and not access_allowed(location.access, req.remote_addr):
             log.error(
                 'access forbidden by rule, client: %s, request: "%s"', req.remote_addr, req.target
             )
@@ -530,7 +530,8 @@ class ClientConnection(asyncio.Protocol):
             return
         req.response_done = True
         self.exchange = None
-        self.app.log_access(req)
+        if req.location is not None and req.location.access_log.path:
+            self.app.log_access(req)
         if not keep_alive or not req.keep_alive or self.upgrade_buffer is not None:
             self.close()
             return

@@ -132,7 +132,7 @@ class ProxyExchange:
         self.uri = plan.request_uri(req, uri_override)
         self.peer: Peer | None = None
         self.conn: UpstreamConnection | None = None
-        self.tried: set[Peer] = set()
+        self.tried: set[Peer] | None = None  # peers already tried by this request
         self.tries_left = self.settings.next_upstream_tries or group.balancer.tries
         self.started = self.loop.time()
         self.request_sent = False
@@ -181,7 +181,6 @@ class ProxyExchange:
             return
         peer.conns += 1
         self.peer = peer
-        self.tried.add(peer)
         self.req.upstream_addr = peer.name
         conn = group.pool.take(peer, now)
         if conn is not None:
@@ -415,8 +414,13 @@ class ProxyExchange:
             conn.detach()
             conn.abort()
         retry = self._may_retry(condition)
+        peer = self.peer
         self._finish_peer(failed=condition not in NOT_FAILURES)
         if retry:
+            if peer is not None:
+                if self.tried is None:
+                    self.tried = set()
+                self.tried.add(peer)
             self.tries_left -= 1
             self.request_sent = False
             self._try_next()

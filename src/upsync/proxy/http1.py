@@ -57,12 +57,29 @@ def date_header() -> bytes:
     return _date_header
 
 
+_STATUS_LINES: dict[int, bytes] = {}
+_SERVER_LINE = b"Server: " + _SERVER_BYTES + b"\r\n"
+_common_second = 0
+_common_headers = b""
+
+
 def status_line(code: int) -> bytes:
-    return b"HTTP/1.1 %d %s\r\n" % (code, REASONS.get(code, b"Unknown"))
+    line = _STATUS_LINES.get(code)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (code, REASONS.get(code, b"Unknown"))
+        if 100 <= code < 1000:
+            _STATUS_LINES[code] = line
+    return line
 
 
 def common_headers() -> bytes:
-    return b"Server: " + _SERVER_BYTES + b"\r\n" + date_header()
+    """`Server` and `Date`, built once per second."""
+    global _common_second, _common_headers
+    now = int(time.time())
+    if now != _common_second:
+        _common_second = now
+        _common_headers = _SERVER_LINE + date_header()
+    return _common_headers
 
 
 def error_body(code: int) -> bytes:
