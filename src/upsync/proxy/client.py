@@ -556,7 +556,8 @@ class ClientConnection(asyncio.Protocol):
         if self.app.draining:
             self.close()
             return
-        self.resume_reading_for("pipelined")
+        if self.read_pause_reasons:
+            self.resume_reading_for("pipelined")
         self.timer.set(self.keepalive_timeout)
 
     def start_tunnel(self, upstream: "UpstreamConnection", rest: bytes) -> None:

@@ -324,10 +324,12 @@ class ProxyExchange:
             self.client.write(b"%x\r\n%s\r\n" % (len(chunk), chunk), body=len(chunk))
         else:
             self.client.write(chunk, body=len(chunk))
+
+    def on_upstream_read(self) -> None:
+        """Bytes came and the response goes on: proxy_read_timeout starts again."""
         self._arm(self.settings.read_timeout)
 
     def on_response_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
-        self._disarm()
         if self.frame == FRAME_CHUNKED:
             self.client.write(b"0\r\n\r\n")
         self._finish_peer(failed=False)

@@ -136,9 +136,12 @@ class UpstreamConnection(asyncio.Protocol):
                     self.exchange = None
                     exchange.on_upstream_invalid(self)
                     return
-            if self.done and self.exchange is exchange and self.tunnel is None:
-                self.exchange = None
-                exchange.on_response_complete(self, self.keep_alive)
+            if self.exchange is exchange and self.tunnel is None:
+                if self.done:
+                    self.exchange = None
+                    exchange.on_response_complete(self, self.keep_alive)
+                else:
+                    exchange.on_upstream_read()
         finally:
             client.uncork()
 
@@ -170,7 +173,6 @@ class UpstreamConnection(asyncio.Protocol):
             self._reset_head()
             return
         self.skip_body = exchange.on_response_head(self, status)
-        self._reset_head()
         if self.skip_body or status == 101:
             self.keep_alive = parser.should_keep_alive() and status != 101
             self.done = True

@@ -77,11 +77,8 @@ class Balancer:
         self.backup: list[Peer] = [p for p in peers if p.backup]
         self.rng = rng or random.Random()
         self.total_weight = sum(p.weight for p in self.primary)
-
-    @property
-    def tries(self) -> int:
-        """How many peers one request may try (proxy_next_upstream_tries 0 means this many)."""
-        return len(self.primary) + len(self.backup)
+        # how many peers one request may try (proxy_next_upstream_tries 0 means this many)
+        self.tries = len(self.primary) + len(self.backup)
 
     def pick(self, tried: set[Peer] | None, now: float, key: bytes = b"") -> Peer | None:
         peer = self._pick_from(self.primary, tried, now)
