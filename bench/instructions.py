@@ -1,8 +1,8 @@
 """CPU instructions per proxied request, counted by valgrind's callgrind: repeatable where
 wall-clock benchmarks on a shared VM are not, so it tells whether a hot-path change helped.
 
-upsync runs under callgrind in front of a Debian nginx backend; N keep-alive requests go through
-it on 10 connections; the count for N=1000 is subtracted from the count for N=3000, which leaves
+upsync runs under callgrind in front of a Debian nginx backend; N requests go through it, on 10
+keep-alive connections or each on a new connection; the count for N=1000 is subtracted from the count for N=3000, which leaves
 the cost of 2000 requests without start-up. Needs valgrind (Debian package `valgrind`).
 
     .venv/bin/python bench/instructions.py
@@ -20,6 +20,7 @@ from pathlib import Path
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\n\r\n"
+CLOSE_REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nConnection: close\r\n\r\n"
 BODY = b"hello from the backend\n"
 
 
@@ -29,7 +30,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def count(requests: int, workdir: Path) -> int:
+def count(requests: int, workdir: Path, close: bool) -> int:
     backend, proxy = free_port(), free_port()
     (workdir / "logs").mkdir(exist_ok=True)
     (workdir / "backend.conf").write_text(
@@ -78,16 +79,23 @@ def count(requests: int, workdir: Path) -> int:
                 if time.monotonic() > deadline:
                     raise SystemExit("upsync did not start under valgrind") from None
                 time.sleep(0.2)
-        connections = [socket.create_connection(("127.0.0.1", proxy)) for _ in range(10)]
-        for _ in range(requests // len(connections)):
+        if close:
+            for _ in range(requests):
+                with socket.create_connection(("127.0.0.1", proxy)) as conn:
+                    conn.sendall(CLOSE_REQUEST)
+                    while conn.recv(4096):
+                        pass
+        else:
+            connections = [socket.create_connection(("127.0.0.1", proxy)) for _ in range(10)]
+            for _ in range(requests // len(connections)):
+                for conn in connections:
+                    conn.sendall(REQUEST)
+                for conn in connections:
+                    data = b""
+                    while not data.endswith(BODY):
+                        data += conn.recv(4096)
             for conn in connections:
-                conn.sendall(REQUEST)
-            for conn in connections:
-                data = b""
-                while not data.endswith(BODY):
-                    data += conn.recv(4096)
-        for conn in connections:
-            conn.close()
+                conn.close()
     finally:
         upsync.send_signal(signal.SIGTERM)
         upsync.wait(120)
@@ -103,10 +111,11 @@ def main() -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind): skipped")
         return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        low = count(1000, Path(tmp))
-        high = count(3000, Path(tmp))
-    print(f"instructions per proxied keep-alive request: {(high - low) / 2000:,.0f}")
+    for close, mode in ((False, "keep-alive request"), (True, "request on a new connection")):
+        with tempfile.TemporaryDirectory() as tmp:
+            low = count(1000, Path(tmp), close)
+            high = count(3000, Path(tmp), close)
+        print(f"instructions per proxied {mode}: {(high - low) / 2000:,.0f}")
     return 0
 
 

@@ -487,3 +487,19 @@ def test_large_chunked_body_to_http10_upstream_is_sent_with_length() -> None:
     finally:
         listener.close()
         thread.join(5)
+
+
+def test_address_variables() -> None:
+    port = free_port()
+    text = f"""
+events {{}}
+http {{
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "$server_addr:$server_port $remote_addr $host $request_uri"; }}
+    }}
+}}
+"""
+    with running_upsync(text, port):
+        body = request(port, "/a?b=1", headers={"Host": "Example.COM:99"})[2]
+        assert body == f"127.0.0.1:{port} 127.0.0.1 example.com /a?b=1".encode()

@@ -69,7 +69,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = self._new_parser()
         self.remote: tuple[str, int] = ("", 0)
-        self.local: tuple[str, int] = ("", 0)
+        self._local: tuple[str, int] | None = None
         self.current: Request | None = None  # being parsed
         self.active: Request | None = None  # being answered
         self.queue: deque[Request] = deque()
@@ -88,6 +88,15 @@ class ClientConnection(asyncio.Protocol):
         self.keepalive_timeout = 75.0
         self.corked: list[bytes] | None = None
 
+    @property
+    def local(self) -> tuple[str, int]:
+        """The address the client connected to; asked of the socket only when a variable
+        ($server_addr, $server_port) needs it."""
+        if self._local is None:
+            sock = self.transport.get_extra_info("sockname") if self.transport else None
+            self._local = (str(sock[0]), int(sock[1])) if sock else ("", 0)
+        return self._local
+
     def _new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
         # nginx accepts lines ended by a bare LF (the C module's own test suite sends them), and
@@ -104,9 +113,7 @@ class ClientConnection(asyncio.Protocol):
             asyncio.Transport, transport
         )  # uvloop's transports are not subclasses
         peer = transport.get_extra_info("peername") or ("", 0)
-        sock = transport.get_extra_info("sockname") or ("", 0)
         self.remote = (str(peer[0]), int(peer[1]))
-        self.local = (str(sock[0]), int(sock[1]))
         self.app.connections.add(self)
         self.timer.set(self.limits.client_header_timeout)
 
@@ -245,13 +252,13 @@ class ClientConnection(asyncio.Protocol):
                     return
                 self.exchange.abort()
             self.current = None
-            self.active = active or Request(self.remote, self.local)
+            self.active = active or Request(self.remote, self)
             self.active.keep_alive = False
             self.active.body_complete = True
             self.send_error(status)
             return
         # a pipelined request behind one still being answered: its error waits its turn
-        req = Request(self.remote, self.local)
+        req = Request(self.remote, self)
         req.status = status
         req.keep_alive = False
         req.body_complete = True
@@ -265,7 +272,7 @@ class ClientConnection(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        self.current = Request(self.remote, self.local)
+        self.current = Request(self.remote, self)
         self.in_headers = True
         self.header_size = 0
         self.requests += 1

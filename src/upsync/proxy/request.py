@@ -3,7 +3,13 @@
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
+
+
+class LocalAddress(Protocol):
+    @property
+    def local(self) -> tuple[str, int]: ...
+
 
 if TYPE_CHECKING:
     from upsync.config.model import LocationConfig
@@ -17,6 +23,7 @@ class Request:
         "body_size",
         "bytes_sent",
         "chunked",
+        "connection",
         "content_length",
         "expect_continue",
         "headers",
@@ -31,8 +38,6 @@ class Request:
         "remote_port",
         "response_done",
         "server",
-        "server_addr",
-        "server_port",
         "start",
         "status",
         "target",
@@ -42,7 +47,7 @@ class Request:
         "version",
     )
 
-    def __init__(self, remote: tuple[str, int], local: tuple[str, int]) -> None:
+    def __init__(self, remote: tuple[str, int], connection: "LocalAddress") -> None:
         self.method = b""
         self.target = ""
         self.path = "/"
@@ -60,7 +65,7 @@ class Request:
         self.body_complete = False
         self.response_done = False
         self.remote_addr, self.remote_port = remote
-        self.server_addr, self.server_port = local
+        self.connection = connection
         self.server: VirtualServer | None = None
         self.location: LocationConfig | None = None
         self.start = time.time()
@@ -128,8 +133,8 @@ _VARIABLES: dict[str, Callable[[Request], str]] = {
     "is_args": lambda r: "?" if r.query else "",
     "request_method": lambda r: r.method.decode("latin-1"),
     "server_name": lambda r: r.server.name if r.server else "",
-    "server_port": lambda r: str(r.server_port),
-    "server_addr": lambda r: r.server_addr,
+    "server_port": lambda r: str(r.connection.local[1]),
+    "server_addr": lambda r: r.connection.local[0],
     "server_protocol": lambda r: f"HTTP/{r.version}",
     "proxy_host": lambda r: r.proxy_host,
     "proxy_port": lambda r: r.proxy_host.rpartition(":")[2] if ":" in r.proxy_host else "80",
