@@ -70,6 +70,8 @@ class ClientConnection(asyncio.Protocol):
         self.parser = self._new_parser()
         self.remote: tuple[str, int] = ("", 0)
         self._local: tuple[str, int] | None = None
+        self.last_host_header: bytes | None = None
+        self.last_host = ""
         self.current: Request | None = None  # being parsed
         self.active: Request | None = None  # being answered
         self.queue: deque[Request] = deque()
@@ -404,9 +406,13 @@ class ClientConnection(asyncio.Protocol):
             raise BadRequest(400)  # both framings: a smuggling attempt
         if not req.host:
             if host_header is not None:
-                req.host = split_host(host_header.decode("latin-1"))
-                if not valid_host(req.host):
-                    raise BadRequest(400)
+                if host_header == self.last_host_header:
+                    req.host = self.last_host  # keep-alive clients repeat their Host
+                else:
+                    req.host = split_host(host_header.decode("latin-1"))
+                    if not valid_host(req.host):
+                        raise BadRequest(400)
+                    self.last_host_header, self.last_host = host_header, req.host
             elif req.version == "1.1":
                 raise BadRequest(400)
         # no body at all: complete now, so a proxied GET is sent before on_message_complete

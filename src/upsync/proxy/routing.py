@@ -25,8 +25,19 @@ class LocationTable:
         )
         self.regexes = [loc for loc in locations if loc.regex is not None]
         self.fallback = fallback
+        self._cache: dict[str, LocationConfig] = {}
 
     def match(self, path: str) -> LocationConfig:
+        """The location for a path; results are remembered (bounded), as matching is a pure
+        function of the path."""
+        location = self._cache.get(path)
+        if location is None:
+            location = self._match(path)
+            if len(self._cache) < 4096:
+                self._cache[path] = location
+        return location
+
+    def _match(self, path: str) -> LocationConfig:
         exact = self.exact.get(path)
         if exact is not None:
             return exact
