@@ -61,6 +61,36 @@ def bare_cr_in_head(data: bytes) -> bool:
 
 
 class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "_local",
+        "active",
+        "app",
+        "body_sink",
+        "closed",
+        "corked",
+        "current",
+        "exchange",
+        "header_size",
+        "in_headers",
+        "keepalive_timeout",
+        "last_host",
+        "last_host_header",
+        "limits",
+        "loop",
+        "parser",
+        "queue",
+        "raw_header_bytes",
+        "read_pause_reasons",
+        "remote",
+        "requests",
+        "table",
+        "timer",
+        "transport",
+        "tunnel",
+        "upgrade_buffer",
+        "write_paused",
+    )
+
     def __init__(self, app: "App", table: ServerTable) -> None:
         self.app = app
         self.loop = app.loop

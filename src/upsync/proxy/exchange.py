@@ -115,20 +115,30 @@ class ProxyPlan:
 
 
 class ProxyExchange:
-    # per-request state that starts the same for every request (class defaults: not stored
-    # again for each of the many exchanges)
-    peer: Peer | None = None
-    conn: UpstreamConnection | None = None
-    tried: set[Peer] | None = None  # peers already tried by this request
-    request_sent = False
-    response_started = False
-    frame = FRAME_NONE
-    until_close = False  # the upstream's body ends when it closes the connection
-    client_keep_alive = False
-    finished = False
-    reused = False
-    streaming = False  # request body streamed: cannot be replayed after it starts
-    connecting: "asyncio.Future[None] | None" = None
+    __slots__ = (
+        "client",
+        "client_keep_alive",
+        "conn",
+        "connecting",
+        "finished",
+        "frame",
+        "group",
+        "key",
+        "loop",
+        "peer",
+        "plan",
+        "req",
+        "request_sent",
+        "response_started",
+        "reused",
+        "settings",
+        "started",
+        "streaming",
+        "tried",
+        "tries_left",
+        "until_close",
+        "uri",
+    )
 
     def __init__(
         self,
@@ -145,8 +155,20 @@ class ProxyExchange:
         self.settings: ProxySettings = plan.location.proxy
         self.loop = client.loop
         self.uri = plan.request_uri(req, uri_override)
+        self.peer: Peer | None = None
+        self.conn: UpstreamConnection | None = None
+        self.tried: set[Peer] | None = None  # peers already tried by this request
         self.tries_left = self.settings.next_upstream_tries or group.balancer.tries
         self.started = self.loop.time()
+        self.request_sent = False
+        self.response_started = False
+        self.frame = FRAME_NONE
+        self.until_close = False  # the upstream's body ends when it closes the connection
+        self.client_keep_alive = False
+        self.finished = False
+        self.reused = False
+        self.streaming = False  # request body streamed: cannot be replayed after it starts
+        self.connecting: asyncio.Future[None] | None = None
         key_kind = group.balancer.key_kind
         if key_kind == "ip":
             self.key = req.remote_addr.encode()

@@ -18,6 +18,28 @@ class UpstreamConnection(asyncio.Protocol):
     """Parser callbacks only record and forward; completion is reported after feed_data returns,
     so the exchange may hand this connection to the next request without re-entering the parser."""
 
+    __slots__ = (
+        "chunked",
+        "closed",
+        "done",
+        "exchange",
+        "idle_since",
+        "interim",
+        "keep_alive",
+        "length",
+        "lines",
+        "parser",
+        "peer",
+        "pool",
+        "received_any",
+        "requests",
+        "skip_body",
+        "timer",
+        "transport",
+        "tunnel",
+        "upgrade_lines",
+    )
+
     def __init__(self, peer: Peer, pool: "KeepalivePool") -> None:
         self.peer = peer
         self.pool = pool
