@@ -141,3 +141,27 @@ def test_bad_chunk_after_a_local_answer_closes_without_hanging(proxy) -> None:  
     assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"ok")
     assert time.monotonic() - started < 1.0  # closed at once, not by a timeout
     assert_still_serving(port)
+
+
+def test_header_trickled_slowly_is_still_cut_by_client_header_timeout(proxy) -> None:  # type: ignore[no-untyped-def]
+    port, _, _ = proxy
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET / HTTP/1.1\r\n")
+        closed = False
+        for _ in range(40):  # a byte every 100 ms: each read is recent, the head never ends
+            try:
+                sock.sendall(b"X")
+                time.sleep(0.1)  # the client's pace, part of the scenario
+            except OSError:
+                closed = True
+                break
+            sock.settimeout(0.001)
+            try:
+                if sock.recv(100) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                pass
+        assert closed
+        assert time.monotonic() - started < 2.5  # the 1 s timeout counts from the first byte

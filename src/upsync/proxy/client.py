@@ -70,6 +70,7 @@ class ClientConnection(asyncio.Protocol):
         "corked",
         "current",
         "exchange",
+        "head_timed",
         "header_size",
         "in_headers",
         "keepalive_timeout",
@@ -108,6 +109,7 @@ class ClientConnection(asyncio.Protocol):
         self.exchange: ProxyExchange | None = None
         self.body_sink: ProxyExchange | None = None
         self.in_headers = True
+        self.head_timed = False
         self.header_size = 0
         self.raw_header_bytes = 0
         self.requests = 0
@@ -239,8 +241,6 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.closed:
             return
-        if self.active is None and self.current is None:
-            self.timer.set(self.limits.client_header_timeout)
         if self.in_headers and bare_cr_in_head(data):
             self._reject(400)
             return
@@ -260,6 +260,11 @@ class ClientConnection(asyncio.Protocol):
                 self._reject(400)
             return
         if self.in_headers and self.current is not None:
+            # a request head still incomplete: client_header_timeout runs from its first bytes
+            # for the whole head (a head complete in one read, the usual case, needs no timer)
+            if not self.head_timed:
+                self.head_timed = True
+                self.timer.set(self.limits.client_header_timeout)
             self.raw_header_bytes += len(data)
             if self.raw_header_bytes > self.limits.header_buffer_size:
                 self._reject(400, "Request Header Or Cookie Too Large")
@@ -304,6 +309,7 @@ class ClientConnection(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        self.head_timed = False
         self.current = Request(self.remote, self)
         self.in_headers = True
         self.header_size = 0

@@ -14,6 +14,29 @@ if TYPE_CHECKING:
     from upsync.upstream.pool import KeepalivePool
 
 
+# what to do with a response header, remembered by its name as the upstream spells it: the same
+# few names come in every response, and this spares lower-casing each of them every time
+_PASS, _LENGTH, _ENCODING, _UPGRADE, _DROP = range(5)
+_HEADER_KINDS: dict[bytes, int] = {}
+
+
+def _header_kind(name: bytes) -> int:
+    lower = name.lower()
+    if lower not in RESPONSE_DROPPED:
+        kind = _PASS
+    elif lower == b"content-length":
+        kind = _LENGTH
+    elif lower == b"transfer-encoding":
+        kind = _ENCODING
+    elif lower in UPGRADE_KEPT:
+        kind = _UPGRADE
+    else:
+        kind = _DROP
+    if len(_HEADER_KINDS) < 1024:
+        _HEADER_KINDS[name] = kind
+    return kind
+
+
 class UpstreamConnection(asyncio.Protocol):
     """Parser callbacks only record and forward; completion is reported after feed_data returns,
     so the exchange may hand this connection to the next request without re-entering the parser."""
@@ -175,14 +198,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.chunked = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lower = name.lower()
-        if lower not in RESPONSE_DROPPED:
+        kind = _HEADER_KINDS.get(name)
+        if kind is None:
+            kind = _header_kind(name)
+        if kind == _PASS:
             self.lines.append(name + b": " + value + b"\r\n")
-        elif lower == b"content-length":
+        elif kind == _LENGTH:
             self.length = value
-        elif lower == b"transfer-encoding":
+        elif kind == _ENCODING:
             self.chunked = b"chunked" in value.lower()
-        elif lower in UPGRADE_KEPT:
+        elif kind == _UPGRADE:
             self.upgrade_lines.append(name + b": " + value + b"\r\n")
 
     def on_headers_complete(self) -> None:
