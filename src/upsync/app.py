@@ -7,7 +7,7 @@ import socket
 from collections.abc import Callable
 
 from upsync.admin.show import parse_show_query, show_json, show_text
-from upsync.config.model import Config, Listen, LocationConfig, ProxyPass
+from upsync.config.model import Config, LocationConfig, ProxyPass
 from upsync.logs import AccessLogFiles
 from upsync.proxy.client import ClientConnection
 from upsync.proxy.exchange import ProxyExchange, ProxyPlan
@@ -244,4 +244,4 @@ class App:
         self.stopped.set()
 
 
-__all__ = ["App", "Listen"]
+__all__ = ["App"]

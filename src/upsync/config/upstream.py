@@ -9,7 +9,6 @@ from upsync.config.nodes import Node
 from upsync.config.servers import ServerLineError, parse_server_params, resolve
 from upsync.config.upsync import SyncSpec, UpsyncError, apply_upsync_lb, parse_upsync
 from upsync.config.variables import VariableError, compile_template
-from upsync.errors import ConfigError
 from upsync.units import UnitError, parse_time
 
 _METHODS = ("least_conn", "ip_hash", "hash", "random")
@@ -133,5 +132,3 @@ def _time(node: Node) -> float:
     except UnitError:
         raise node.invalid(node.args[0]) from None
 
-
-__all__ = ["ConfigError", "build_upstream"]
