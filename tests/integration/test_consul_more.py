@@ -12,7 +12,7 @@ import pytest
 from tests.consul_double import ConsulDouble, register_service
 from tests.helpers import free_port, running_upsync, wait_until
 from tests.integration.test_discovery import config, listing, show, status_json, wait_show
-from tests.registries import ConsulKVDriver, consul_address_from_env
+from tests.registries import ConsulKVDriver
 
 
 @pytest.fixture
@@ -22,25 +22,13 @@ def double() -> Iterator[ConsulDouble]:
     server.stop()
 
 
-@pytest.fixture
-def agent() -> Iterator[str]:
-    """A real Consul agent when CONSUL_HTTP_ADDR names one, else the double."""
-    real = consul_address_from_env()
-    if real:
-        yield real
-        return
-    server = ConsulDouble().start()
-    yield server.address
-    server.stop()
-
-
-def test_catalog_services_with_tags(agent: str, tmp_path: Path) -> None:
+def test_catalog_services_with_tags(consul: str, tmp_path: Path) -> None:
     port = free_port()
     web = f"web{os.getpid()}"
-    register_service(agent, web, f"{web}-1", 8001, ["weight=3", "max_fails=5", "fail_timeout=20s"])
-    register_service(agent, web, f"{web}-2", 8002, ["backup", "http"], address="127.0.0.2")
+    register_service(consul, web, f"{web}-1", 8001, ["weight=3", "max_fails=5", "fail_timeout=20s"])
+    register_service(consul, web, f"{web}-2", 8002, ["backup", "http"], address="127.0.0.2")
     line = (
-        f"upsync {agent}/v1/catalog/service/{web} upsync_type=consul_services upsync_timeout=20s;"
+        f"upsync {consul}/v1/catalog/service/{web} upsync_type=consul_services upsync_timeout=20s;"
     )
     with running_upsync(config(port, line, tmp_path / "d.conf"), port):
         wait_show(
@@ -48,7 +36,7 @@ def test_catalog_services_with_tags(agent: str, tmp_path: Path) -> None:
             "server 127.0.0.1:8001 weight=3 max_fails=5 fail_timeout=20s;",
             "server 127.0.0.2:8002 weight=1 max_fails=2 fail_timeout=10s backup;",
         )
-        register_service(agent, web, f"{web}-3", 8003, ["down"])
+        register_service(consul, web, f"{web}-3", 8003, ["down"])
         wait_until(
             lambda: (
                 "server 127.0.0.1:8003 weight=1 max_fails=2 fail_timeout=10s down;" in show(port)
@@ -56,19 +44,19 @@ def test_catalog_services_with_tags(agent: str, tmp_path: Path) -> None:
         )
 
 
-def test_health_marks_critical_instances_down(agent: str, tmp_path: Path) -> None:
+def test_health_marks_critical_instances_down(consul: str, tmp_path: Path) -> None:
     port = free_port()
     api = f"api{os.getpid()}"
-    register_service(agent, api, f"{api}-1", 8001)
-    register_service(agent, api, f"{api}-2", 8002, status="critical")
-    line = f"upsync {agent}/v1/health/service/{api} upsync_type=consul_health upsync_timeout=20s;"
+    register_service(consul, api, f"{api}-1", 8001)
+    register_service(consul, api, f"{api}-2", 8002, status="critical")
+    line = f"upsync {consul}/v1/health/service/{api} upsync_type=consul_health upsync_timeout=20s;"
     with running_upsync(config(port, line, tmp_path / "d.conf"), port):
         wait_show(
             port,
             "server 127.0.0.1:8001 weight=1 max_fails=2 fail_timeout=10s;",
             "server 127.0.0.1:8002 weight=1 max_fails=2 fail_timeout=10s down;",
         )
-        register_service(agent, api, f"{api}-2", 8002, status="passing")
+        register_service(consul, api, f"{api}-2", 8002, status="passing")
         wait_until(lambda: "8002 weight=1 max_fails=2 fail_timeout=10s;\n" in show(port))
 
 

@@ -18,7 +18,6 @@ from tests.registries import (
     Etcd,
     EtcdV2Driver,
     EtcdV3Driver,
-    consul_address_from_env,
     http,
 )
 
@@ -28,17 +27,6 @@ def etcd() -> Iterator[Etcd]:
     server = Etcd().start()
     yield server
     server.close()
-
-
-@pytest.fixture(scope="module")
-def consul() -> Iterator[str]:
-    real = consul_address_from_env()
-    if real:
-        yield real
-        return
-    double = ConsulDouble().start()
-    yield double.address
-    double.stop()
 
 
 _counter = iter(range(10**6))

@@ -172,17 +172,10 @@ class HttpBuilder:
         scope = http_scope.child(inherited)
         built = [self.location(child, scope) for child in locations]
         if server_return is not None:
-            # A server-level `return` answers every request before any location is chosen.
-            built = [
-                self._location_from(
-                    server_return, "", "/", None, Return(*self._return(server_return)), scope
-                )
-            ]
-            built.append(
-                self._location_from(
-                    server_return, "~", ".", re.compile(""), built[0].handler, scope
-                )
-            )
+            # A server-level `return` answers every request before any location is chosen: one
+            # prefix "/" location covers every path (paths are normalised to start with "/").
+            handler = Return(*self._return(server_return))
+            built = [self._location_from(server_return, "", "/", None, handler, scope)]
         limits = ClientLimits(
             client_header_timeout=_time(scope.one("client_header_timeout"), 60.0),
             client_body_timeout=_time(scope.one("client_body_timeout"), 60.0),

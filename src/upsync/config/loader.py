@@ -7,8 +7,8 @@ from typing import Any
 import crossplane
 
 from upsync.config import directives
-from upsync.config.http import COMBINED_FORMAT, HttpBuilder, _template
-from upsync.config.model import Config, MainConfig, ServerBlock, UpstreamConfig
+from upsync.config.http import COMBINED_FORMAT, INHERITED, HttpBuilder, _template
+from upsync.config.model import BalanceMethod, Config, MainConfig, ServerBlock, UpstreamConfig
 from upsync.config.nodes import Node, Scope, nodes_from_crossplane
 from upsync.config.servers import ServerLineError, parse_server_params, resolve
 from upsync.config.upstream import build_upstream
@@ -135,8 +135,6 @@ class _Builder:
         )
 
     def _http(self, http: Node) -> tuple[dict[str, UpstreamConfig], tuple[ServerBlock, ...]]:
-        from upsync.config.http import INHERITED
-
         upstreams: dict[str, UpstreamConfig] = {}
         server_nodes: list[Node] = []
         inherited: list[Node] = []
@@ -167,8 +165,6 @@ class _Builder:
 
     def _implicit_upstream(self, host: str, node: Node) -> UpstreamConfig:
         """`proxy_pass http://127.0.0.1:8080` makes an upstream of one server, as in nginx."""
-        from upsync.config.model import BalanceMethod
-
         try:
             specs = resolve(parse_server_params(host, ()))
         except ServerLineError as exc:

@@ -131,4 +131,3 @@ def _time(node: Node) -> float:
         return parse_time(node.args[0])
     except UnitError:
         raise node.invalid(node.args[0]) from None
-
