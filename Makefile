@@ -2,13 +2,17 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py | cksum | cut -d' ' -f1)
+SOURCES := $(shell find src -name '*.py')
 
 .PHONY: venv run etcd test lint unit system-deps bench clean
 
-$(STAMP): pyproject.toml
+# a regular (not editable) install: the hot path is compiled by mypyc (setup.py), so the package
+# in .venv is rebuilt whenever a source file changes
+$(STAMP): pyproject.toml setup.py $(SOURCES)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@echo "installing upsync into $(VENV); mypyc compiles the hot path (about a minute)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -23,16 +27,16 @@ etcd: $(STAMP)
 		--listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379
 
 system-deps:
-	sh scripts/install-system-deps.sh
+	PYTHON=$(PYTHON) sh scripts/install-system-deps.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench setup.py
 	$(BIN)/mypy
 
-test: $(STAMP) system-deps lint
+test: system-deps $(STAMP) lint
 	$(BIN)/pytest
 
-bench: $(STAMP) system-deps
+bench: system-deps $(STAMP)
 	$(BIN)/python bench/proxy_bench.py
 	$(BIN)/python bench/propagation.py
 	$(BIN)/python bench/apply_cost.py

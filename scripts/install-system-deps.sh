@@ -1,6 +1,7 @@
 #!/bin/sh
 # Debian packages the tests and benchmarks use: nginx (comparison tests, benchmark backends),
-# wrk (benchmarks), curl, and openssl (certificates for the registry TLS tests).
+# wrk (benchmarks), curl, openssl (certificates for the registry TLS tests), and gcc with the
+# Python headers, which mypyc needs to compile the hot path when .venv is built.
 # Installs only what is missing; needs root for apt-get.
 set -eu
 missing=""
@@ -8,6 +9,9 @@ missing=""
 command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
 command -v curl >/dev/null 2>&1 || missing="$missing curl"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+command -v cc >/dev/null 2>&1 || missing="$missing gcc"
+include=$(${PYTHON:-python3} -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+[ -f "$include/Python.h" ] || missing="$missing python3-dev"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
     echo "missing Debian packages:$missing (run as root, or: sudo apt-get install$missing)" >&2

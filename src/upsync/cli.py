@@ -7,7 +7,7 @@ import signal
 import sys
 from importlib import metadata
 
-from upsync import __version__
+from upsync import __version__, build
 from upsync.config import Config, load_config
 from upsync.errors import ConfigError
 
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose_version:
             versions = ", ".join(f"{name} {metadata.version(name)}" for name in _LIBRARIES)
             print(f"python {sys.version.split()[0]}; {versions}", file=sys.stderr)
+            print(build.describe(), file=sys.stderr)
         return 0
     if args.test or args.dump:
         return _test(args)

@@ -1,5 +1,6 @@
 """The command line as a user meets it: -t, -T, -v, -s reload|quit|stop, signals."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -65,6 +66,17 @@ def test_capital_t_prints_the_configuration(tmp_path: Path) -> None:
 def test_version() -> None:
     result = run_cli("-v")
     assert result.returncode == 0 and "upsync version: upsync/" in result.stderr
+
+
+def test_installed_build_has_the_compiled_hot_path() -> None:
+    """The suite and the benchmarks run the build users get from `make run`: compiled by mypyc,
+    unless UPSYNC_PURE_PYTHON asked for the interpreted one."""
+    result = run_cli("-V")
+    assert result.returncode == 0
+    if os.environ.get("UPSYNC_PURE_PYTHON", "") in ("", "0"):
+        assert "hot path compiled by mypyc" in result.stderr
+    else:
+        assert "hot path interpreted" in result.stderr
 
 
 def test_reload_applies_new_config_without_dropping_the_listener() -> None:

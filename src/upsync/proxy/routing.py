@@ -61,7 +61,7 @@ class VirtualServer:
     def __init__(self, block: ServerBlock) -> None:
         self.block = block
         self.locations = LocationTable(block.locations, block.fallback)
-        self.name = block.names[0] if block.names else ""
+        self.name: str = block.names[0] if block.names else ""
 
 
 class ServerTable:
