@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -37,6 +38,14 @@ def _remove_pid(path: str) -> None:
         pass
 
 
+def _settle_heap() -> None:
+    """Move what start-up (or a reload) built, configuration, modules and tables that live as
+    long as the process, out of the cyclic collector's reach: its older-generation passes would
+    otherwise walk all of it again and again while requests come and go."""
+    gc.collect()
+    gc.freeze()
+
+
 async def _serve(config: Config, args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     app = App(config, loop)
@@ -53,6 +62,8 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
         await app.close()
         return 1
 
+    _settle_heap()
+
     async def reload() -> None:
         try:
             new_config = load_config(args.config, args.prefix, args.globals)
@@ -63,6 +74,8 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
             await app.reload(new_config)
         except OSError as exc:
             log.error("reload failed to bind: %s", exc)
+        gc.unfreeze()  # the replaced configuration may sit in cycles that only the collector frees
+        _settle_heap()
 
     tasks: set[asyncio.Task[None]] = set()
 

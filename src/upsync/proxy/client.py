@@ -98,7 +98,7 @@ class ClientConnection(asyncio.Protocol):
         self.table = table
         self.limits = table.default.block.limits
         self.transport: asyncio.Transport | None = None
-        self.parser = self._new_parser()
+        self.parser: httptools.HttpRequestParser | None = self._new_parser()
         self.remote: tuple[str, int] = ("", 0)
         self._local: tuple[str, int] | None = None
         self.last_host_header: bytes | None = None
@@ -163,6 +163,12 @@ class ClientConnection(asyncio.Protocol):
             exchange.abort()
         if self.tunnel is not None:
             self.tunnel.close()
+        # the parser and the timer point back at this object; without them it is freed by
+        # reference counting as soon as the transport lets go, never left to the cyclic collector
+        self.timer.release()
+        self.parser = None
+        self.current = self.active = None
+        self.queue.clear()
 
     def cork(self) -> None:
         """Collect writes until uncork(): a response head and body leave in one send()."""
@@ -239,13 +245,14 @@ class ClientConnection(asyncio.Protocol):
             if len(self.upgrade_buffer) > UPGRADE_BUFFER_LIMIT:
                 self.abort()
             return
-        if self.closed:
+        parser = self.parser
+        if self.closed or parser is None:
             return
         if self.in_headers and bare_cr_in_head(data):
             self._reject(400)
             return
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self.upgrade_buffer = data[upgrade.args[0] :]
             return
@@ -335,6 +342,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_headers = False
         self.raw_header_bytes = 0
         parser = self.parser
+        assert parser is not None
         req.method = parser.get_method()
         req.version = parser.get_http_version()
         req.keep_alive = parser.should_keep_alive()

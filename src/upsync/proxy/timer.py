@@ -38,6 +38,13 @@ class Deadline:
             self._handle.cancel()
             self._handle = None
 
+    def release(self) -> None:
+        """Cancel for good and let go of the callback: an owner that is done with its deadline
+        breaks the owner -> deadline -> bound method -> owner cycle, so reference counting
+        frees it at once instead of the cyclic collector."""
+        self.cancel()
+        self._callback = _nothing
+
     def _fire(self) -> None:
         self._handle = None
         at = self._at
@@ -49,3 +56,7 @@ class Deadline:
             return
         self._at = None
         self._callback()
+
+
+def _nothing() -> None:
+    pass

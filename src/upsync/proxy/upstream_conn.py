@@ -138,6 +138,9 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.on_upstream_closed(self)
         if self.tunnel is not None:
             self.tunnel.close()
+        # parser and timer point back at this object: let reference counting free it
+        self.timer.release()
+        self.parser = None
 
     def eof_received(self) -> bool | None:
         return None
