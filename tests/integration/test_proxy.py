@@ -1,6 +1,7 @@
 """upsync as a process on free loopback ports, in front of real backends."""
 
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -354,6 +355,26 @@ def test_access_log_in_combined_format() -> None:
             line = log_file.read_text()
             assert line.startswith("127.0.0.1 - - [")
             assert '"GET /path?q=1 HTTP/1.1" 200 2 "http://r/" "tester/1.0"' in line
+
+
+def test_access_log_names_a_client_that_reset_before_its_answer() -> None:
+    """499: the line is written after the client's connection is gone, and still names it."""
+    port = free_port()
+    with Backend("a") as a:
+        text = config(port, f"server 127.0.0.1:{a.port};").replace(
+            "location = /local", "access_log logs/access.log combined;\n        location = /local"
+        )
+        with running_upsync(text, port) as proc:
+            client = socket.create_connection(("127.0.0.1", port))
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.sendall(b"GET /slow/2 HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_until(lambda: any(r[1] == "/slow/2" for r in a.requests))
+            client.close()  # SO_LINGER 0: a reset, not a goodbye
+            log_file = proc.workdir / "logs" / "access.log"
+            wait_until(lambda: log_file.exists() and log_file.read_text().count("\n") == 1)
+            line = log_file.read_text()
+            assert line.startswith("127.0.0.1 - - [")
+            assert '"GET /slow/2 HTTP/1.1" 499 ' in line
 
 
 def test_http10_client_gets_a_close_delimited_body_for_a_chunked_upstream() -> None:

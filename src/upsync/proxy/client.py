@@ -63,6 +63,7 @@ def bare_cr_in_head(data: bytes) -> bool:
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_local",
+        "_remote",
         "active",
         "app",
         "body_sink",
@@ -82,7 +83,6 @@ class ClientConnection(asyncio.Protocol):
         "queue",
         "raw_header_bytes",
         "read_pause_reasons",
-        "remote",
         "requests",
         "table",
         "timer",
@@ -99,7 +99,7 @@ class ClientConnection(asyncio.Protocol):
         self.limits = table.default.block.limits
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = self._new_parser()
-        self.remote: tuple[str, int] = ("", 0)
+        self._remote: tuple[str, int] | None = None
         self._local: tuple[str, int] | None = None
         self.last_host_header: bytes | None = None
         self.last_host = ""
@@ -131,6 +131,15 @@ class ClientConnection(asyncio.Protocol):
             self._local = (str(sock[0]), int(sock[1])) if sock else ("", 0)
         return self._local
 
+    @property
+    def remote(self) -> tuple[str, int]:
+        """The client's address, asked of the socket when something first needs it (a log line,
+        allow/deny, ip_hash, a header that carries it): many proxied requests never do."""
+        if self._remote is None:
+            peer = self.transport.get_extra_info("peername") if self.transport else None
+            self._remote = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+        return self._remote
+
     def _new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
         # nginx accepts lines ended by a bare LF (the C module's own test suite sends them), and
@@ -146,8 +155,6 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(
             asyncio.Transport, transport
         )  # uvloop's transports are not subclasses
-        peer = transport.get_extra_info("peername") or ("", 0)
-        self.remote = (str(peer[0]), int(peer[1]))
         self.app.connections.add(self)
         self.timer.set(self.limits.client_header_timeout)
 
@@ -296,13 +303,13 @@ class ClientConnection(asyncio.Protocol):
                     return
                 self.exchange.abort()
             self.current = None
-            self.active = active or Request(self.remote, self)
+            self.active = active or Request(self)
             self.active.keep_alive = False
             self.active.body_complete = True
             self.send_error(status)
             return
         # a pipelined request behind one still being answered: its error waits its turn
-        req = Request(self.remote, self)
+        req = Request(self)
         req.status = status
         req.keep_alive = False
         req.body_complete = True
@@ -317,7 +324,7 @@ class ClientConnection(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         self.head_timed = False
-        self.current = Request(self.remote, self)
+        self.current = Request(self)
         self.in_headers = True
         self.header_size = 0
         self.requests += 1
@@ -471,6 +478,10 @@ class ClientConnection(asyncio.Protocol):
         location = server.locations.match(req.path)
         req.location = location
         self.keepalive_timeout = location.keepalive_timeout
+        if location.access_log.path:
+            # the access log line may be written after the client has gone (499), when the
+            # socket can no longer tell its peer
+            _ = self.remote
         if self.requests >= self.limits.keepalive_requests:
             req.keep_alive = False
         if location.access and not access_allowed(location.access, req.remote_addr):

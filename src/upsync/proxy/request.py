@@ -6,9 +6,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 
-class LocalAddress(Protocol):
+class ConnectionAddresses(Protocol):
     @property
     def local(self) -> tuple[str, int]: ...
+
+    @property
+    def remote(self) -> tuple[str, int]: ...
 
 
 if TYPE_CHECKING:
@@ -34,8 +37,6 @@ class Request:
         "path",
         "proxy_host",
         "query",
-        "remote_addr",
-        "remote_port",
         "response_done",
         "server",
         "start",
@@ -47,7 +48,7 @@ class Request:
         "version",
     )
 
-    def __init__(self, remote: tuple[str, int], connection: "LocalAddress") -> None:
+    def __init__(self, connection: "ConnectionAddresses") -> None:
         self.method = b""
         self.target = ""
         self.path = "/"
@@ -64,7 +65,6 @@ class Request:
         self.body_size = 0
         self.body_complete = False
         self.response_done = False
-        self.remote_addr, self.remote_port = remote
         self.connection = connection
         self.server: VirtualServer | None = None
         self.location: LocationConfig | None = None
@@ -74,6 +74,14 @@ class Request:
         self.upstream_addr = ""
         self.upstream_status = ""
         self.proxy_host = ""
+
+    @property
+    def remote_addr(self) -> str:
+        return self.connection.remote[0]
+
+    @property
+    def remote_port(self) -> int:
+        return self.connection.remote[1]
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
