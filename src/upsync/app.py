@@ -13,12 +13,15 @@ from upsync.proxy.client import ClientConnection
 from upsync.proxy.exchange import ProxyExchange, ProxyPlan
 from upsync.proxy.request import Request
 from upsync.proxy.routing import ServerTable
+from upsync.proxy.timer import CoarseTimeouts
 from upsync.upstream.group import UpstreamGroup
 from upsync.upstream.sync import UpstreamSync
 
 log = logging.getLogger("upsync")
 
 BindKey = tuple[str, int]
+# how late a silent new connection's client_header_timeout may fire
+FIRST_BYTES_RESOLUTION = 0.25
 
 
 def _bind_keys(config: Config) -> dict[BindKey, list[int]]:
@@ -54,6 +57,11 @@ class App:
         self.stopped = asyncio.Event()
         self.background: set[asyncio.Task[None]] = set()
         self.drained = asyncio.Event()  # set when the last connection closes while draining
+        # a new connection's client_header_timeout until its first bytes: nearly every client
+        # sends at once, so one coarse shared timer spares each connection a loop timer
+        self.awaiting_first_bytes: CoarseTimeouts[ClientConnection] = CoarseTimeouts(
+            loop, FIRST_BYTES_RESOLUTION, lambda conn: conn.first_bytes_timed_out()
+        )
         self.pending_syncs = self._apply(config)
 
     # building
@@ -236,6 +244,7 @@ class App:
 
     def shutdown(self) -> None:
         self.stop_listening()
+        self.awaiting_first_bytes.close()
         for conn in list(self.connections):
             conn.abort()
         for group in self.groups.values():

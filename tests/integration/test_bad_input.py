@@ -95,6 +95,16 @@ def test_absolute_form_never_chooses_destination(proxy) -> None:  # type: ignore
     assert backend.requests[-1][1] == "/latest"
 
 
+def test_silent_connection_is_closed_after_client_header_timeout(proxy) -> None:  # type: ignore[no-untyped-def]
+    port, _, _ = proxy
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        started = time.monotonic()
+        assert sock.recv(100) == b""  # not a byte sent: closed without an answer
+        waited = time.monotonic() - started
+        assert 0.9 < waited < 2.0  # client_header_timeout 1s, checked every 0.25 s
+    assert status_of(raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) == 200
+
+
 def test_stalled_client_is_cut_off(proxy) -> None:  # type: ignore[no-untyped-def]
     port, _, _ = proxy
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:

@@ -66,6 +66,7 @@ class ClientConnection(asyncio.Protocol):
         "_remote",
         "active",
         "app",
+        "awaiting_first_bytes",
         "body_sink",
         "closed",
         "corked",
@@ -109,6 +110,7 @@ class ClientConnection(asyncio.Protocol):
         self.exchange: ProxyExchange | None = None
         self.body_sink: ProxyExchange | None = None
         self.in_headers = True
+        self.awaiting_first_bytes = False
         self.head_timed = False
         self.header_size = 0
         self.raw_header_bytes = 0
@@ -156,11 +158,15 @@ class ClientConnection(asyncio.Protocol):
             asyncio.Transport, transport
         )  # uvloop's transports are not subclasses
         self.app.connections.add(self)
-        self.timer.set(self.limits.client_header_timeout)
+        self.awaiting_first_bytes = True
+        self.app.awaiting_first_bytes.add(self, self.limits.client_header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.timer.cancel()
+        if self.awaiting_first_bytes:
+            self.awaiting_first_bytes = False
+            self.app.awaiting_first_bytes.discard(self)
         self.app.connection_closed(self)
         if self.exchange is not None:
             exchange, self.exchange = self.exchange, None
@@ -236,6 +242,11 @@ class ClientConnection(asyncio.Protocol):
         if not self.read_pause_reasons and self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
+    def first_bytes_timed_out(self) -> None:
+        if self.awaiting_first_bytes:
+            self.awaiting_first_bytes = False
+            self.close()
+
     def _on_timeout(self) -> None:
         # client_header_timeout, client_body_timeout, keepalive_timeout, send_timeout: nginx
         # closes the connection without an answer in each case.
@@ -243,6 +254,9 @@ class ClientConnection(asyncio.Protocol):
 
     # incoming bytes
     def data_received(self, data: bytes) -> None:
+        if self.awaiting_first_bytes:
+            self.awaiting_first_bytes = False
+            self.app.awaiting_first_bytes.discard(self)
         if self.tunnel is not None:
             self.tunnel.write(data)
             return

@@ -1,7 +1,11 @@
-"""A resettable deadline that costs one loop timer however often it is pushed back."""
+"""Timeouts: a resettable deadline that costs one loop timer however often it is pushed back,
+and coarse deadlines for many keys under one ticking timer."""
 
 import asyncio
 from collections.abc import Callable
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
 
 
 class Deadline:
@@ -60,3 +64,47 @@ class Deadline:
 
 def _nothing() -> None:
     pass
+
+
+class CoarseTimeouts(Generic[K]):
+    """Deadlines for many keys at a coarse resolution. Adding or removing one is a dict
+    operation, where a loop timer costs an allocation and a heap insertion and removal: the right
+    trade for timeouts of seconds that almost never fire, such as a new connection's wait for its
+    first bytes. One loop timer ticks while any deadline is pending; a deadline fires between
+    its time and one resolution later."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, resolution: float, expired: Callable[[K], None]
+    ) -> None:
+        self._loop = loop
+        self._resolution = resolution
+        self._expired = expired
+        self._pending: dict[K, float] = {}
+        self._ticker: asyncio.TimerHandle | None = None
+
+    def add(self, key: K, timeout: float) -> None:
+        if timeout <= 0:
+            return
+        self._pending[key] = self._loop.time() + timeout
+        if self._ticker is None:
+            self._ticker = self._loop.call_later(self._resolution, self._tick)
+
+    def discard(self, key: K) -> None:
+        self._pending.pop(key, None)
+
+    def close(self) -> None:
+        self._pending.clear()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+    def _tick(self) -> None:
+        self._ticker = None
+        now = self._loop.time()
+        due = [key for key, at in self._pending.items() if at <= now]
+        for key in due:
+            del self._pending[key]
+        if self._pending:
+            self._ticker = self._loop.call_later(self._resolution, self._tick)
+        for key in due:
+            self._expired(key)
