@@ -221,6 +221,20 @@ def test_client_keepalive_and_pipelining() -> None:
         assert [r[1] for r in a.requests] == ["/one", "/three"]
 
 
+def test_pipelined_requests_keep_their_own_http_versions() -> None:
+    """A 1.1 request and a 1.0 one in the same packet: the second is answered as 1.0 (no
+    keep-alive unless asked, a chunked upstream body delimited by the close)."""
+    port = free_port()
+    with Backend("a") as a, running_upsync(config(port, f"server 127.0.0.1:{a.port};"), port):
+        reply = raw_exchange(
+            port, b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.0\r\nHost: x\r\n\r\n"
+        )
+        first, _, second = reply.partition(b"a\n")
+        assert b"Connection: keep-alive" in first
+        assert b"Connection: close" in second
+        assert [r[1] for r in a.requests] == ["/one", "/two"]
+
+
 def test_request_bodies_content_length_chunked_and_large() -> None:
     port = free_port()
     with Backend("a") as a:

@@ -1,6 +1,6 @@
 import pytest
 
-from upsync.proxy.client import bare_cr_in_head
+from upsync.proxy.client import bare_cr_in_head, version_in_request_line
 
 
 @pytest.mark.parametrize(
@@ -16,3 +16,20 @@ from upsync.proxy.client import bare_cr_in_head
 )
 def test_bare_cr_in_head(data: bytes, bare: bool) -> None:
     assert bare_cr_in_head(data) is bare
+
+
+@pytest.mark.parametrize(
+    ("data", "version"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "1.1"),
+        (b"GET /a?b HTTP/1.0\r\n\r\n", "1.0"),
+        (b"GET / HTTP/1.0\nHost: x\n\n", "1.0"),  # bare LF
+        (b"GET / HTTP/1.1", None),  # the line is not whole yet: the parser is asked
+        (b"GET /HTTP/1.1\r\n\r\n", None),  # no version: not the parser's 1.1
+        (b"GET / HTTP/2.0\r\n\r\n", None),
+        (b"\r\nGET / HTTP/1.1\r\n\r\n", None),  # leading empty line
+        (b"HTTP/1.1\r\n", None),
+    ],
+)
+def test_version_in_request_line(data: bytes, version: str | None) -> None:
+    assert version_in_request_line(data) == version

@@ -60,6 +60,25 @@ def bare_cr_in_head(data: bytes) -> bool:
     return head.count(b"\r") != head.count(b"\r\n")
 
 
+def version_in_request_line(data: bytes) -> str | None:
+    """The HTTP version at the end of the first line of `data`, when `data` starts with a whole
+    request line naming 1.1 or 1.0; None otherwise. The parser checks the line and finds the
+    same version; asking it costs a string format per request, this a few byte comparisons."""
+    end = data.find(b"\n")
+    if end < 9:
+        return None
+    if data[end - 1] == 13:  # CRLF; a bare LF is accepted too
+        end -= 1
+    if data[end - 9] != 32:  # "GET /HTTP/1.1" names no version at all
+        return None
+    tail = data[end - 8 : end]
+    if tail == b"HTTP/1.1":
+        return "1.1"
+    if tail == b"HTTP/1.0":
+        return "1.0"
+    return None
+
+
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_local",
@@ -90,6 +109,7 @@ class ClientConnection(asyncio.Protocol):
         "transport",
         "tunnel",
         "upgrade_buffer",
+        "version_hint",
         "write_paused",
     )
 
@@ -119,6 +139,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.read_pause_reasons: set[str] = set()
         self.upgrade_buffer: bytes | None = None
+        self.version_hint: str | None = None
         self.tunnel: asyncio.Transport | None = None
         self.timer = Deadline(self.loop, self._on_timeout)
         self.keepalive_timeout = 75.0
@@ -269,9 +290,12 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         if self.closed or parser is None:
             return
-        if self.in_headers and bare_cr_in_head(data):
-            self._reject(400)
-            return
+        if self.in_headers:
+            if bare_cr_in_head(data):
+                self._reject(400)
+                return
+            if self.current is None:
+                self.version_hint = version_in_request_line(data)
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -365,7 +389,12 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         assert parser is not None
         req.method = parser.get_method()
-        req.version = parser.get_http_version()
+        version = self.version_hint
+        if version is None:
+            req.version = parser.get_http_version()
+        else:
+            self.version_hint = None
+            req.version = version
         req.keep_alive = parser.should_keep_alive()
         self._check_request(req)
         if self.active is None:

@@ -52,7 +52,18 @@ FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE = range(4)
 class ProxyPlan:
     """What a location's proxy_pass needs per request, computed once."""
 
-    __slots__ = ("headers", "location", "skip", "static", "target", "upstream", "uri", "version")
+    __slots__ = (
+        "headers",
+        "location",
+        "passes",
+        "skip",
+        "static",
+        "target",
+        "upstream",
+        "uri",
+        "version",
+        "version_line",
+    )
 
     def __init__(self, location: LocationConfig, handler: ProxyPass) -> None:
         settings = location.proxy
@@ -61,6 +72,7 @@ class ProxyPlan:
         self.target = handler.target
         self.uri = handler.uri
         self.version = settings.http_version.encode()
+        self.version_line = b" HTTP/" + self.version + b"\r\n"
         overridden = {name.lower() for name, _ in settings.set_headers}
         headers: list[tuple[bytes, Template]] = []
         if "host" not in overridden:
@@ -86,6 +98,8 @@ class ProxyPlan:
         self.static = b"".join(static)
         self.headers = tuple(dynamic)
         self.skip = _SKIP_REQUEST_HEADERS | {name.encode("latin-1") for name in overridden}
+        # whether a client header is passed on, by its name as clients spell it (bounded)
+        self.passes: dict[bytes, bool] = {}
 
     def request_uri(self, req: Request, uri_override: str | None) -> str:
         if uri_override is not None:
@@ -97,18 +111,20 @@ class ProxyPlan:
         return f"{uri}?{req.query}" if req.query else uri
 
     def head(self, req: Request, uri: str, framing: bytes) -> bytes:
-        parts = [
-            b"%s %s HTTP/%s\r\n" % (req.method, uri.encode("latin-1"), self.version),
-            self.static,
-        ]
+        parts = [req.method, b" ", uri.encode("latin-1"), self.version_line, self.static]
         for name, template in self.headers:
             rendered = template.render(req)
             if rendered:
-                parts.append(name + b": " + rendered.encode("latin-1") + b"\r\n")
-        skip = self.skip
+                parts += (name, b": ", rendered.encode("latin-1"), b"\r\n")
+        passes = self.passes
         for name, value in req.headers:
-            if name.lower() not in skip:
-                parts.append(name + b": " + value + b"\r\n")
+            passed = passes.get(name)
+            if passed is None:
+                passed = name.lower() not in self.skip
+                if len(passes) < 256:
+                    passes[name] = passed
+            if passed:
+                parts += (name, b": ", value, b"\r\n")
         parts.append(framing)
         parts.append(b"\r\n")
         return b"".join(parts)

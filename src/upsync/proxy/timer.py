@@ -9,10 +9,11 @@ K = TypeVar("K")
 
 
 class Deadline:
-    __slots__ = ("_at", "_callback", "_handle", "_handle_at", "_loop")
+    __slots__ = ("_at", "_callback", "_handle", "_handle_at", "_loop", "_time")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
         self._loop = loop
+        self._time = loop.time  # bound once: this is read on every request
         self._callback = callback
         self._at: float | None = None
         self._handle: asyncio.TimerHandle | None = None
@@ -23,7 +24,7 @@ class Deadline:
         if delay <= 0:
             self._at = None
             return
-        at = self._loop.time() + delay
+        at = self._time() + delay
         self._at = at
         handle = self._handle
         if handle is not None:
@@ -54,7 +55,7 @@ class Deadline:
         at = self._at
         if at is None:
             return
-        if self._loop.time() + 0.0005 < at:
+        if self._time() + 0.0005 < at:
             self._handle_at = at
             self._handle = self._loop.call_at(at, self._fire)
             return
