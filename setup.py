@@ -26,6 +26,7 @@ HOT_PATH = [
     "src/upsync/proxy/timer.py",
     "src/upsync/proxy/upstream_conn.py",
     "src/upsync/upstream/balancer.py",
+    "src/upsync/upstream/group.py",
     "src/upsync/upstream/peer.py",
     "src/upsync/upstream/pool.py",
 ]

@@ -8,7 +8,7 @@ import asyncio
 import ipaddress
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -26,13 +26,38 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("upsync.client")
 
-UPGRADE_BUFFER_LIMIT = 1024 * 1024
+UPGRADE_BUFFER_LIMIT: Final = 1024 * 1024
 
 
 class BadRequest(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(status)
         self.status = status
+
+
+# request headers the proxy itself looks at, remembered by the name as clients spell it: the
+# same few spellings come in every request, and this spares lower-casing each of them each time
+_OTHER: Final = 0
+_HOST: Final = 1
+_CONTENT_LENGTH: Final = 2
+_TRANSFER_ENCODING: Final = 3
+_EXPECT: Final = 4
+_UPGRADE: Final = 5
+_KIND_BY_LOWER_NAME: Final = {
+    b"host": _HOST,
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"expect": _EXPECT,
+    b"upgrade": _UPGRADE,
+}
+_REQUEST_HEADER_KINDS: Final[dict[bytes, int]] = {}
+
+
+def _request_header_kind(name: bytes) -> int:
+    kind = _KIND_BY_LOWER_NAME.get(name.lower(), _OTHER)
+    if len(_REQUEST_HEADER_KINDS) < 1024:
+        _REQUEST_HEADER_KINDS[name] = kind
+    return kind
 
 
 def access_allowed(rules: tuple[AccessRule, ...], address: str) -> bool:
@@ -476,25 +501,29 @@ class ClientConnection(asyncio.Protocol):
         req.query = query
         host_header: bytes | None = None
         for name, value in req.headers:
-            lower = name.lower()
-            if lower == b"host":
+            kind = _REQUEST_HEADER_KINDS.get(name)
+            if kind is None:
+                kind = _request_header_kind(name)
+            if kind == _OTHER:
+                continue
+            if kind == _HOST:
                 if host_header is not None:
                     raise BadRequest(400)
                 host_header = value
-            elif lower == b"content-length":
+            elif kind == _CONTENT_LENGTH:
                 if req.content_length is not None or not value.strip().isdigit():
                     raise BadRequest(400)
                 req.content_length = int(value)
-            elif lower == b"transfer-encoding":
+            elif kind == _TRANSFER_ENCODING:
                 if value.strip().lower() != b"chunked" or req.version == "1.0":
                     raise BadRequest(501 if value.strip().lower() != b"chunked" else 400)
                 req.chunked = True
-            elif lower == b"expect":
+            elif kind == _EXPECT:
                 if value.strip().lower() == b"100-continue":
                     req.expect_continue = True
                 else:
                     raise BadRequest(417)
-            elif lower == b"upgrade":
+            elif kind == _UPGRADE:
                 req.upgrade = True
         if req.chunked and req.content_length is not None:
             raise BadRequest(400)  # both framings: a smuggling attempt

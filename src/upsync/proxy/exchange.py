@@ -3,7 +3,7 @@
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 from urllib.parse import quote
 
 from upsync.config.model import LocationConfig, ProxyPass, ProxySettings
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("upsync.proxy")
 
-STATUS_CONDITIONS = {
+STATUS_CONDITIONS: Final[dict[int, str]] = {
     500: "http_500",
     502: "http_502",
     503: "http_503",
@@ -36,17 +36,20 @@ STATUS_CONDITIONS = {
     429: "http_429",
 }
 # nginx does not count these as a failure of the peer, only as a reason to try the next one.
-NOT_FAILURES = frozenset({"http_403", "http_404"})
-_SKIP_REQUEST_HEADERS = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+NOT_FAILURES: Final = frozenset({"http_403", "http_404"})
+_SKIP_REQUEST_HEADERS: Final = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 _HOST_TEMPLATE = compile_template("$proxy_host")
 _CLOSE_TEMPLATE = compile_template("close")
 
 # Bodies up to this size are read whole before the upstream is chosen, so a failed attempt can
 # be replayed on the next peer (nginx's proxy_request_buffering); larger ones are streamed.
-REPLAYABLE_BODY = 1024 * 1024
+REPLAYABLE_BODY: Final = 1024 * 1024
 
 # how the response body is framed towards the client
-FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE = range(4)
+FRAME_NONE: Final = 0
+FRAME_LENGTH: Final = 1
+FRAME_CHUNKED: Final = 2
+FRAME_CLOSE: Final = 3
 
 
 class ProxyPlan:
@@ -210,10 +213,9 @@ class ProxyExchange:
 
     # choosing and connecting
     def start(self) -> None:
-        self._try_next()
+        self._try_next(self.started)
 
-    def _try_next(self) -> None:
-        now = self.loop.time()
+    def _try_next(self, now: float) -> None:
         group = self.group
         peer = group.balancer.pick(self.tried, now, self.key)
         if peer is None:
@@ -373,10 +375,11 @@ class ProxyExchange:
     def on_response_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
         if self.frame == FRAME_CHUNKED:
             self.client.write(b"0\r\n\r\n")
-        self._finish_peer(failed=False)
+        now = self.loop.time()
+        self._finish_peer(failed=False, now=now)
         conn.detach()
         self.conn = None
-        if not (keep_alive and self.group.pool.put(conn, self.loop.time())):
+        if not (keep_alive and self.group.pool.put(conn, now)):
             conn.close()
         self.finished = True
         self.client.finish_response(self.client_keep_alive)
@@ -466,15 +469,15 @@ class ProxyExchange:
                 self.tried.add(peer)
             self.tries_left -= 1
             self.request_sent = False
-            self._try_next()
+            self._try_next(self.loop.time())
         else:
             self._give_up(status)
 
-    def _finish_peer(self, failed: bool) -> None:
+    def _finish_peer(self, failed: bool, now: float | None = None) -> None:
         peer = self.peer
         if peer is not None:
             self.peer = None
-            release(peer, failed, self.loop.time())
+            release(peer, failed, self.loop.time() if now is None else now)
             if failed and peer.max_fails and peer.fails >= peer.max_fails:
                 log.warning(
                     'upstream server temporarily disabled: "%s" in upstream "%s"',

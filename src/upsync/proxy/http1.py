@@ -3,10 +3,11 @@
 import time
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import Final
 
 from upsync import SERVER_NAME
 
-REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+REASONS: Final[dict[int, bytes]] = {s.value: s.phrase.encode() for s in HTTPStatus}
 REASONS[499] = b"Client Closed Request"
 
 # Headers that describe one connection, never forwarded (RFC 9110 7.6.1), plus the framing
@@ -35,32 +36,52 @@ HIDDEN_RESPONSE = frozenset(
         b"x-accel-charset",
     }
 )
-NON_IDEMPOTENT = frozenset({b"POST", b"LOCK", b"PATCH"})
+NON_IDEMPOTENT: Final = frozenset({b"POST", b"LOCK", b"PATCH"})
 # Response headers not passed to the client as they came: framing and hop-by-hop headers (the
 # proxy writes its own) and the ones nginx hides.
-RESPONSE_DROPPED = HOP_BY_HOP | HIDDEN_RESPONSE | {b"content-length"}
+RESPONSE_DROPPED: Final = HOP_BY_HOP | HIDDEN_RESPONSE | {b"content-length"}
 # ...of which a 101 Switching Protocols answer keeps these two
-UPGRADE_KEPT = frozenset({b"upgrade", b"connection"})
+UPGRADE_KEPT: Final = frozenset({b"upgrade", b"connection"})
 
-_SERVER_BYTES = SERVER_NAME.encode()
-_date_second = 0
-_date_header = b""
+_SERVER_BYTES: Final = SERVER_NAME.encode()
+_SERVER_LINE: Final = b"Server: " + _SERVER_BYTES + b"\r\n"
+_wall_clock: Final = time.time
+
+
+class _PerSecond:
+    """Header lines that change once a second, rebuilt when the second turns."""
+
+    def __init__(self) -> None:
+        self.second = 0
+        self.date = b""
+        self.common = b""
+
+    def refresh(self, now: int) -> None:
+        self.second = now
+        self.date = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        self.common = _SERVER_LINE + self.date
+
+
+_per_second: Final = _PerSecond()
 
 
 def date_header() -> bytes:
     """`Date: ...\\r\\n`, formatted once per second."""
-    global _date_second, _date_header
-    now = int(time.time())
-    if now != _date_second:
-        _date_second = now
-        _date_header = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
-    return _date_header
+    now = int(_wall_clock())
+    if now != _per_second.second:
+        _per_second.refresh(now)
+    return _per_second.date
 
 
-_STATUS_LINES: dict[int, bytes] = {}
-_SERVER_LINE = b"Server: " + _SERVER_BYTES + b"\r\n"
-_common_second = 0
-_common_headers = b""
+def common_headers() -> bytes:
+    """`Server` and `Date`, built once per second."""
+    now = int(_wall_clock())
+    if now != _per_second.second:
+        _per_second.refresh(now)
+    return _per_second.common
+
+
+_STATUS_LINES: Final[dict[int, bytes]] = {}
 
 
 def status_line(code: int) -> bytes:
@@ -70,16 +91,6 @@ def status_line(code: int) -> bytes:
         if 100 <= code < 1000:
             _STATUS_LINES[code] = line
     return line
-
-
-def common_headers() -> bytes:
-    """`Server` and `Date`, built once per second."""
-    global _common_second, _common_headers
-    now = int(time.time())
-    if now != _common_second:
-        _common_second = now
-        _common_headers = _SERVER_LINE + date_header()
-    return _common_headers
 
 
 def error_body(code: int) -> bytes:

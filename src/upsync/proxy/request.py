@@ -3,7 +3,9 @@
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
+
+_wall_clock: Final = time.time
 
 
 class ConnectionAddresses(Protocol):
@@ -68,7 +70,7 @@ class Request:
         self.connection = connection
         self.server: VirtualServer | None = None
         self.location: LocationConfig | None = None
-        self.start = time.time()
+        self.start = _wall_clock()
         self.status = 0
         self.bytes_sent = 0
         self.upstream_addr = ""

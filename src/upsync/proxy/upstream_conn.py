@@ -1,7 +1,7 @@
 """One connection to an upstream peer; it parses responses and hands events to its exchange."""
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -16,8 +16,12 @@ if TYPE_CHECKING:
 
 # what to do with a response header, remembered by its name as the upstream spells it: the same
 # few names come in every response, and this spares lower-casing each of them every time
-_PASS, _LENGTH, _ENCODING, _UPGRADE, _DROP = range(5)
-_HEADER_KINDS: dict[bytes, int] = {}
+_PASS: Final = 0
+_LENGTH: Final = 1
+_ENCODING: Final = 2
+_UPGRADE: Final = 3
+_DROP: Final = 4
+_HEADER_KINDS: Final[dict[bytes, int]] = {}
 
 
 def _header_kind(name: bytes) -> int:
