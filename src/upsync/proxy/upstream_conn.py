@@ -8,10 +8,10 @@ import httptools
 from upsync.proxy.http1 import RESPONSE_DROPPED, UPGRADE_KEPT
 from upsync.proxy.timer import Deadline
 from upsync.upstream.peer import Peer
+from upsync.upstream.pool import KeepalivePool, PooledConnection
 
 if TYPE_CHECKING:
     from upsync.proxy.exchange import ProxyExchange
-    from upsync.upstream.pool import KeepalivePool
 
 
 # what to do with a response header, remembered by its name as the upstream spells it: the same
@@ -41,7 +41,7 @@ def _header_kind(name: bytes) -> int:
     return kind
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(PooledConnection):
     """Parser callbacks only record and forward; completion is reported after feed_data returns,
     so the exchange may hand this connection to the next request without re-entering the parser."""
 
@@ -50,16 +50,13 @@ class UpstreamConnection(asyncio.Protocol):
         "closed",
         "done",
         "exchange",
-        "idle_since",
         "interim",
         "keep_alive",
         "length",
         "lines",
         "parser",
-        "peer",
         "pool",
         "received_any",
-        "requests",
         "skip_body",
         "timer",
         "transport",
@@ -67,14 +64,12 @@ class UpstreamConnection(asyncio.Protocol):
         "upgrade_lines",
     )
 
-    def __init__(self, peer: Peer, pool: "KeepalivePool") -> None:
-        self.peer = peer
+    def __init__(self, peer: Peer, pool: KeepalivePool) -> None:
+        super().__init__(peer)
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.exchange: ProxyExchange | None = None
         self.parser: httptools.HttpResponseParser | None = None
-        self.idle_since = 0.0
-        self.requests = 0
         # the response head as it is parsed: lines to pass on, and what the proxy itself needs
         self.lines: list[bytes] = []
         self.upgrade_lines: list[bytes] = []

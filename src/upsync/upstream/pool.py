@@ -1,17 +1,24 @@
 """nginx's `keepalive N` cache: at most N idle upstream connections per upstream, least recently
 used evicted first, each dropped after `keepalive_timeout` idle or `keepalive_requests` uses."""
 
-from typing import Protocol
+import asyncio
 
 from upsync.upstream.peer import Peer
 
 
-class PooledConnection(Protocol):
-    peer: Peer
-    idle_since: float
-    requests: int
+class PooledConnection(asyncio.Protocol):
+    """What the pool keeps: a connection to one peer. A base class rather than a structural
+    protocol, so the compiled pool reads these fields directly."""
 
-    def close(self) -> None: ...
+    __slots__ = ("idle_since", "peer", "requests")
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.idle_since = 0.0
+        self.requests = 0
+
+    def close(self) -> None:
+        raise NotImplementedError
 
 
 class KeepalivePool:
