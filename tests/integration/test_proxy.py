@@ -356,13 +356,16 @@ http {{
             assert request(port, "/x", headers={"Host": "example.com"})[0] == 502
 
 
+def logging_config(port: int, backend: Backend) -> str:
+    return config(port, f"server 127.0.0.1:{backend.port};").replace(
+        "location = /local", "access_log logs/access.log combined;\n        location = /local"
+    )
+
+
 def test_access_log_in_combined_format() -> None:
     port = free_port()
     with Backend("a") as a:
-        text = config(port, f"server 127.0.0.1:{a.port};").replace(
-            "location = /local", "access_log logs/access.log combined;\n        location = /local"
-        )
-        with running_upsync(text, port) as proc:
+        with running_upsync(logging_config(port, a), port) as proc:
             request(port, "/path?q=1", headers={"User-Agent": "tester/1.0", "Referer": "http://r/"})
             log_file = proc.workdir / "logs" / "access.log"
             wait_until(lambda: log_file.read_text().count("\n") == 1)
@@ -375,10 +378,7 @@ def test_access_log_names_a_client_that_reset_before_its_answer() -> None:
     """499: the line is written after the client's connection is gone, and still names it."""
     port = free_port()
     with Backend("a") as a:
-        text = config(port, f"server 127.0.0.1:{a.port};").replace(
-            "location = /local", "access_log logs/access.log combined;\n        location = /local"
-        )
-        with running_upsync(text, port) as proc:
+        with running_upsync(logging_config(port, a), port) as proc:
             client = socket.create_connection(("127.0.0.1", port))
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             client.sendall(b"GET /slow/2 HTTP/1.1\r\nHost: x\r\n\r\n")
