@@ -37,7 +37,7 @@ lint: $(STAMP)
 # UPSYNC_PURE_PYTHON=1 installs is the same source, run here from src/ on the proxy's own tests
 test: system-deps $(STAMP) lint
 	$(BIN)/pytest
-	PYTHONPATH=src $(BIN)/pytest -q tests/unit tests/integration/test_proxy.py \
+	PYTHONPATH=$(CURDIR)/src $(BIN)/pytest -q tests/unit tests/integration/test_proxy.py \
 		tests/integration/test_bad_input.py tests/integration/test_memory.py
 
 bench: system-deps $(STAMP)

@@ -96,6 +96,32 @@ def test_absolute_form_never_chooses_destination(proxy) -> None:  # type: ignore
     assert backend.requests[-1][1] == "/latest"
 
 
+def test_line_ends_split_between_reads_are_accepted(proxy) -> None:  # type: ignore[no-untyped-def]
+    """TCP may cut a head anywhere, between a CR and its LF too."""
+    port, _, _ = proxy
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in (b"GET /local HTTP/1.1\r", b"\nHost: x\r", b"\nConnection: close\r\n\r", b"\n"):
+            sock.sendall(piece)
+            time.sleep(0.05)  # let each piece arrive as a read of its own
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    assert status_of(reply) == 200 and reply.endswith(b"ok")
+
+
+def test_bare_cr_in_a_later_pipelined_head_is_rejected(proxy) -> None:  # type: ignore[no-untyped-def]
+    port, backend, _ = proxy
+    reply = raw_exchange(
+        port,
+        b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /second HTTP/1.1\rHost: x\r\n\r\n",
+    )
+    assert reply.startswith(b"HTTP/1.1 200 OK")
+    assert b"HTTP/1.1 400 Bad Request" in reply
+    assert "/second" not in [r[1] for r in backend.requests]
+
+
 def test_silent_connection_is_closed_after_client_header_timeout(proxy) -> None:  # type: ignore[no-untyped-def]
     port, _, _ = proxy
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:

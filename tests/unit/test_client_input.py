@@ -1,21 +1,22 @@
 import pytest
 
-from upsync.proxy.client import bare_cr_in_head, version_in_request_line
+from upsync.proxy.client import bare_crs, version_in_request_line
 
 
 @pytest.mark.parametrize(
-    ("data", "bare"),
+    ("data", "offsets"),
     [
-        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False),
-        (b"GET / HTTP/1.0\nHost: x\n\n", False),  # bare LF: accepted, as nginx does
-        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbinary\rbody", False),  # a CR in the body is data
-        (b"GET / HTTP/1.1\r\nHost: x\r\n", False),  # head not finished yet
-        (b"GET / HTTP/1.1\r\nX: 1\rTransfer-Encoding: chunked\r\n\r\n", True),
-        (b"GET / HTTP/1.1\rHost: x\r\n\r\n", True),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", []),
+        (b"GET / HTTP/1.0\nHost: x\n\n", []),  # bare LF: accepted, as nginx does
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbinary\rbody", [33]),  # in a body: the caller decides
+        (b"GET / HTTP/1.1\r", []),  # its LF may open the next read
+        (b"GET / HTTP/1.1\r\nX: 1\rTransfer-Encoding: chunked\r\n\r\n", [20]),
+        (b"GET / HTTP/1.1\rHost: x\r\n\r\n", [14]),
+        (b"\r\r\r", [0, 1]),
     ],
 )
-def test_bare_cr_in_head(data: bytes, bare: bool) -> None:
-    assert bare_cr_in_head(data) is bare
+def test_bare_crs(data: bytes, offsets: list[int]) -> None:
+    assert bare_crs(data) == offsets
 
 
 @pytest.mark.parametrize(

@@ -74,15 +74,21 @@ def access_allowed(rules: tuple[AccessRule, ...], address: str) -> bool:
     return True
 
 
-def bare_cr_in_head(data: bytes) -> bool:
-    """A CR not followed by LF before the end of the header section. The parser is lenient about
-    line endings to accept bare LF as nginx does, which would also let a bare CR end a line;
-    nginx rejects those, and so does upsync."""
+def bare_crs(data: bytes) -> list[int]:
+    """Offsets of the CRs in `data` not followed by LF. A CR ending `data` is not counted: its LF
+    may open the next read. The parser is lenient about line endings to accept bare LF as nginx
+    does, which also lets a bare CR end a request line or a header section; nginx rejects those,
+    and so does upsync (the caller knows which of these CRs fall inside a head)."""
     if data.count(b"\r") == data.count(b"\r\n"):
-        return False  # every CR ends a line: the usual case, decided without copying
-    ends = [i for i in (data.find(b"\n\r\n"), data.find(b"\n\n")) if i >= 0]
-    head = data[: min(ends) + 1] if ends else data  # through the LF that ends the last line
-    return head.count(b"\r") != head.count(b"\r\n")
+        return []  # every CR ends a line: the usual case, decided without copying
+    found: list[int] = []
+    last = len(data) - 1
+    at = data.find(b"\r")
+    while at != -1:
+        if at != last and data[at + 1] != 10:
+            found.append(at)
+        at = data.find(b"\r", at + 1)
+    return found
 
 
 def version_in_request_line(data: bytes) -> str | None:
@@ -114,6 +120,7 @@ class ClientConnection(asyncio.Protocol):
         "body_sink",
         "closed",
         "corked",
+        "cr_pending",
         "current",
         "exchange",
         "head_timed",
@@ -155,6 +162,7 @@ class ClientConnection(asyncio.Protocol):
         self.exchange: ProxyExchange | None = None
         self.body_sink: ProxyExchange | None = None
         self.in_headers = True
+        self.cr_pending = False
         self.awaiting_first_bytes = False
         self.head_timed = False
         self.header_size = 0
@@ -315,27 +323,27 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         if self.closed or parser is None:
             return
-        if self.in_headers:
-            if bare_cr_in_head(data):
+        if self.cr_pending:
+            # the previous read ended with a CR inside a head: it must have been a line's end
+            self.cr_pending = False
+            if not data.startswith(b"\n"):
                 self._reject(400)
                 return
-            if self.current is None:
-                self.version_hint = version_in_request_line(data)
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self.upgrade_buffer = data[upgrade.args[0] :]
-            return
-        except httptools.HttpParserError as error:
-            cause = error.__context__
-            if isinstance(cause, BadRequest):
-                self._reject(cause.status)
-            elif cause is not None and not isinstance(cause, httptools.HttpParserError):
-                log.error("error while handling a request from %s", self.remote[0], exc_info=cause)
-                self._reject(500)
-            else:
+        if self.in_headers and self.current is None:
+            self.version_hint = version_in_request_line(data)
+        start = 0
+        for at in bare_crs(data):
+            # rare: feed up to the bare CR to learn whether it falls in a head or in a body
+            if not self._feed(parser, data, start, at):
+                return
+            if self.in_headers:
                 self._reject(400)
+                return
+            start = at
+        if not self._feed(parser, data, start, len(data)):
             return
+        if self.in_headers and data.endswith(b"\r"):
+            self.cr_pending = True
         if self.in_headers and self.current is not None:
             # a request head still incomplete: client_header_timeout runs from its first bytes
             # for the whole head (a head complete in one read, the usual case, needs no timer)
@@ -345,6 +353,27 @@ class ClientConnection(asyncio.Protocol):
             self.raw_header_bytes += len(data)
             if self.raw_header_bytes > self.limits.header_buffer_size:
                 self._reject(400, "Request Header Or Cookie Too Large")
+
+    def _feed(self, parser: httptools.HttpRequestParser, data: bytes, start: int, end: int) -> bool:
+        """Parse data[start:end]; False when reading this connection stops here (rejected, or
+        the rest belongs to an upgraded protocol)."""
+        chunk = data if start == 0 and end == len(data) else data[start:end]
+        try:
+            parser.feed_data(chunk)
+        except httptools.HttpParserUpgrade as upgrade:
+            self.upgrade_buffer = data[start + upgrade.args[0] :]
+            return False
+        except httptools.HttpParserError as error:
+            cause = error.__context__
+            if isinstance(cause, BadRequest):
+                self._reject(cause.status)
+            elif cause is not None and not isinstance(cause, httptools.HttpParserError):
+                log.error("error while handling a request from %s", self.remote[0], exc_info=cause)
+                self._reject(500)
+            else:
+                self._reject(400)
+            return False
+        return not self.closed and self.parser is parser
 
     def _reject(self, status: int, reason: str = "") -> None:
         """Input that cannot be parsed or accepted: answer, then close the connection.
@@ -380,8 +409,7 @@ class ClientConnection(asyncio.Protocol):
         self.current = None
 
     def _write_and_close(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.write(data)
+        self.write(data)  # behind any corked response: answers leave in request order
         self.close()
 
     # httptools callbacks
