@@ -60,7 +60,7 @@ class App:
         # a new connection's client_header_timeout until its first bytes: nearly every client
         # sends at once, so one coarse shared timer spares each connection a loop timer
         self.awaiting_first_bytes: CoarseTimeouts[ClientConnection] = CoarseTimeouts(
-            loop, FIRST_BYTES_RESOLUTION, lambda conn: conn.first_bytes_timed_out()
+            loop, FIRST_BYTES_RESOLUTION, lambda conn: conn.close()
         )
         self.pending_syncs = self._apply(config)
 

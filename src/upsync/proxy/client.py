@@ -35,29 +35,23 @@ class BadRequest(Exception):
         self.status = status
 
 
-# request headers the proxy itself looks at, remembered by the name as clients spell it: the
-# same few spellings come in every request, and this spares lower-casing each of them each time
+# the request headers the proxy itself looks at
 _OTHER: Final = 0
 _HOST: Final = 1
 _CONTENT_LENGTH: Final = 2
 _TRANSFER_ENCODING: Final = 3
 _EXPECT: Final = 4
 _UPGRADE: Final = 5
-_KIND_BY_LOWER_NAME: Final = {
-    b"host": _HOST,
-    b"content-length": _CONTENT_LENGTH,
-    b"transfer-encoding": _TRANSFER_ENCODING,
-    b"expect": _EXPECT,
-    b"upgrade": _UPGRADE,
-}
-_REQUEST_HEADER_KINDS: Final[dict[bytes, int]] = {}
-
-
-def _request_header_kind(name: bytes) -> int:
-    kind = _KIND_BY_LOWER_NAME.get(name.lower(), _OTHER)
-    if len(_REQUEST_HEADER_KINDS) < 1024:
-        _REQUEST_HEADER_KINDS[name] = kind
-    return kind
+_REQUEST_HEADERS: Final = http1.HeaderClasses(
+    {
+        b"host": _HOST,
+        b"content-length": _CONTENT_LENGTH,
+        b"transfer-encoding": _TRANSFER_ENCODING,
+        b"expect": _EXPECT,
+        b"upgrade": _UPGRADE,
+    },
+    _OTHER,
+)
 
 
 def access_allowed(rules: tuple[AccessRule, ...], address: str) -> bool:
@@ -296,11 +290,6 @@ class ClientConnection(asyncio.Protocol):
         if not self.read_pause_reasons and self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
-    def first_bytes_timed_out(self) -> None:
-        if self.awaiting_first_bytes:
-            self.awaiting_first_bytes = False
-            self.close()
-
     def _on_timeout(self) -> None:
         # client_header_timeout, client_body_timeout, keepalive_timeout, send_timeout: nginx
         # closes the connection without an answer in each case.
@@ -529,9 +518,7 @@ class ClientConnection(asyncio.Protocol):
         req.query = query
         host_header: bytes | None = None
         for name, value in req.headers:
-            kind = _REQUEST_HEADER_KINDS.get(name)
-            if kind is None:
-                kind = _request_header_kind(name)
+            kind = _REQUEST_HEADERS.of(name)
             if kind == _OTHER:
                 continue
             if kind == _HOST:

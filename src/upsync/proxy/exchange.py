@@ -11,6 +11,7 @@ from upsync.config.variables import Template, compile_template
 from upsync.proxy.http1 import (
     HOP_BY_HOP,
     NON_IDEMPOTENT,
+    HeaderClasses,
     common_headers,
     status_has_body,
     status_line,
@@ -59,7 +60,6 @@ class ProxyPlan:
         "headers",
         "location",
         "passes",
-        "skip",
         "static",
         "target",
         "upstream",
@@ -100,9 +100,9 @@ class ProxyPlan:
                 static.append(name + b": " + value.encode("latin-1") + b"\r\n")
         self.static = b"".join(static)
         self.headers = tuple(dynamic)
-        self.skip = _SKIP_REQUEST_HEADERS | {name.encode("latin-1") for name in overridden}
-        # whether a client header is passed on, by its name as clients spell it (bounded)
-        self.passes: dict[bytes, bool] = {}
+        # 1 for a client header passed on, 0 for one dropped or set by the location
+        skipped = _SKIP_REQUEST_HEADERS | {name.encode("latin-1") for name in overridden}
+        self.passes = HeaderClasses(dict.fromkeys(skipped, 0), 1)
 
     def request_uri(self, req: Request, uri_override: str | None) -> str:
         if uri_override is not None:
@@ -121,12 +121,7 @@ class ProxyPlan:
                 parts += (name, b": ", rendered.encode("latin-1"), b"\r\n")
         passes = self.passes
         for name, value in req.headers:
-            passed = passes.get(name)
-            if passed is None:
-                passed = name.lower() not in self.skip
-                if len(passes) < 256:
-                    passes[name] = passed
-            if passed:
+            if passes.of(name):
                 parts += (name, b": ", value, b"\r\n")
         parts.append(framing)
         parts.append(b"\r\n")

@@ -65,20 +65,40 @@ class _PerSecond:
 _per_second: Final = _PerSecond()
 
 
-def date_header() -> bytes:
-    """`Date: ...\\r\\n`, formatted once per second."""
+def _this_second() -> _PerSecond:
     now = int(_wall_clock())
     if now != _per_second.second:
         _per_second.refresh(now)
-    return _per_second.date
+    return _per_second
+
+
+def date_header() -> bytes:
+    """`Date: ...\\r\\n`, formatted once per second."""
+    return _this_second().date
 
 
 def common_headers() -> bytes:
     """`Server` and `Date`, built once per second."""
-    now = int(_wall_clock())
-    if now != _per_second.second:
-        _per_second.refresh(now)
-    return _per_second.common
+    return _this_second().common
+
+
+class HeaderClasses:
+    """Sorts header names into classes by their lower-cased form, remembering each spelling it
+    has seen (up to a bound): the same few spellings come in every message, and this spares
+    lower-casing each of them every time."""
+
+    def __init__(self, by_lower_name: dict[bytes, int], default: int) -> None:
+        self._by_lower_name = by_lower_name
+        self._default = default
+        self._by_spelling: dict[bytes, int] = {}
+
+    def of(self, name: bytes) -> int:
+        found = self._by_spelling.get(name)
+        if found is None:
+            found = self._by_lower_name.get(name.lower(), self._default)
+            if len(self._by_spelling) < 1024:
+                self._by_spelling[name] = found
+        return found
 
 
 _STATUS_LINES: Final[dict[int, bytes]] = {}

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from upsync.proxy.http1 import RESPONSE_DROPPED, UPGRADE_KEPT
+from upsync.proxy.http1 import RESPONSE_DROPPED, UPGRADE_KEPT, HeaderClasses
 from upsync.proxy.timer import Deadline
 from upsync.upstream.peer import Peer
 from upsync.upstream.pool import KeepalivePool, PooledConnection
@@ -14,31 +14,21 @@ if TYPE_CHECKING:
     from upsync.proxy.exchange import ProxyExchange
 
 
-# what to do with a response header, remembered by its name as the upstream spells it: the same
-# few names come in every response, and this spares lower-casing each of them every time
+# what to do with a response header
 _PASS: Final = 0
 _LENGTH: Final = 1
 _ENCODING: Final = 2
 _UPGRADE: Final = 3
 _DROP: Final = 4
-_HEADER_KINDS: Final[dict[bytes, int]] = {}
-
-
-def _header_kind(name: bytes) -> int:
-    lower = name.lower()
-    if lower not in RESPONSE_DROPPED:
-        kind = _PASS
-    elif lower == b"content-length":
-        kind = _LENGTH
-    elif lower == b"transfer-encoding":
-        kind = _ENCODING
-    elif lower in UPGRADE_KEPT:
-        kind = _UPGRADE
-    else:
-        kind = _DROP
-    if len(_HEADER_KINDS) < 1024:
-        _HEADER_KINDS[name] = kind
-    return kind
+_RESPONSE_HEADERS: Final = HeaderClasses(
+    {
+        **dict.fromkeys(RESPONSE_DROPPED, _DROP),
+        **dict.fromkeys(UPGRADE_KEPT, _UPGRADE),
+        b"content-length": _LENGTH,
+        b"transfer-encoding": _ENCODING,
+    },
+    _PASS,
+)
 
 
 class UpstreamConnection(PooledConnection):
@@ -200,9 +190,7 @@ class UpstreamConnection(PooledConnection):
         self.chunked = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        kind = _HEADER_KINDS.get(name)
-        if kind is None:
-            kind = _header_kind(name)
+        kind = _RESPONSE_HEADERS.of(name)
         if kind == _PASS:
             self.lines.append(name + b": " + value + b"\r\n")
         elif kind == _LENGTH:
