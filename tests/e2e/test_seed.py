@@ -71,17 +71,18 @@ server {{
                 # $ curl localhost/upstream_list
                 status, _, listing = request(port, "/upstream_list")
                 assert status == 200
+                # etcd's keys in key order (the ports are picked at run time)
+                lines = [
+                    f"server 127.0.0.1:{p} weight=1 max_fails=2 fail_timeout=10s;\n"
+                    for p in sorted((str(first.port), str(second.port)))
+                ]
                 assert listing.decode() == (
                     "Upstream name: test; Backend server count: 2\n"
-                    f"        server 127.0.0.1:{first.port} weight=1 max_fails=2 fail_timeout=10s;\n"
-                    f"        server 127.0.0.1:{second.port} weight=1 max_fails=2 fail_timeout=10s;\n"
-                    "\n"
+                    + "".join("        " + line for line in lines)
+                    + "\n"
                 )
                 # servers_test.conf, and `server localhost:8003` no longer used
-                expected_dump = (
-                    f"server 127.0.0.1:{first.port} weight=1 max_fails=2 fail_timeout=10s;\n"
-                    f"server 127.0.0.1:{second.port} weight=1 max_fails=2 fail_timeout=10s;\n"
-                )
+                expected_dump = "".join(lines)
                 wait_until(lambda: dump.read_text() == expected_dump)
                 served = Counter(request(port, "/")[2] for _ in range(10))
                 assert served == {b"8001\n": 5, b"8002\n": 5}

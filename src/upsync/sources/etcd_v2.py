@@ -55,7 +55,12 @@ class EtcdV2Source(HttpSource):
 
     async def read(self) -> Snapshot:
         status, headers, body = await self.request(
-            "GET", self.spec.path, params={"recursive": "true"}, timeout=self.spec.timeout
+            # v2 lists a directory in no fixed order; sorted by key, as v3 and Consul list them,
+            # the server list and the dump stay the same from one read to the next
+            "GET",
+            self.spec.path,
+            params={"recursive": "true", "sorted": "true"},
+            timeout=self.spec.timeout,
         )
         return parse_directory(body, status, headers.get("X-Etcd-Index", ""), self.parser)
 
