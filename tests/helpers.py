@@ -364,3 +364,118 @@ class BlackHole:
     def __exit__(self, *exc: object) -> None:
         self.filler.close()
         self.listener.close()
+
+
+class RawRequest:
+    """One request as a raw backend read it: head bytes, body bytes, and which connection."""
+
+    def __init__(self, head: bytes, body: bytes, connection: int) -> None:
+        self.head = head
+        self.body = body
+        self.connection = connection
+        first = head.split(b"\r\n", 1)[0].split(b" ")
+        self.method = first[0].decode()
+        self.path = first[1].decode() if len(first) > 1 else ""
+
+    def header(self, name: str) -> str | None:
+        for line in self.head.split(b"\r\n")[1:]:
+            key, _, value = line.partition(b":")
+            if key.strip().lower() == name.lower().encode():
+                return value.strip().decode("latin-1")
+        return None
+
+
+# what a scripted backend does with a request: bytes to send, or None to close at once; the
+# flag says whether it reads the request's body first (False: answer before the body is read)
+Reply = tuple[bytes | None, bool]
+
+
+class ScriptedBackend:
+    """A raw-socket backend that answers each request with exactly the bytes a test scripts,
+    so tests can play a misbehaving server. Every request and connection is recorded."""
+
+    def __init__(self, reply: Callable[[RawRequest], Reply]) -> None:
+        self.reply = reply
+        self.port = free_port()
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.requests: list[RawRequest] = []
+        self.connections = 0
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.open: list[socket.socket] = []
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self.open.append(conn)
+            threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, number: int) -> None:
+        pending = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in pending:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    pending += chunk
+                head, _, pending = pending.partition(b"\r\n\r\n")
+                req = RawRequest(head, b"", number)
+                data, read_body = self.reply(req)
+                if read_body:
+                    length = int(req.header("content-length") or 0)
+                    while len(pending) < length:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            return
+                        pending += chunk
+                    req.body, pending = pending[:length], pending[length:]
+                self.requests.append(req)
+                if data is None:
+                    return
+                conn.sendall(data)
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def __enter__(self) -> "ScriptedBackend":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        self.listener.close()
+        for conn in self.open:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+        self.thread.join(5)
+
+
+def ok_response(body: bytes = b"ok", extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+class KeepAliveClient:
+    """One client connection that sends requests and reads exactly one response each, the way
+    a browser reuses a connection: what it reads next shows any desync."""
+
+    def __init__(self, port: int, timeout: float = 5.0) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+    def get(
+        self, path: str, method: str = "GET", body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        self.conn.request(method, path, body=body, headers=headers or {})
+        response = self.conn.getresponse()
+        data = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+    def close(self) -> None:
+        self.conn.close()

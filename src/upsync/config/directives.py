@@ -70,7 +70,6 @@ IGNORED = frozenset(
         "client_body_buffer_size",
         "client_header_buffer_size",
         "client_body_temp_path",
-        "proxy_buffer_size",
         "proxy_buffers",
         "proxy_busy_buffers_size",
         "proxy_temp_path",

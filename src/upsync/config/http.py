@@ -56,6 +56,7 @@ INHERITED = frozenset(
         "proxy_next_upstream_tries",
         "proxy_next_upstream_timeout",
         "proxy_buffering",
+        "proxy_buffer_size",
         "allow",
         "deny",
         "client_max_body_size",
@@ -368,6 +369,7 @@ class HttpBuilder:
             next_upstream_tries=_int(scope.one("proxy_next_upstream_tries"), 0),
             next_upstream_timeout=_time(scope.one("proxy_next_upstream_timeout"), 0.0),
             buffering=_flag(scope.one("proxy_buffering"), True),
+            buffer_size=_size(scope.one("proxy_buffer_size"), 4096),
         )
 
     def _access(self, scope: Scope) -> tuple[AccessRule, ...]:

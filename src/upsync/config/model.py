@@ -111,6 +111,7 @@ class ProxySettings:
     next_upstream_tries: int = 0
     next_upstream_timeout: float = 0.0
     buffering: bool = True
+    buffer_size: int = 4096  # proxy_buffer_size: the largest response head accepted
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,6 +143,7 @@ class ProxyExchange:
         "plan",
         "req",
         "request_sent",
+        "request_written",
         "response_started",
         "reused",
         "settings",
@@ -175,6 +176,7 @@ class ProxyExchange:
         self.tries_left = self.settings.next_upstream_tries or group.balancer.tries
         self.started = self.loop.time()
         self.request_sent = False
+        self.request_written = False  # the whole request, body included, went to the upstream
         self.response_started = False
         self.frame = FRAME_NONE
         self.until_close = False  # the upstream's body ends when it closes the connection
@@ -271,6 +273,7 @@ class ProxyExchange:
                 else b""
             )
             transport.write(self.plan.head(req, self.uri, framing) + body)
+            self.request_written = True
             self._arm(self.settings.read_timeout)
         else:
             self.streaming = True
@@ -307,6 +310,7 @@ class ProxyExchange:
         conn = self.conn
         if self.req.content_length is None and conn is not None and conn.transport is not None:
             conn.transport.write(b"0\r\n\r\n")
+        self.request_written = True
         self._arm(self.settings.read_timeout)
 
     # response
@@ -321,8 +325,19 @@ class ProxyExchange:
             conn.exchange = None
             self._failed(condition, status, closing=conn)
             return True
-        self.response_started = True
         req = self.req
+        if status == 101 and not req.upgrade:
+            # a switch nobody asked for would turn the client's connection into a raw tunnel
+            # past every location rule: the answer is invalid (nginx does not tunnel it either)
+            log.error(
+                "upstream sent unexpected 101 Switching Protocols for a request without "
+                "Upgrade from %s",
+                conn.peer.name,
+            )
+            conn.exchange = None
+            self._failed("invalid_header", 502, closing=conn)
+            return True
+        self.response_started = True
         req.upstream_status = str(status)
         req.status = status
         client_keep = req.keep_alive and self.client.keep_alive_allowed()
@@ -374,7 +389,9 @@ class ProxyExchange:
         self._finish_peer(failed=False, now=now)
         conn.detach()
         self.conn = None
-        if not (keep_alive and self.group.pool.put(conn, now)):
+        # an early answer (a 401 while a large body was still streaming) leaves the rest of the
+        # body unsent: the upstream would read the next request as body data
+        if not (keep_alive and self.request_written and self.group.pool.put(conn, now)):
             conn.close()
         self.finished = True
         self.client.finish_response(self.client_keep_alive)
@@ -387,9 +404,11 @@ class ProxyExchange:
         conn.detach()
         self.client.start_tunnel(conn, rest)
 
-    def on_upstream_invalid(self, conn: UpstreamConnection) -> None:
+    def on_upstream_invalid(self, conn: UpstreamConnection, too_big: bool) -> None:
         log.error(
-            "upstream sent invalid header while reading response header from %s", conn.peer.name
+            "upstream sent %s while reading response header from %s",
+            "too big header" if too_big else "invalid header",
+            conn.peer.name,
         )
         conn.abort()
         if self.response_started:
@@ -411,9 +430,15 @@ class ProxyExchange:
                 self._finish_peer(failed=True)
                 self._abort_client()
             return
-        if self.reused and not conn.received_any and self._replayable():
+        if (
+            self.reused
+            and not conn.received_any
+            and self._replayable()
+            and self._idempotent_or_allowed()
+        ):
             # a cached connection the peer had already closed: not the peer's failure (as nginx);
-            # the same peer is asked again on a new connection
+            # the same peer is asked again on a new connection, unless the request may not be
+            # sent twice (the peer may have run it before closing)
             self.conn = None
             self.request_sent = False
             assert self.peer is not None
@@ -437,13 +462,15 @@ class ProxyExchange:
         timeout = self.settings.next_upstream_timeout
         if timeout and self.loop.time() - self.started >= timeout:
             return False
-        if (
-            self.request_sent
-            and self.req.method in NON_IDEMPOTENT
-            and "non_idempotent" not in self.settings.next_upstream
-        ):
+        if self.request_sent and not self._idempotent_or_allowed():
             return False
         return self._replayable()
+
+    def _idempotent_or_allowed(self) -> bool:
+        return (
+            self.req.method not in NON_IDEMPOTENT
+            or "non_idempotent" in self.settings.next_upstream
+        )
 
     def _failed(
         self, condition: str, status: int, closing: UpstreamConnection | None = None

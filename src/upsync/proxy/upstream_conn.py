@@ -31,6 +31,10 @@ _RESPONSE_HEADERS: Final = HeaderClasses(
 )
 
 
+class HeadTooBig(Exception):
+    """The response head outgrew proxy_buffer_size (nginx: "upstream sent too big header")."""
+
+
 class UpstreamConnection(PooledConnection):
     """Parser callbacks only record and forward; completion is reported after feed_data returns,
     so the exchange may hand this connection to the next request without re-entering the parser."""
@@ -40,15 +44,18 @@ class UpstreamConnection(PooledConnection):
         "closed",
         "done",
         "exchange",
+        "head_size",
         "interim",
         "keep_alive",
         "length",
         "lines",
+        "max_head",
         "parser",
         "pool",
         "received_any",
         "skip_body",
         "timer",
+        "trailing",
         "transport",
         "tunnel",
         "upgrade_lines",
@@ -70,6 +77,10 @@ class UpstreamConnection(PooledConnection):
         self.keep_alive = False
         self.skip_body = False
         self.interim = False
+        # bytes came after the response was complete: the connection is never reused
+        self.trailing = False
+        self.head_size = 0
+        self.max_head = 4096  # proxy_buffer_size of the request's location
         self.tunnel: asyncio.Transport | None = None
         self.closed = False
         self.timer = Deadline(asyncio.get_running_loop(), self._on_timeout)
@@ -94,12 +105,15 @@ class UpstreamConnection(PooledConnection):
         self.keep_alive = False
         self.skip_body = False
         self.interim = False
+        self.trailing = False
+        self.head_size = 0
+        self.max_head = exchange.settings.buffer_size
         self.requests += 1
 
     def detach(self) -> None:
         self.exchange = None
         self.timer.clear()
-        if not (self.done and not self.skip_body):
+        if not (self.done and not self.skip_body) or self.trailing:
             # the parser may still wait for a body that never comes (HEAD, 204, a cut-off
             # response): the next request on this connection gets a fresh one
             self.parser = None
@@ -147,6 +161,11 @@ class UpstreamConnection(PooledConnection):
             self.tunnel.resume_reading()
 
     # data
+    def clean(self) -> bool:
+        """True when exactly one whole response was read and nothing after it: the only state
+        in which the connection may serve another request."""
+        return self.done and self.keep_alive and not self.trailing
+
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
             self.tunnel.write(data)
@@ -168,15 +187,16 @@ class UpstreamConnection(PooledConnection):
                     self.exchange = None
                     exchange.on_upstream_upgrade(self, data[upgrade.args[0] :])
                 return
-            except httptools.HttpParserError:
+            except httptools.HttpParserError as error:
                 if not self.done:
                     self.exchange = None
-                    exchange.on_upstream_invalid(self)
+                    exchange.on_upstream_invalid(self, isinstance(error.__context__, HeadTooBig))
                     return
+                self.trailing = True  # garbage after a complete response
             if self.exchange is exchange and self.tunnel is None:
                 if self.done:
                     self.exchange = None
-                    exchange.on_response_complete(self, self.keep_alive)
+                    exchange.on_response_complete(self, self.clean())
                 else:
                     exchange.on_upstream_read()
         finally:
@@ -190,6 +210,13 @@ class UpstreamConnection(PooledConnection):
         self.chunked = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.done:
+            self.trailing = True  # a second response after the first: never relayed
+            return
+        size = self.head_size + len(name) + len(value) + 4
+        self.head_size = size
+        if size > self.max_head:
+            raise HeadTooBig()
         kind = _RESPONSE_HEADERS.of(name)
         if kind == _PASS:
             self.lines.append(name + b": " + value + b"\r\n")
@@ -200,7 +227,14 @@ class UpstreamConnection(PooledConnection):
         elif kind == _UPGRADE:
             self.upgrade_lines.append(name + b": " + value + b"\r\n")
 
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.trailing = True
+
     def on_headers_complete(self) -> None:
+        if self.done:
+            self.trailing = True
+            return
         parser = self.parser
         exchange = self.exchange
         assert parser is not None and exchange is not None
@@ -215,7 +249,10 @@ class UpstreamConnection(PooledConnection):
             self.done = True
 
     def on_body(self, body: bytes) -> None:
-        if not self.skip_body and self.exchange is not None:
+        if self.done:
+            # a body after HEAD, 204 or 304, or after a response that was dropped for a retry
+            self.trailing = True
+        elif self.exchange is not None:
             self.exchange.on_response_body(body)
 
     def on_message_complete(self) -> None:
