@@ -21,6 +21,7 @@ HOT_PATH = [
     "src/upsync/proxy/client.py",
     "src/upsync/proxy/exchange.py",
     "src/upsync/proxy/http1.py",
+    "src/upsync/proxy/intake.py",
     "src/upsync/proxy/request.py",
     "src/upsync/proxy/routing.py",
     "src/upsync/proxy/timer.py",

@@ -218,7 +218,8 @@ class App:
         if not access_log.path or access_log.format is None:
             return
         try:
-            self.access_logs.get(access_log.path).write(access_log.format.render(req) + "\n")
+            line = access_log.format.render_for_log(req)
+            self.access_logs.get(access_log.path).write(line + "\n")
         except OSError as exc:
             log.error("cannot write access log %s: %s", access_log.path, exc)
 

@@ -69,7 +69,10 @@ class AccessLogFiles:
                 handle = sys.stdout
             else:
                 os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-                handle = open(path, "a", buffering=1)  # noqa: SIM115 - kept open for the process
+                # lines hold one character per byte (see config.variables.as_wire_text)
+                handle = open(  # noqa: SIM115 - kept open for the process
+                    path, "a", buffering=1, encoding="latin-1", errors="replace"
+                )
             self.files[path] = handle
         return handle
 

@@ -44,7 +44,7 @@ def assert_still_serving(port: int) -> None:
 CASES = [
     (b"GARBAGE\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400),
-    (b"GET / HTTP/9.9\r\nHost: x\r\n\r\n", 400),
+    (b"GET / HTTP/9.9\r\nHost: x\r\n\r\n", 505),  # as nginx
     (b"GET / HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
     (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     (b"GET /../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", 400),

@@ -1,6 +1,15 @@
 import pytest
 
-from upsync.proxy.client import bare_crs, version_in_request_line
+from upsync.proxy.intake import (
+    NAME_INVALID,
+    NAME_UNDERSCORED,
+    NAME_VALID,
+    bare_crs,
+    header_name_class,
+    is_http09_line,
+    parseable_request_line,
+    version_in_request_line,
+)
 
 
 @pytest.mark.parametrize(
@@ -34,3 +43,31 @@ def test_bare_crs(data: bytes, offsets: list[int]) -> None:
 )
 def test_version_in_request_line(data: bytes, version: str | None) -> None:
     assert version_in_request_line(data) == version
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        (b"x-real-ip", NAME_VALID),
+        (b"x_real_ip", NAME_UNDERSCORED),
+        (b"x.dot", NAME_INVALID),
+        (b"x-a_b.c", NAME_INVALID),
+    ],
+)
+def test_header_name_class(name: bytes, kind: int) -> None:
+    assert header_name_class(name) == kind
+
+
+def test_http09_line() -> None:
+    assert is_http09_line(b"GET /x\r\n")
+    assert is_http09_line(b"GET /x\n")
+    assert not is_http09_line(b"GET /x HTTP/1.1\r\n")
+    assert not is_http09_line(b"GET /x")  # the line is not whole yet
+
+
+def test_parseable_request_line_keeps_what_was_sent() -> None:
+    fixed = parseable_request_line(b"FOOBAR /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert fixed == (b"GET /caf%C3%A9 HTTP/1.1\r\nHost: x\r\n\r\n", b"FOOBAR", b"/caf\xc3\xa9")
+    assert parseable_request_line(b"foo / HTTP/1.1\r\n\r\n") is None  # lower case: not a method
+    assert parseable_request_line(b"GET /a\x01b HTTP/1.1\r\n\r\n") is None
+    assert parseable_request_line(b"GET / HTTP/1.1") is None

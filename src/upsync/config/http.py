@@ -21,7 +21,7 @@ from upsync.config.model import (
 )
 from upsync.config.nodes import Node, Scope
 from upsync.config.servers import ServerLineError, split_address
-from upsync.config.variables import Template, VariableError, compile_template
+from upsync.config.variables import Template, VariableError, as_wire_text, compile_template
 from upsync.units import UnitError, parse_size, parse_time
 
 COMBINED_FORMAT = (
@@ -68,6 +68,11 @@ INHERITED = frozenset(
         "client_body_timeout",
         "send_timeout",
         "large_client_header_buffers",
+        "ignore_invalid_headers",
+        "underscores_in_headers",
+        "lingering_close",
+        "lingering_time",
+        "lingering_timeout",
     }
 )
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
@@ -182,6 +187,12 @@ class HttpBuilder:
             client_body_timeout=_time(scope.one("client_body_timeout"), 60.0),
             send_timeout=_time(scope.one("send_timeout"), 60.0),
             header_buffer_size=self._header_buffers(scope.one("large_client_header_buffers")),
+            line_size=_size(scope.one("large_client_header_buffers"), 8192, index=1),
+            ignore_invalid_headers=_flag(scope.one("ignore_invalid_headers"), True),
+            underscores_in_headers=_flag(scope.one("underscores_in_headers"), False),
+            lingering_close=self._lingering_close(scope.one("lingering_close")),
+            lingering_time=_time(scope.one("lingering_time"), 30.0),
+            lingering_timeout=_time(scope.one("lingering_timeout"), 5.0),
             keepalive_requests=_int(scope.one("keepalive_requests"), 1000),
         )
         return ServerBlock(
@@ -192,6 +203,17 @@ class HttpBuilder:
             limits=limits,
             where=node.where,
         )
+
+    def _lingering_close(self, node: Node | None) -> str:
+        if node is None:
+            return "on"
+        value = node.args[0].lower()
+        if value not in ("on", "off", "always"):
+            raise node.error(
+                f'invalid value "{node.args[0]}" in "lingering_close" directive, '
+                'it must be "on", "off" or "always"'
+            )
+        return value
 
     def _header_buffers(self, node: Node | None) -> int:
         if node is None:
@@ -235,6 +257,7 @@ class HttpBuilder:
                     break
         else:
             raise node.error('invalid number of arguments in "location" directive')
+        path = as_wire_text(path)  # matched against the request's bytes
         regex = None
         if modifier in ("~", "~*"):
             try:

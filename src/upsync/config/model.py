@@ -141,6 +141,12 @@ class ClientLimits:
     client_body_timeout: float = 60.0
     send_timeout: float = 60.0
     header_buffer_size: int = 32 * 1024  # large_client_header_buffers: number * size
+    line_size: int = 8192  # large_client_header_buffers: size, the longest request/header line
+    ignore_invalid_headers: bool = True
+    underscores_in_headers: bool = False
+    lingering_close: str = "on"  # on | off | always
+    lingering_time: float = 30.0
+    lingering_timeout: float = 5.0
     keepalive_requests: int = 1000
 
 

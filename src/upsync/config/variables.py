@@ -51,6 +51,30 @@ KNOWN_PREFIXES = ("http_", "arg_", "cookie_")
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
 
 
+def as_wire_text(value: str) -> str:
+    """Text from the config as the bytes nginx would hold: its UTF-8 encoding, one character
+    per byte. Request data is kept the same way (bytes decoded as latin-1), so every value a
+    template renders encodes back to the exact bytes, whatever a client or the config sent."""
+    return value if value.isascii() else value.encode("utf-8").decode("latin-1")
+
+
+def _log_escape_char(char: str) -> str:
+    return f"\\x{ord(char):02X}"
+
+
+_LOG_ESCAPES = {code: _log_escape_char(chr(code)) for code in (*range(0x20), *range(0x7F, 0x100))}
+_LOG_ESCAPES[ord('"')] = '\\x22'
+_LOG_ESCAPES[ord("\\")] = "\\x5C"
+
+
+def log_escape(value: str) -> str:
+    """nginx's default access log escaping: `"`, `\\`, control and non-ASCII bytes as \\xHH,
+    so a request can never add a line or a field to the log."""
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return value
+    return value.translate(_LOG_ESCAPES)
+
+
 class VariableSource(Protocol):
     def variable(self, name: str) -> str: ...
 
@@ -83,6 +107,13 @@ class Template:
             out.append(source.variable(part) if index & 1 else part)
         return "".join(out)
 
+    def render_for_log(self, source: VariableSource) -> str:
+        """As render(), with each variable's value escaped for an access log line."""
+        out = []
+        for index, part in enumerate(self.parts):
+            out.append(log_escape(source.variable(part)) if index & 1 else part)
+        return "".join(out)
+
 
 def compile_template(value: str) -> Template:
     parts: list[str] = []
@@ -91,8 +122,8 @@ def compile_template(value: str) -> Template:
         name = match.group(1) or match.group(2)
         if name not in KNOWN_VARIABLES and not name.startswith(KNOWN_PREFIXES):
             raise VariableError(f'unknown "{name}" variable')
-        parts.append(value[pos : match.start()])
+        parts.append(as_wire_text(value[pos : match.start()]))
         parts.append(name)
         pos = match.end()
-    parts.append(value[pos:])
+    parts.append(as_wire_text(value[pos:]))
     return Template(tuple(parts))

@@ -15,6 +15,15 @@ import httptools
 from upsync.config.model import AccessRule, LocationConfig, ProxyPass, Return, UpstreamShow
 from upsync.proxy import http1
 from upsync.proxy.exchange import REPLAYABLE_BODY
+from upsync.proxy.intake import (
+    NAME_INVALID,
+    NAME_UNDERSCORED,
+    bare_crs,
+    header_name_class,
+    is_http09_line,
+    parseable_request_line,
+    version_in_request_line,
+)
 from upsync.proxy.request import Request
 from upsync.proxy.routing import ServerTable, normalize_path, split_host, valid_host
 from upsync.proxy.timer import Deadline
@@ -42,6 +51,17 @@ _CONTENT_LENGTH: Final = 2
 _TRANSFER_ENCODING: Final = 3
 _EXPECT: Final = 4
 _UPGRADE: Final = 5
+_UNDERSCORED: Final = 6
+_INVALID_NAME: Final = 7
+
+
+def _unlisted_header(lower_name: bytes) -> int:
+    kind = header_name_class(lower_name)
+    if kind == NAME_INVALID:
+        return _INVALID_NAME
+    return _UNDERSCORED if kind == NAME_UNDERSCORED else _OTHER
+
+
 _REQUEST_HEADERS: Final = http1.HeaderClasses(
     {
         b"host": _HOST,
@@ -51,6 +71,7 @@ _REQUEST_HEADERS: Final = http1.HeaderClasses(
         b"upgrade": _UPGRADE,
     },
     _OTHER,
+    _unlisted_header,
 )
 
 
@@ -68,42 +89,6 @@ def access_allowed(rules: tuple[AccessRule, ...], address: str) -> bool:
     return True
 
 
-def bare_crs(data: bytes) -> list[int]:
-    """Offsets of the CRs in `data` not followed by LF. A CR ending `data` is not counted: its LF
-    may open the next read. The parser is lenient about line endings to accept bare LF as nginx
-    does, which also lets a bare CR end a request line or a header section; nginx rejects those,
-    and so does upsync (the caller knows which of these CRs fall inside a head)."""
-    if data.count(b"\r") == data.count(b"\r\n"):
-        return []  # every CR ends a line: the usual case, decided without copying
-    found: list[int] = []
-    last = len(data) - 1
-    at = data.find(b"\r")
-    while at != -1:
-        if at != last and data[at + 1] != 10:
-            found.append(at)
-        at = data.find(b"\r", at + 1)
-    return found
-
-
-def version_in_request_line(data: bytes) -> str | None:
-    """The HTTP version at the end of the first line of `data`, when `data` starts with a whole
-    request line naming 1.1 or 1.0; None otherwise. The parser checks the line and finds the
-    same version; asking it costs a string format per request, this a few byte comparisons."""
-    end = data.find(b"\n")
-    if end < 9:
-        return None
-    if data[end - 1] == 13:  # CRLF; a bare LF is accepted too
-        end -= 1
-    if data[end - 9] != 32:  # "GET /HTTP/1.1" names no version at all
-        return None
-    tail = data[end - 8 : end]
-    if tail == b"HTTP/1.1":
-        return "1.1"
-    if tail == b"HTTP/1.0":
-        return "1.0"
-    return None
-
-
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_local",
@@ -112,8 +97,10 @@ class ClientConnection(asyncio.Protocol):
         "app",
         "awaiting_first_bytes",
         "body_sink",
+        "boundary_requests",
         "closed",
         "corked",
+        "cr_is_data",
         "cr_pending",
         "current",
         "exchange",
@@ -124,6 +111,9 @@ class ClientConnection(asyncio.Protocol):
         "last_host",
         "last_host_header",
         "limits",
+        "line_override",
+        "linger_until",
+        "linger_wanted",
         "loop",
         "parser",
         "queue",
@@ -167,6 +157,16 @@ class ClientConnection(asyncio.Protocol):
         self.read_pause_reasons: set[str] = set()
         self.upgrade_buffer: bytes | None = None
         self.version_hint: str | None = None
+        # the request count when a read began at a message boundary, else -1
+        self.boundary_requests = -1
+        # the method and target as sent, when the parser was given a stand-in request line
+        self.line_override: tuple[bytes, bytes] | None = None
+        self.cr_is_data = False
+        # the client may still be sending when the connection is closed (an unread body, input
+        # after a rejected head): close the write side first and read on, or the kernel resets
+        # the connection and the client never sees the answer (nginx's lingering close)
+        self.linger_wanted = False
+        self.linger_until = 0.0  # set while lingering
         self.tunnel: asyncio.Transport | None = None
         self.timer = Deadline(self.loop, self._on_timeout)
         self.keepalive_timeout = 75.0
@@ -195,8 +195,12 @@ class ClientConnection(asyncio.Protocol):
         # nginx accepts lines ended by a bare LF (the C module's own test suite sends them), and
         # llhttp needs both flags for that; the request is re-serialised with CRLF towards the
         # upstream, so no ambiguous line ending is ever passed on
+        # Any digit.digit version is parsed so that it gets nginx's answer (505 from HTTP/2 on,
+        # 1.x served as 1.1) rather than a plain 400.
         parser.set_dangerous_leniencies(
-            lenient_optional_cr_before_lf=True, lenient_optional_lf_after_cr=True
+            lenient_optional_cr_before_lf=True,
+            lenient_optional_lf_after_cr=True,
+            lenient_version=True,
         )
         return parser
 
@@ -245,9 +249,40 @@ class ClientConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self.uncork()
-        if not self.closed and self.transport is not None:
+        transport = self.transport
+        if not self.closed and transport is not None:
             self.closed = True
+            mode = self.limits.lingering_close
+            if (mode == "always" or (mode == "on" and self.linger_wanted)) and (
+                transport.can_write_eof()
+            ):
+                self._linger(transport)
+                return
             self.timer.cancel()
+            transport.close()
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Half-close: the answer is flushed and the write side shut, then whatever the client
+        still sends is read and dropped for up to lingering_time, lingering_timeout per read."""
+        limits = self.limits
+        self.linger_until = self.loop.time() + limits.lingering_time
+        self.parser = None
+        transport.write_eof()
+        self.read_pause_reasons.clear()
+        transport.resume_reading()
+        self.timer.set(min(limits.lingering_timeout, limits.lingering_time))
+
+    def _lingered(self) -> None:
+        now = self.loop.time()
+        if now >= self.linger_until:
+            self._end_linger()
+        else:
+            self.timer.set(min(self.limits.lingering_timeout, self.linger_until - now))
+
+    def _end_linger(self) -> None:
+        self.timer.cancel()
+        self.linger_until = 0.0
+        if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
@@ -293,6 +328,9 @@ class ClientConnection(asyncio.Protocol):
     def _on_timeout(self) -> None:
         # client_header_timeout, client_body_timeout, keepalive_timeout, send_timeout: nginx
         # closes the connection without an answer in each case.
+        if self.linger_until:
+            self._end_linger()
+            return
         self.abort() if self.write_paused else self.close()
 
     # incoming bytes
@@ -302,6 +340,9 @@ class ClientConnection(asyncio.Protocol):
             self.app.awaiting_first_bytes.discard(self)
         if self.tunnel is not None:
             self.tunnel.write(data)
+            return
+        if self.linger_until:
+            self._lingered()  # dropped
             return
         if self.upgrade_buffer is not None:
             # bytes for the tunnel, held until the upstream agrees to switch protocols
@@ -318,8 +359,14 @@ class ClientConnection(asyncio.Protocol):
             if not data.startswith(b"\n"):
                 self._reject(400)
                 return
-        if self.in_headers and self.current is None:
+        at_boundary = self.in_headers and self.current is None
+        if at_boundary:
             self.version_hint = version_in_request_line(data)
+            if self.version_hint is None and is_http09_line(data):
+                # HTTP/0.9 has no head to answer with: the error page alone, then close
+                self._write_and_close(http1.error_body(400))
+                return
+        self.boundary_requests = self.requests if at_boundary else -1
         start = 0
         for at in bare_crs(data):
             # rare: feed up to the bare CR to learn whether it falls in a head or in a body
@@ -329,6 +376,17 @@ class ClientConnection(asyncio.Protocol):
                 self._reject(400)
                 return
             start = at
+            current = self.current
+            if current is not None and current.chunked:
+                # in a chunked body a bare CR is data only inside a chunk; one in the framing
+                # (`3\rabc`) would end a line for the parser and not for the upstream
+                self.cr_is_data = False
+                if not self._feed(parser, data, at, at + 1):
+                    return
+                if self.current is current and not self.cr_is_data:
+                    self._reject(400)
+                    return
+                start = at + 1
         if not self._feed(parser, data, start, len(data)):
             return
         if self.in_headers and data.endswith(b"\r"):
@@ -354,6 +412,15 @@ class ClientConnection(asyncio.Protocol):
             return False
         except httptools.HttpParserError as error:
             cause = error.__context__
+            if (
+                isinstance(error, (httptools.HttpParserInvalidMethodError,
+                                   httptools.HttpParserInvalidURLError))
+                and start == 0
+                and end == len(data)
+                and self.boundary_requests >= 0
+                and self.requests == self.boundary_requests + 1
+            ):
+                return self._feed_stand_in(data)
             if isinstance(cause, BadRequest):
                 self._reject(cause.status)
             elif cause is not None and not isinstance(cause, httptools.HttpParserError):
@@ -363,6 +430,23 @@ class ClientConnection(asyncio.Protocol):
                 self._reject(400)
             return False
         return not self.closed and self.parser is parser
+
+    def _feed_stand_in(self, data: bytes) -> bool:
+        """The read's first request line was refused by the parser; nginx takes some of those
+        (an unknown method, raw UTF-8 in the target): parse it again with a stand-in line the
+        parser accepts, and restore the method and target as sent."""
+        self.boundary_requests = -1
+        fixed = parseable_request_line(data)
+        if fixed is None:
+            self._reject(400)
+            return False
+        stand_in, method, target = fixed
+        self.requests -= 1
+        self.current = None
+        self.in_headers = True
+        self.line_override = (method, target)
+        self.parser = parser = self._new_parser()
+        return self._feed(parser, stand_in, 0, len(stand_in))
 
     def _reject(self, status: int, reason: str = "") -> None:
         """Input that cannot be parsed or accepted: answer, then close the connection.
@@ -374,6 +458,7 @@ class ClientConnection(asyncio.Protocol):
         active = self.active
         self.parser = self._new_parser()  # nothing after this is read
         self.pause_reading_for("rejected")
+        self.linger_wanted = True
         if active is not None and active is self.current and active.response_done:
             self.close()  # answered already; the rest of its body was bad
             return
@@ -414,12 +499,17 @@ class ClientConnection(asyncio.Protocol):
         assert req is not None
         req.target += url.decode("latin-1")
         self.header_size += len(url)
+        if len(req.target) > self.limits.line_size:
+            raise BadRequest(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_headers:
+            return  # a chunked body's trailer: dropped, as nginx does, never a request header
         req = self.current
         assert req is not None
-        self.header_size += len(name) + len(value) + 4
-        if self.header_size > self.limits.header_buffer_size:
+        line = len(name) + len(value) + 4
+        self.header_size += line
+        if self.header_size > self.limits.header_buffer_size or line > self.limits.line_size:
             raise BadRequest(400)
         req.headers.append((name, value))
 
@@ -431,12 +521,23 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         assert parser is not None
         req.method = parser.get_method()
+        if self.line_override is not None:
+            method, target = self.line_override
+            self.line_override = None
+            req.method = method
+            req.target = target.decode("latin-1")
         version = self.version_hint
         if version is None:
-            req.version = parser.get_http_version()
+            version = parser.get_http_version()
+            if version not in ("1.1", "1.0"):
+                # nginx: 505 from HTTP/2 on; any other 1.x is served as 1.1
+                if version[:2] == "1.":
+                    version = "1.1"
+                else:
+                    raise BadRequest(505 if version[0] > "1" else 400)
         else:
             self.version_hint = None
-            req.version = version
+        req.version = version
         req.keep_alive = parser.should_keep_alive()
         self._check_request(req)
         if self.active is None:
@@ -450,6 +551,8 @@ class ClientConnection(asyncio.Protocol):
         req = self.current
         if req is None:
             return
+        if body[-1] == 13:
+            self.cr_is_data = True  # see data_received: a bare CR inside a chunk
         req.body_size += len(body)
         if self.active is req:
             self.timer.set(self.limits.client_body_timeout)
@@ -501,15 +604,17 @@ class ClientConnection(asyncio.Protocol):
             # absolute-form: its host selects the server block, never the destination
             scheme, sep, rest = target.partition("://")
             if not sep or scheme.lower() not in ("http", "https"):
-                if target == "*" and req.method == b"OPTIONS":
-                    target = "/"
-                else:
-                    raise BadRequest(400)
-            else:
-                host, _, path = rest.partition("/")
-                req.host = split_host(host)
-                target = "/" + path
-                req.target = target
+                raise BadRequest(400)  # "OPTIONS *" included, as nginx
+            cut = len(rest)
+            for mark in ("/", "?"):
+                found = rest.find(mark)
+                if 0 <= found < cut:
+                    cut = found
+            req.host = split_host(rest[:cut])
+            target = rest[cut:]
+            if not target.startswith("/"):
+                target = "/" + target  # "http://host?q" asks for "/?q"
+            req.target = target
         path, _, query = target.partition("?")
         normalized = normalize_path(path)
         if normalized is None:
@@ -517,6 +622,7 @@ class ClientConnection(asyncio.Protocol):
         req.path = normalized
         req.query = query
         host_header: bytes | None = None
+        invalid_names = False
         for name, value in req.headers:
             kind = _REQUEST_HEADERS.of(name)
             if kind == _OTHER:
@@ -534,14 +640,17 @@ class ClientConnection(asyncio.Protocol):
                     raise BadRequest(501 if value.strip().lower() != b"chunked" else 400)
                 req.chunked = True
             elif kind == _EXPECT:
+                # nginx acts on 100-continue and passes any other expectation on
                 if value.strip().lower() == b"100-continue":
                     req.expect_continue = True
-                else:
-                    raise BadRequest(417)
             elif kind == _UPGRADE:
                 req.upgrade = True
+            else:
+                invalid_names = True
         if req.chunked and req.content_length is not None:
             raise BadRequest(400)  # both framings: a smuggling attempt
+        if invalid_names and self.limits.ignore_invalid_headers:
+            self._drop_invalid_headers(req)
         if not req.host:
             if host_header is not None:
                 if host_header == self.last_host_header:
@@ -555,6 +664,24 @@ class ClientConnection(asyncio.Protocol):
                 raise BadRequest(400)
         # no body at all: complete now, so a proxied GET is sent before on_message_complete
         req.body_complete = not req.chunked and not req.content_length
+
+    def _drop_invalid_headers(self, req: Request) -> None:
+        """ignore_invalid_headers (on by default): a name with characters nginx does not take,
+        or with "_" unless underscores_in_headers, is dropped and logged; a backend that reads
+        X_Real_IP as X-Real-IP could otherwise be told a forged address."""
+        underscores = self.limits.underscores_in_headers
+        kept: list[tuple[bytes, bytes]] = []
+        for name, value in req.headers:
+            kind = _REQUEST_HEADERS.of(name)
+            if kind == _INVALID_NAME or (kind == _UNDERSCORED and not underscores):
+                log.info(
+                    'client %s sent invalid header line: "%s"',
+                    self.remote[0],
+                    name.decode("latin-1"),
+                )
+            else:
+                kept.append((name, value))
+        req.headers = kept
 
     def _dispatch(self, req: Request) -> None:
         if req.status:  # a rejected request waiting its turn
@@ -616,7 +743,7 @@ class ClientConnection(asyncio.Protocol):
                 code, body, b"text/html", extra=b"Location: " + text.encode("latin-1") + b"\r\n"
             )
         elif text is not None:
-            self.send_simple(code, text.encode("utf-8"), location.default_type.encode())
+            self.send_simple(code, text.encode("latin-1"), location.default_type.encode())
         elif code >= 400 or code in (301, 302, 303, 307, 308):
             self.send_error(code)
         else:
@@ -673,6 +800,8 @@ class ClientConnection(asyncio.Protocol):
         self.body_sink = None
         # an unread body would be taken for the next request: close instead
         keep = req.keep_alive and self.keep_alive_allowed() and req.body_complete
+        if not req.body_complete:
+            self.linger_wanted = True
         req.status = status
         body = http1.error_body(status)
         req.bytes_sent = len(body)
@@ -687,11 +816,20 @@ class ClientConnection(asyncio.Protocol):
         self.exchange = None
         if req.location is not None and req.location.access_log.path:
             self.app.log_access(req)
-        if not keep_alive or not req.keep_alive or self.upgrade_buffer is not None:
+        if not keep_alive or not req.keep_alive:
             self.close()
             return
+        pending = self.upgrade_buffer
+        if pending is not None:
+            # the upstream declined the upgrade: what the client sent after it is requests again
+            self.upgrade_buffer = None
+            self.parser = self._new_parser()
+            self.current = None
+            self.in_headers = True
         if req.body_complete:
             self._advance()
+            if pending and not self.closed:
+                self.data_received(pending)
         else:
             # the rest of this request's body is read and dropped before the next request
             self.resume_reading_for("connecting")

@@ -42,6 +42,13 @@ _SKIP_REQUEST_HEADERS: Final = HOP_BY_HOP | {b"host", b"content-length", b"expec
 _HOST_TEMPLATE = compile_template("$proxy_host")
 _CLOSE_TEMPLATE = compile_template("close")
 
+# What nginx leaves unescaped when it puts a decoded $uri back into a URI (ngx_escape_uri's
+# NGX_ESCAPE_URI): all printable ASCII but space, "#", "%" and "?". A decoded "%2e" must not
+# reach the upstream as "%2e" again, or "/static/%252e%252e/" would climb out of its prefix.
+_URI_SAFE: Final = "".join(
+    chr(c) for c in range(0x21, 0x7F) if chr(c) not in "#%?" and not chr(c).isalnum()
+)
+
 # Bodies up to this size are read whole before the upstream is chosen, so a failed attempt can
 # be replayed on the next peer (nginx's proxy_request_buffering); larger ones are streamed.
 REPLAYABLE_BODY: Final = 1024 * 1024
@@ -110,7 +117,7 @@ class ProxyPlan:
         if self.uri is None:
             return req.target
         rest = req.path[len(self.location.path) :] if self.location.regex is None else ""
-        uri = self.uri + quote(rest, safe="/:@!$&'()*+,;=-._~%", errors="surrogateescape")
+        uri = self.uri + quote(rest, safe=_URI_SAFE, encoding="latin-1")
         return f"{uri}?{req.query}" if req.query else uri
 
     def head(self, req: Request, uri: str, framing: bytes) -> bytes:
@@ -257,7 +264,12 @@ class ProxyExchange:
         if self.finished:
             conn.close()
             return
-        self._send(conn)
+        try:
+            self._send(conn)
+        except Exception:
+            # nothing may leave a request hanging: a task's exception would be seen by nobody
+            log.exception("error while sending a request to %s", peer.name)
+            self._failed("error", 500)
 
     def _send(self, conn: UpstreamConnection) -> None:
         self.conn = conn

@@ -1,6 +1,7 @@
 """HTTP/1.x pieces shared by the client and upstream sides: reasons, error pages, Date."""
 
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Final
@@ -87,15 +88,28 @@ class HeaderClasses:
     has seen (up to a bound): the same few spellings come in every message, and this spares
     lower-casing each of them every time."""
 
-    def __init__(self, by_lower_name: dict[bytes, int], default: int) -> None:
+    def __init__(
+        self,
+        by_lower_name: dict[bytes, int],
+        default: int,
+        classify: Callable[[bytes], int] | None = None,
+    ) -> None:
         self._by_lower_name = by_lower_name
         self._default = default
+        self._classify = classify  # for names not listed: their class by their form
         self._by_spelling: dict[bytes, int] = {}
 
     def of(self, name: bytes) -> int:
         found = self._by_spelling.get(name)
         if found is None:
-            found = self._by_lower_name.get(name.lower(), self._default)
+            lower = name.lower()
+            listed = self._by_lower_name.get(lower)
+            if listed is not None:
+                found = listed
+            elif self._classify is not None:
+                found = self._classify(lower)
+            else:
+                found = self._default
             if len(self._by_spelling) < 1024:
                 self._by_spelling[name] = found
         return found

@@ -2,7 +2,7 @@
 
 import re
 from collections.abc import Sequence
-from urllib.parse import unquote
+from urllib.parse import unquote_to_bytes
 
 from upsync.config.http import compile_regex
 from upsync.config.model import LocationConfig, ServerBlock
@@ -127,10 +127,15 @@ class ServerTable:
 
 def normalize_path(raw_path: str) -> str | None:
     """nginx's $uri: percent-decoded, `//` merged, `.` and `..` resolved; None if it climbs
-    above the root or is not a path (nginx answers 400)."""
+    above the root or is not a path (nginx answers 400). Like the raw path, the result holds
+    one character per byte (latin-1): `/caf%C3%A9` stays the two UTF-8 bytes it names."""
     if not raw_path.startswith("/"):
         return None
-    path = unquote(raw_path, errors="surrogateescape") if "%" in raw_path else raw_path
+    path = (
+        unquote_to_bytes(raw_path.encode("latin-1")).decode("latin-1")
+        if "%" in raw_path
+        else raw_path
+    )
     if "\x00" in path:
         return None
     if "//" not in path and "/." not in path:

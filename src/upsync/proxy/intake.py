@@ -1,0 +1,94 @@
+"""Rules for a request head that need no connection: pure functions over bytes, tested by
+feeding them data. The client connection applies them around the parser."""
+
+import re
+from typing import Final
+
+# request header names as nginx sorts them (ngx_http_parse_header_line): letters, digits and
+# "-" are valid; "_" only with underscores_in_headers; anything else makes the line invalid
+NAME_VALID: Final = 0
+NAME_UNDERSCORED: Final = 1
+NAME_INVALID: Final = 2
+_VALID_NAME: Final = re.compile(rb"[a-z0-9-]+")
+_UNDERSCORED_NAME: Final = re.compile(rb"[a-z0-9_-]+")
+# a method nginx accepts and the parser does not know ("FOOBAR")
+_METHOD: Final = re.compile(rb"[A-Z_-]+")
+_HIGH_BYTE: Final = re.compile(rb"[\x80-\xff]")
+
+
+def header_name_class(lower_name: bytes) -> int:
+    if _VALID_NAME.fullmatch(lower_name):
+        return NAME_VALID
+    if _UNDERSCORED_NAME.fullmatch(lower_name):
+        return NAME_UNDERSCORED
+    return NAME_INVALID
+
+
+def bare_crs(data: bytes) -> list[int]:
+    """Offsets of the CRs in `data` not followed by LF. A CR ending `data` is not counted: its LF
+    may open the next read. The parser is lenient about line endings to accept bare LF as nginx
+    does, which also lets a bare CR end a request line or a header section; nginx rejects those,
+    and so does upsync (the caller knows which of these CRs fall inside a head)."""
+    if data.count(b"\r") == data.count(b"\r\n"):
+        return []  # every CR ends a line: the usual case, decided without copying
+    found: list[int] = []
+    last = len(data) - 1
+    at = data.find(b"\r")
+    while at != -1:
+        if at != last and data[at + 1] != 10:
+            found.append(at)
+        at = data.find(b"\r", at + 1)
+    return found
+
+
+def version_in_request_line(data: bytes) -> str | None:
+    """The HTTP version at the end of the first line of `data`, when `data` starts with a whole
+    request line naming 1.1 or 1.0; None otherwise. The parser checks the line and finds the
+    same version; asking it costs a string format per request, this a few byte comparisons."""
+    end = data.find(b"\n")
+    if end < 9:
+        return None
+    if data[end - 1] == 13:  # CRLF; a bare LF is accepted too
+        end -= 1
+    if data[end - 9] != 32:  # "GET /HTTP/1.1" names no version at all
+        return None
+    tail = data[end - 8 : end]
+    if tail == b"HTTP/1.1":
+        return "1.1"
+    if tail == b"HTTP/1.0":
+        return "1.0"
+    return None
+
+
+def is_http09_line(data: bytes) -> bool:
+    """A whole first line with a method and a target but no version: an HTTP/0.9 request, which
+    the parser would wait on for ever."""
+    end = data.find(b"\n")
+    if end < 0:
+        return False
+    parts = data[:end].rstrip(b"\r").split(b" ")
+    return len(parts) == 2 and bool(parts[0]) and parts[1].startswith(b"/")
+
+
+def _percent_encode(match: re.Match[bytes]) -> bytes:
+    return b"%%%02X" % match.group()[0]
+
+
+def parseable_request_line(data: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """For a first line the parser rejects but nginx accepts (a method it does not know, raw
+    UTF-8 in the target): `data` with a line the parser takes, the method and the target as
+    sent. None when the line is bad for nginx too."""
+    end = data.find(b"\n")
+    if end < 0:
+        return None
+    line = data[:end]
+    cr = line.endswith(b"\r")
+    parts = (line[:-1] if cr else line).split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/") or not parts[1]:
+        return None
+    method, target, version = parts
+    if not _METHOD.fullmatch(method) or any(c < 0x21 or c == 0x7F for c in target):
+        return None
+    stand_in = _HIGH_BYTE.sub(_percent_encode, target)
+    head = b"GET " + stand_in + b" " + version + (b"\r" if cr else b"")
+    return head + data[end:], method, target
