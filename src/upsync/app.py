@@ -6,7 +6,7 @@ import logging
 import socket
 from collections.abc import Callable
 
-from upsync.admin.show import parse_show_query, show_json, show_text
+from upsync.admin.show import show_answer
 from upsync.config.model import Config, LocationConfig, ProxyPass
 from upsync.logs import AccessLogFiles
 from upsync.proxy.client import ClientConnection
@@ -125,16 +125,32 @@ class App:
         return [group.sync for group in self.groups.values() if group.sync is not None]
 
     async def _sync_listeners(self) -> None:
+        await self._bind_new(set(self.tables))
         for key in list(self.listeners):
             if key not in self.tables:
                 self.listeners.pop(key).close()
-        for key in self.tables:
-            if key not in self.listeners:
-                self.listeners[key] = await self._listen(key)
+
+    async def _bind_new(self, keys: set[BindKey]) -> None:
+        """Listen on the addresses not listened on yet; if one cannot be bound, none of them is
+        kept (OSError), so a failed reload leaves the running listeners as they were."""
+        bound: dict[BindKey, asyncio.Server] = {}
+        try:
+            for key in keys:
+                if key not in self.listeners:
+                    bound[key] = await self._listen(key)
+        except OSError:
+            for server in bound.values():
+                server.close()
+            raise
+        self.listeners.update(bound)
 
     async def _listen(self, key: BindKey) -> asyncio.Server:
         host, port = key
-        factory: Callable[[], ClientConnection] = lambda: ClientConnection(self, self.tables[key])  # noqa: E731
+        # a connection takes the routing table and proxy plans of the moment it is accepted
+        # and keeps them across reloads
+        factory: Callable[[], ClientConnection] = lambda: ClientConnection(  # noqa: E731
+            self, self.tables[key], self.plans
+        )
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         return await self.loop.create_server(
             factory,
@@ -146,6 +162,9 @@ class App:
         )
 
     async def reload(self, config: Config) -> None:
+        """Apply a new configuration; OSError when one of its addresses cannot be bound, and
+        then the running configuration stays whole (as nginx keeps its old workers)."""
+        await self._bind_new(set(_bind_keys(config)))
         new_syncs = self._apply(config)
         for sync in new_syncs:
             # no blocking pull on reload: the dump (or static list) serves until the watch's
@@ -165,7 +184,7 @@ class App:
     def start_exchange(self, client: ClientConnection, req: Request) -> ProxyExchange | None:
         location = req.location
         assert location is not None
-        plan = self.plans[id(location)]
+        plan = client.plans[id(location)]
         uri_override: str | None = None
         if plan.upstream is not None:
             name = plan.upstream
@@ -187,28 +206,17 @@ class App:
         req.proxy_host = name
         return ProxyExchange(client, req, plan, group, uri_override)
 
-    def can_stream_body(self, req: Request) -> bool:
+    def can_stream_body(self, client: ClientConnection, req: Request) -> bool:
         """A chunked body of unknown length can only be streamed to an HTTP/1.1 upstream; for
         proxy_http_version 1.0 it is read whole first (up to client_max_body_size)."""
         if req.content_length is not None or req.location is None:
             return True
-        plan = self.plans.get(id(req.location))
+        plan = client.plans.get(id(req.location))
         return plan is None or plan.version == b"1.1"
 
     def show_upstreams(self, req: Request) -> tuple[int, bytes, bytes]:
-        name, as_json = parse_show_query(req.query)
-        accept = req.header(b"accept")
-        if accept is not None and b"application/json" in accept:
-            as_json = True
         explicit = [g for g in self.groups.values() if not g.config.implicit]
-        if name is not None:
-            explicit = [g for g in explicit if g.name == name]
-            if not explicit:
-                body = f"upstream not found: {name}\n"
-                return 404, b"text/plain", body.encode()
-        if as_json:
-            return 200, b"application/json", show_json(explicit, self.loop.time())
-        return 200, b"text/plain", show_text(explicit).encode()
+        return show_answer(explicit, req.query, req.header(b"accept"), self.loop.time())
 
     def log_access(self, req: Request) -> None:
         location: LocationConfig | None = req.location

@@ -21,21 +21,30 @@ from upsync.upstream.sync import StartupError
 log = logging.getLogger("upsync")
 
 
-def _write_pid(path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as handle:
-        handle.write(f"{os.getpid()}\n")
-    os.replace(tmp, path)
+class PidFile:
+    """The pid file this process wrote, if it wrote one: only that is ever removed."""
 
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.written = False
 
-def _remove_pid(path: str) -> None:
-    try:
-        with open(path) as handle:
-            if handle.read().strip() == str(os.getpid()):
-                os.unlink(path)
-    except OSError:
-        pass
+    def write(self) -> None:
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as handle:
+            handle.write(f"{os.getpid()}\n")
+        os.replace(tmp, self.path)
+        self.written = True
+
+    def remove(self) -> None:
+        if not self.written:
+            return
+        try:
+            with open(self.path) as handle:
+                if handle.read().strip() == str(os.getpid()):
+                    os.unlink(self.path)
+        except OSError:
+            pass
 
 
 def _settle_heap() -> None:
@@ -46,25 +55,13 @@ def _settle_heap() -> None:
     gc.freeze()
 
 
-async def _serve(config: Config, args: argparse.Namespace) -> int:
+async def _serve(config: Config, args: argparse.Namespace, pid: "PidFile") -> int:
     loop = asyncio.get_running_loop()
     app = App(config, loop)
-    try:
-        await app.start()
-    except OSError as exc:
-        log.critical("bind() failed (%s)", exc)
-        print(f"upsync: [emerg] bind() failed ({exc})", file=sys.stderr)
-        await app.close()
-        return 1
-    except StartupError as exc:
-        log.critical("%s", exc)
-        print(f"upsync: [emerg] {exc}", file=sys.stderr)
-        await app.close()
-        return 1
-
-    _settle_heap()
+    started = asyncio.Event()
 
     async def reload() -> None:
+        await started.wait()  # a reload asked for during start-up follows it
         try:
             new_config = load_config(args.config, args.prefix, args.globals)
         except ConfigError as exc:
@@ -84,11 +81,37 @@ async def _serve(config: Config, args: argparse.Namespace) -> int:
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    # signals are handled before anything listens: a signal in between would kill upsync
     loop.add_signal_handler(signal.SIGTERM, app.shutdown)
     loop.add_signal_handler(signal.SIGINT, app.shutdown)
     loop.add_signal_handler(signal.SIGQUIT, lambda: spawn(app.quit_gracefully()))
     loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reload()))
     loop.add_signal_handler(signal.SIGUSR1, app.access_logs.close)
+    try:
+        await app.start()
+    except OSError as exc:
+        log.critical("bind() failed (%s)", exc)
+        print(f"upsync: [emerg] bind() failed ({exc})", file=sys.stderr)
+        await app.close()
+        return 1
+    except StartupError as exc:
+        log.critical("%s", exc)
+        print(f"upsync: [emerg] {exc}", file=sys.stderr)
+        await app.close()
+        return 1
+
+    started.set()
+    _settle_heap()
+
+    # the pid file names a running instance only once it listens and answers signals (as
+    # nginx); an instance that fails to start never touches the file of the one that runs
+    try:
+        pid.write()
+    except OSError as exc:
+        print(f'upsync: [emerg] open() "{pid.path}" failed ({exc.strerror})', file=sys.stderr)
+        app.shutdown()
+        await app.close()
+        return 1
     listening = ", ".join(f"{host or '0.0.0.0'}:{port}" for host, port in app.listeners)
     log.info("upsync started, listening on %s", listening)
     await app.stopped.wait()
@@ -107,14 +130,9 @@ def run(config: Config, args: argparse.Namespace) -> int:
         )
     if config.main.daemon:
         log.info("daemon on: upsync stays in the foreground; run it under a service manager")
-    pid_path = config.main.pid
-    try:
-        _write_pid(pid_path)
-    except OSError as exc:
-        print(f'upsync: [emerg] open() "{pid_path}" failed ({exc.strerror})', file=sys.stderr)
-        return 1
+    pid = PidFile(config.main.pid)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(_serve(config, args))
+            return runner.run(_serve(config, args, pid))
     finally:
-        _remove_pid(pid_path)
+        pid.remove()

@@ -2,12 +2,20 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from tests.helpers import Backend, free_port, request, running_upsync, wait_until
+from tests.helpers import (
+    Backend,
+    KeepAliveClient,
+    free_port,
+    request,
+    running_upsync,
+    wait_until,
+)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -147,3 +155,66 @@ def test_port_in_use_is_reported() -> None:
         result = run_cli("-c", str(conf), "-g", f"pid {first.workdir}/second.pid;")
         assert result.returncode == 1
         assert "bind() failed" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_reload_that_cannot_bind_keeps_the_old_listener() -> None:
+    port = free_port()
+    text = GOOD.replace("PORT", str(port))
+    with running_upsync(text.replace("VERSION", "one"), port) as proc, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        busy = taken.getsockname()[1]
+        conf = proc.workdir / "upsync.conf"
+        # the port moves to one that is taken: the reload fails and the old port serves on
+        conf.write_text(text.replace(f":{port};", f":{busy};").replace("VERSION", "two"))
+        proc.signal(signal.SIGHUP)
+        wait_until(lambda: "reload failed" in (proc.workdir / "error.log").read_text())
+        assert request(port, "/")[2] == b"one"
+
+
+def test_second_instance_leaves_the_pid_file_of_the_first() -> None:
+    port = free_port()
+    text = GOOD.replace("PORT", str(port)).replace("VERSION", "x")
+    with running_upsync(text, port) as first:
+        pid_file = first.workdir / "upsync.pid"
+        wait_until(pid_file.exists)
+        assert first.proc is not None
+        assert pid_file.read_text().strip() == str(first.proc.pid)
+        conf = first.workdir / "upsync.conf"
+        result = run_cli("-c", str(conf), "-g", f"pid {pid_file};")
+        assert result.returncode == 1
+        assert pid_file.read_text().strip() == str(first.proc.pid)
+
+
+RELOADABLE = """
+events {}
+http {
+    upstream backend { server 127.0.0.1:BACKEND; }
+    server { listen 127.0.0.1:PORT; location / { proxy_pass http://backend; VERSION } }
+}
+"""
+
+
+def test_connections_open_before_a_reload_are_served_after_it() -> None:
+    port = free_port()
+    with Backend("b") as backend:
+        text = RELOADABLE.replace("PORT", str(port)).replace("BACKEND", str(backend.port))
+        with running_upsync(text.replace("VERSION", ""), port) as proc:
+            kept = KeepAliveClient(port)
+            assert kept.get("/")[0] == 200  # kept alive across the reload
+            accepted = socket.create_connection(("127.0.0.1", port))  # accepted, silent
+            try:
+                conf = proc.workdir / "upsync.conf"
+                conf.write_text(text.replace("VERSION", "proxy_read_timeout 30s;"))
+                proc.signal(signal.SIGHUP)
+                log = proc.workdir / "error.log"
+                wait_until(lambda: "configuration reloaded" in log.read_text())
+                assert kept.get("/")[0] == 200
+                accepted.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while chunk := accepted.recv(65536):
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+            finally:
+                kept.close()
+                accepted.close()

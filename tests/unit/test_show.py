@@ -1,4 +1,4 @@
-from upsync.admin.show import parse_show_query, show_text
+from upsync.admin.show import parse_show_query, show_answer, show_text
 from upsync.config.model import BalanceMethod, ServerSpec, UpstreamConfig
 from upsync.upstream.group import UpstreamGroup
 
@@ -32,10 +32,21 @@ def test_text_matches_nginx_upsync_module_byte_for_byte() -> None:
 
 
 def test_query_forms() -> None:
-    assert parse_show_query("test") == ("test", False)
-    assert parse_show_query("format=json") == (None, True)
-    assert parse_show_query("test&format=json") == ("test", True)
-    assert parse_show_query("") == (None, False)
+    assert parse_show_query("test") == (["test"], False)
+    assert parse_show_query("format=json") == ([], True)
+    assert parse_show_query("test&format=json") == (["test"], True)
+    assert parse_show_query("") == ([], False)
+    assert parse_show_query("a&b") == (["a", "b"], False)
+
+
+def test_errors_never_echo_the_query_and_follow_the_format() -> None:
+    groups = [group("t", spec(1))]
+    status, kind, body = show_answer(groups, "<script>x</script>", None, 0.0)
+    assert (status, kind, body) == (404, b"text/plain", b"upstream not found\n")
+    status, kind, body = show_answer(groups, "nope", b"application/json", 0.0)
+    assert (status, kind, body) == (404, b"application/json", b'{"error":"upstream not found"}')
+    assert show_answer(groups, "a&b", None, 0.0)[0] == 400
+    assert show_answer(groups, "t", None, 0.0)[0] == 200
 
 
 def test_replace_keeps_state_of_servers_that_stay() -> None:

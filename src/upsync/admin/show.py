@@ -44,9 +44,9 @@ def show_json(groups: Sequence[UpstreamGroup], monotonic_now: float) -> bytes:
     return orjson.dumps({"upstreams": upstreams}, option=orjson.OPT_INDENT_2) + b"\n"
 
 
-def parse_show_query(query: str) -> tuple[str | None, bool]:
-    """`?test`, `?format=json`, `?test&format=json`: the upstream asked for, and JSON or not."""
-    name: str | None = None
+def parse_show_query(query: str) -> tuple[list[str], bool]:
+    """`?test`, `?format=json`, `?test&format=json`: the upstreams named, and JSON or not."""
+    names: list[str] = []
     as_json = False
     for item in query.split("&"):
         if not item:
@@ -55,5 +55,30 @@ def parse_show_query(query: str) -> tuple[str | None, bool]:
         if sep and key == "format":
             as_json = value == "json"
         elif not sep:
-            name = item
-    return name, as_json
+            names.append(item)
+    return names, as_json
+
+
+def show_answer(
+    groups: Sequence[UpstreamGroup], query: str, accept: bytes | None, monotonic_now: float
+) -> tuple[int, bytes, bytes]:
+    """Status, content type and body for an upstream_show request. The query is never echoed:
+    the page must not carry what a client wrote into it."""
+    names, as_json = parse_show_query(query)
+    if accept is not None and b"application/json" in accept:
+        as_json = True
+    error = ""
+    status = 200
+    if len(names) > 1:
+        status, error = 400, "one upstream name at most"
+    elif names:
+        groups = [g for g in groups if g.name == names[0]]
+        if not groups:
+            status, error = 404, "upstream not found"
+    if error:
+        if as_json:
+            return status, b"application/json", orjson.dumps({"error": error})
+        return status, b"text/plain", f"{error}\n".encode()
+    if as_json:
+        return 200, b"application/json", show_json(groups, monotonic_now)
+    return 200, b"text/plain", show_text(groups).encode()

@@ -30,7 +30,7 @@ from upsync.proxy.timer import Deadline
 
 if TYPE_CHECKING:
     from upsync.app import App
-    from upsync.proxy.exchange import ProxyExchange
+    from upsync.proxy.exchange import ProxyExchange, ProxyPlan
     from upsync.proxy.upstream_conn import UpstreamConnection
 
 log = logging.getLogger("upsync.client")
@@ -116,6 +116,7 @@ class ClientConnection(asyncio.Protocol):
         "linger_wanted",
         "loop",
         "parser",
+        "plans",
         "queue",
         "raw_header_bytes",
         "read_pause_reasons",
@@ -129,10 +130,11 @@ class ClientConnection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, app: "App", table: ServerTable) -> None:
+    def __init__(self, app: "App", table: ServerTable, plans: "dict[int, ProxyPlan]") -> None:
         self.app = app
         self.loop = app.loop
         self.table = table
+        self.plans = plans  # of the configuration this connection was accepted under
         self.limits = table.default.block.limits
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = self._new_parser()
@@ -573,7 +575,7 @@ class ClientConnection(asyncio.Protocol):
                 self.active is req
                 and self.exchange is None
                 and req.body_size > REPLAYABLE_BODY
-                and self.app.can_stream_body(req)
+                and self.app.can_stream_body(self, req)
             ):
                 self._start_proxy_streaming(req)
 
