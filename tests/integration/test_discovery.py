@@ -497,3 +497,20 @@ def test_removed_server_finishes_its_in_flight_request(etcd: Etcd, tmp_path: Pat
             assert results == [(200, b"slow\n")]
             assert request(port, "/")[2] == b"other\n"
     driver.delete_all()
+
+
+def test_etcd_v3_watch_event_over_512_kib_is_applied(etcd: Etcd, tmp_path: Path) -> None:
+    driver = EtcdV3Driver(etcd, f"upstreams/large{os.getpid()}")
+    port = free_port()
+    driver.put("127.0.0.1:8001")
+    with running_upsync(config(port, driver.upsync(), tmp_path / "d.conf"), port) as proc:
+        wait_until(lambda: "127.0.0.1:8001" in show(port))
+        # one event carrying a 600 KiB value (the seed's unknown "server" field is ignored)
+        driver.put("127.0.0.1:8002", json.dumps({"weight": 3, "server": "x" * 600_000}))
+        wait_until(lambda: "127.0.0.1:8002 weight=3" in show(port))
+        driver.put("127.0.0.1:8003")  # the same watch goes on
+        wait_until(lambda: "127.0.0.1:8003" in show(port))
+        # ...without a failure and a full read in between
+        log = (proc.workdir / "error.log").read_text()
+        assert "watch failed" not in log and "unreachable" not in log, log
+    driver.delete_all()

@@ -12,6 +12,8 @@ from upsync.sources.base import RegistryError
 from upsync.sources.consul import next_index, parse_catalog, parse_health, parse_kv
 from upsync.sources.entries import (
     EntryParser,
+    parse_entry,
+    read_server_lines,
     snapshot_from_kv,
     snapshot_from_server_lines,
     spec_from_json,
@@ -19,7 +21,7 @@ from upsync.sources.entries import (
 from upsync.sources.etcd_v2 import parse_directory
 from upsync.sources.etcd_v3 import prefix_range
 from upsync.upstream.group import UpstreamGroup
-from upsync.upstream.sync import UpstreamSync, backoff
+from upsync.upstream.sync import RetryPace, UpstreamSync, backoff
 
 
 def test_empty_value_means_module_defaults() -> None:
@@ -331,3 +333,50 @@ def test_bad_value_for_known_server_keeps_last_good_attributes() -> None:
         ("127.0.0.1:1", True),
         ("127.0.0.1:2", False),
     ]
+
+
+def test_retry_pace_starts_over_once_the_registry_answers() -> None:
+    pace = RetryPace(0.5)
+    assert [pace.failed() for _ in range(5)] == [0.5, 1, 2, 4, 8]
+    pace.answered()
+    assert pace.failed() == 0.5  # a new outage waits as little as the first did
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "[fe80::1%eth0\nserver 6.6.6.6:80]:80",  # a zone id carrying a line
+        "[fe80::1%eth0]:80",
+        "a;b:80",
+        "127.0.0.1:\u0662\u0667\u0661\u0664\u0663",  # non-ASCII digits
+        "host\tname:80",
+        "caf\u00e9.example:80",
+    ],
+)
+def test_registry_keys_nginx_would_not_take_are_bad_entries(key: str) -> None:
+    assert not isinstance(parse_entry(key, b""), ServerSpec)
+
+
+def test_file_source_byte_that_is_not_utf8_spoils_its_line_only() -> None:
+    data = (
+        b"# r\xe9sum\xe9 of the servers (Latin-1 comment)\n"
+        b"server 127.0.0.1:8001;\n"
+        b"server 127.0.0.1:8002 weight=2; # caf\xe9\n"
+        b"server 127.0.0.1:80\xff3;\n"
+    )
+    snapshot = read_server_lines(data, "/etc/servers.conf")
+    assert [s.name for s in snapshot.servers] == ["127.0.0.1:8001", "127.0.0.1:8002"]
+    assert [b.key for b in snapshot.bad] == ["/etc/servers.conf:4"]
+
+
+def test_file_source_malformed_line_keeps_the_server_as_it_was() -> None:
+    sync = make_sync()
+    sync.apply(
+        read_server_lines(b"server 127.0.0.1:1 weight=5;\nserver 127.0.0.1:2;\n", "f")
+    )
+    for broken in (b"server 127.0.0.1:1 weight=", b"server 127.0.0.1:1 weight=0;"):
+        sync.apply(read_server_lines(broken + b"\nserver 127.0.0.1:2;\n", "f"))
+        assert [(p.name, p.weight) for p in sync.group.peers] == [
+            ("127.0.0.1:1", 5),
+            ("127.0.0.1:2", 1),
+        ]

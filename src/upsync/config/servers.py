@@ -1,8 +1,10 @@
 """`server ADDRESS [params]` lines: shared by the config, dump files and file sources."""
 
 import ipaddress
+import re
 import socket
 from dataclasses import replace
+from typing import Final
 
 from upsync.config.model import ServerSpec
 from upsync.units import UnitError, parse_time
@@ -10,6 +12,12 @@ from upsync.units import UnitError, parse_time
 
 class ServerLineError(ValueError):
     pass
+
+
+# what nginx takes as a host: a name or an IPv4 address ("*" for listen's wildcard); anything
+# else, a ";" or a control character from a registry key, would be printed into upstream_show
+# and the dump, and read back as configuration
+_HOST: Final = re.compile(r"[A-Za-z0-9._-]+|\*")
 
 
 def split_address(address: str, default_port: int = 80) -> tuple[str, int]:
@@ -26,6 +34,8 @@ def split_address(address: str, default_port: int = 80) -> tuple[str, int]:
             raise ServerLineError(f'invalid address "{address}"')
         port_text = rest[1:] if rest else ""
         try:
+            if "%" in host:  # a zone id: nginx takes none, and it may carry any character
+                raise ValueError(host)
             ipaddress.IPv6Address(host)
         except ValueError:
             raise ServerLineError(f'invalid IPv6 address "{address}"') from None
@@ -33,11 +43,12 @@ def split_address(address: str, default_port: int = 80) -> tuple[str, int]:
         host, sep, port_text = address.rpartition(":")
         if not sep:
             host, port_text = address, ""
-        if not host or ":" in host:
+        if not _HOST.fullmatch(host):
             raise ServerLineError(f'invalid address "{address}"')
     if port_text == "":
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    # ASCII digits only: int() would also read "٢٧١٤٣"
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ServerLineError(f'invalid port in "{address}"')
     return host, int(port_text)
 

@@ -4,7 +4,7 @@ notification and reports each new complete list; it raises RegistryError when th
 cannot be used, and the caller retries."""
 
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -21,6 +21,32 @@ class RegistryError(Exception):
 
 class PollTimeout(RegistryError):
     """A long poll that ended without news: normal for watches without a server-side timeout."""
+
+
+# A watch stream's line (one etcd event batch) may be as large as the values it carries; aiohttp's
+# readline() stops at 64 KiB, so lines are split here, up to a bound that no sane entry reaches.
+MAX_STREAM_LINE = 64 * 1024 * 1024
+
+
+async def stream_lines(content: aiohttp.StreamReader, where: str) -> AsyncIterator[bytes]:
+    """The newline-ended lines of a streamed answer, whatever their size; RegistryError for a
+    line over MAX_STREAM_LINE (the caller reads the whole list again)."""
+    pending = bytearray()
+    while True:
+        end = pending.find(b"\n")
+        if end >= 0:
+            line = bytes(pending[: end + 1])
+            del pending[: end + 1]
+            yield line
+            continue
+        if len(pending) > MAX_STREAM_LINE:
+            raise RegistryError(f"{where}: a watch event over {MAX_STREAM_LINE} bytes")
+        chunk = await content.readany()
+        if not chunk:
+            if pending:
+                yield bytes(pending)
+            return
+        pending += chunk
 
 
 class Source:

@@ -163,7 +163,9 @@ def spec_from_tags(host: str, port: int, tags: list[str], down: bool = False) ->
 
 
 def snapshot_from_server_lines(text: str, origin: str) -> Snapshot:
-    """A dump file, or a file source: `server ADDRESS [params];` lines, `#` comments."""
+    """A dump file, or a file source: `server ADDRESS [params];` lines, `#` comments. A line
+    that cannot be used is reported with its file and line; when it still names a server, that
+    server keeps its last good attributes, as a bad registry value does."""
     servers: list[ServerSpec] = []
     bad: list[BadEntry] = []
     seen: set[str] = set()
@@ -172,10 +174,20 @@ def snapshot_from_server_lines(text: str, origin: str) -> Snapshot:
         if not line:
             continue
         key = f"{origin}:{number}"
-        if not line.endswith(";"):
-            bad.append(BadEntry(key, f'missing ";" in "{line}"'))
+        words = line.rstrip(";").split()
+        named: str | None = None
+        if len(words) >= 2 and words[0] == "server":
+            try:
+                named = format_name(*server_name(words[1]))
+            except ValueError:
+                named = None
+        if not line.isprintable():
+            # bytes that are not UTF-8 were read as surrogates (see read_server_lines)
+            bad.append(BadEntry(key, "the line is not UTF-8 text", named))
             continue
-        words = line[:-1].split()
+        if not line.endswith(";"):
+            bad.append(BadEntry(key, f'missing ";" in "{line}"', named))
+            continue
         if len(words) < 2 or words[0] != "server":
             bad.append(BadEntry(key, f'expected "server ADDRESS [params];", got "{line}"'))
             continue
@@ -184,9 +196,14 @@ def snapshot_from_server_lines(text: str, origin: str) -> Snapshot:
             # `server` lines take nginx's defaults, as they would in an included file
             spec = parse_server_params(format_name(host, port), words[2:])
         except (ValueError, ServerLineError) as exc:
-            bad.append(BadEntry(key, str(exc)))
+            bad.append(BadEntry(key, str(exc), named))
             continue
         if spec.name not in seen:
             seen.add(spec.name)
             servers.append(spec)
     return Snapshot(tuple(servers), "", tuple(bad))
+
+
+def read_server_lines(data: bytes, origin: str) -> Snapshot:
+    """Server lines from a file's bytes: a byte that is not UTF-8 spoils its own line only."""
+    return snapshot_from_server_lines(data.decode("utf-8", errors="surrogateescape"), origin)

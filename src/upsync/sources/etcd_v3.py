@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 
 from upsync.config.upsync import SyncSpec
-from upsync.sources.base import HttpSource, OnSnapshot, RegistryError
+from upsync.sources.base import HttpSource, OnSnapshot, RegistryError, stream_lines
 from upsync.sources.entries import EntryParser, Snapshot
 
 
@@ -93,10 +93,7 @@ class EtcdV3Source(HttpSource):
             ) as response:
                 if response.status != 200:
                     raise RegistryError(f"etcd refused the watch with {response.status}")
-                while True:
-                    line = await response.content.readline()
-                    if not line:
-                        raise RegistryError(f"{self.where}: the watch stream ended")
+                async for line in stream_lines(response.content, self.where):
                     result = orjson.loads(line).get("result")
                     if result is None:
                         raise RegistryError(f"etcd watch error: {line[:200]!r}")
@@ -116,6 +113,7 @@ class EtcdV3Source(HttpSource):
                             entries[name] = base64.b64decode(kv.get("value", ""))
                         revision = max(revision, int(kv.get("mod_revision", revision)))
                     on_snapshot(self.snapshot_of(entries, revision))
+                raise RegistryError(f"{self.where}: the watch stream ended")
         except TimeoutError:
             return  # nothing for upsync_timeout: start over quietly with a fresh read
         except aiohttp.ClientError as exc:

@@ -10,7 +10,7 @@ import watchfiles
 
 from upsync.config.model import ServerSpec
 from upsync.sources.base import OnSnapshot, RegistryError, Source
-from upsync.sources.entries import BadEntry, Snapshot, snapshot_from_server_lines
+from upsync.sources.entries import BadEntry, Snapshot, read_server_lines
 
 
 def read_servers(path: str) -> Snapshot:
@@ -22,13 +22,13 @@ def read_servers(path: str) -> Snapshot:
                 full = os.path.join(path, name)
                 if name.startswith(".") or not os.path.isfile(full):
                     continue
-                with open(full) as handle:
-                    snap = snapshot_from_server_lines(handle.read(), full)
+                with open(full, "rb") as handle:
+                    snap = read_server_lines(handle.read(), full)
                 parts.extend(snap.servers)
                 bad.extend(snap.bad)
             return Snapshot(tuple(parts), "", tuple(bad))
-        with open(path) as handle:
-            return snapshot_from_server_lines(handle.read(), path)
+        with open(path, "rb") as handle:
+            return read_server_lines(handle.read(), path)
     except OSError as exc:
         raise RegistryError(f"cannot read {path}: {exc.strerror}") from None
 

@@ -55,7 +55,8 @@ def write_dump(path: str, specs: Sequence[ServerSpec]) -> None:
 
 def read_dump(path: str) -> str | None:
     try:
-        with open(path) as handle:
-            return handle.read()
+        with open(path, "rb") as handle:
+            # a byte that is not UTF-8 spoils its own line, never the whole file
+            return handle.read().decode("utf-8", errors="surrogateescape")
     except FileNotFoundError:
         return None

@@ -35,6 +35,23 @@ def backoff(interval: float, failures: int) -> float:
     return min(delay, max(interval, BACKOFF_CAP))
 
 
+class RetryPace:
+    """How long to wait after a failed watch round: upsync_interval, doubling per failure in a
+    row, back to upsync_interval once the registry has answered again (a short outage after a
+    healthy hour waits as little as the first one did)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.failures = 0
+
+    def answered(self) -> None:
+        self.failures = 0
+
+    def failed(self) -> float:
+        self.failures += 1
+        return backoff(self.interval, self.failures)
+
+
 class UpstreamSync:
     def __init__(self, group: UpstreamGroup, spec: SyncSpec) -> None:
         self.group = group
@@ -51,6 +68,7 @@ class UpstreamSync:
         self.changes = 0
         self.dump_dirty = False
         self.dump_task: asyncio.Future[None] | None = None
+        self.pace = RetryPace(spec.interval)
         group.sync = self
 
     # start-up
@@ -131,24 +149,22 @@ class UpstreamSync:
         await self.source.close()
 
     async def _follow(self) -> None:
-        failures = 0
         while True:
             self.source.start_round()
             try:
                 await self.source.watch(self._on_snapshot)
-                failures = 0
+                self.pace.answered()
             except RegistryError as exc:
                 self._outage(str(exc))
                 if self.source.next_endpoint():
                     continue  # another address of the registry may answer at once
-                failures += 1
-                await asyncio.sleep(backoff(self.spec.interval, failures))
+                await asyncio.sleep(self.pace.failed())
             except Exception:
                 log.exception('upstream "%s": registry watch failed', self.group.name)
-                failures += 1
-                await asyncio.sleep(backoff(self.spec.interval, failures))
+                await asyncio.sleep(self.pace.failed())
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
+        self.pace.answered()
         self.apply(snapshot)
 
     def _outage(self, message: str) -> None:
