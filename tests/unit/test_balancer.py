@@ -16,6 +16,7 @@ from upsync.upstream.balancer import (
     Random,
     ip_hash_octets,
     ketama_points,
+    ketama_ring,
     memcached_hash,
     release,
 )
@@ -214,6 +215,27 @@ def test_consistent_hash_moves_few_keys_when_a_server_is_added() -> None:
         if before.pick(None, 100.0, key).name != after.pick(None, 100.0, key).name  # type: ignore[union-attr]
     )
     assert moved < len(keys) * 0.35  # about 1/5 move; modulo hashing would move about 4/5
+
+
+def ring_peer(index: int, weight: int) -> Peer:
+    name = f"10.1.{index // 250}.{index % 250 + 1}:80"
+    return Peer(ServerSpec(name=name, host=name[:-3], port=80, weight=weight, written=name))
+
+
+def test_consistent_hash_ring_derived_from_the_previous_one_equals_a_fresh_build() -> None:
+    rng = random.Random(11)
+    current = {i: rng.randint(1, 3) for i in range(300)}
+    ring = ConsistentHash([ring_peer(i, w) for i, w in current.items()])
+    for _ in range(20):  # servers leave, join and change weight, a few at a time
+        for _ in range(rng.randint(1, 4)):
+            index = rng.randrange(400)
+            if index in current and rng.random() < 0.5:
+                del current[index]
+            else:
+                current[index] = rng.randint(1, 3)
+        group = [ring_peer(i, w) for i, w in current.items()]
+        ring = ConsistentHash(group, previous=ring)
+        assert (ring.hashes, ring.servers, ring.shared) == ketama_ring(group)
 
 
 def test_random_respects_weights() -> None:

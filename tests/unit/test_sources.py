@@ -380,3 +380,11 @@ def test_file_source_malformed_line_keeps_the_server_as_it_was() -> None:
             ("127.0.0.1:1", 5),
             ("127.0.0.1:2", 1),
         ]
+
+
+def test_weight_over_the_limit_is_a_bad_entry_and_a_config_error() -> None:
+    assert isinstance(parse_entry("127.0.0.1:1", b'{"weight":1000}'), ServerSpec)
+    bad = parse_entry("127.0.0.1:1", b'{"weight":20000}')
+    assert not isinstance(bad, ServerSpec) and "at most 1000" in bad.reason
+    snapshot = read_server_lines(b"server 127.0.0.1:1 weight=20000;\n", "f")
+    assert not snapshot.servers and "limit of weight=1000" in snapshot.bad[0].reason

@@ -12,6 +12,12 @@ if TYPE_CHECKING:
 BalanceKind = Literal["round_robin", "least_conn", "ip_hash", "hash", "random"]
 
 
+# The largest server weight upsync takes (nginx takes any int). Weights are relative, so 1,000
+# already splits traffic to 0.1 %; without a bound one registry value (weight=20000) would make
+# `hash ... consistent` build a ring of 3.2 million points and stall every request meanwhile.
+MAX_WEIGHT = 1000
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSpec:
     """One upstream server: from a `server` line, a registry entry or a dump file line."""

@@ -6,7 +6,7 @@ import socket
 from dataclasses import replace
 from typing import Final
 
-from upsync.config.model import ServerSpec
+from upsync.config.model import MAX_WEIGHT, ServerSpec
 from upsync.units import UnitError, parse_time
 
 
@@ -85,7 +85,13 @@ def parse_server_params(
             else:
                 raise ServerLineError(f'invalid parameter "{param}"')
         elif key == "weight":
-            spec = replace(spec, weight=_positive_int(key, value, 1))
+            weight = _positive_int(key, value, 1)
+            if weight > MAX_WEIGHT:
+                raise ServerLineError(
+                    f'"{param}" is over upsync\'s limit of weight={MAX_WEIGHT} '
+                    "(weights are relative: scale them down)"
+                )
+            spec = replace(spec, weight=weight)
         elif key == "max_fails":
             spec = replace(spec, max_fails=_positive_int(key, value, 0))
         elif key == "max_conns":

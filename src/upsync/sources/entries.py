@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from upsync.config.model import ServerSpec
+from upsync.config.model import MAX_WEIGHT, ServerSpec
 from upsync.config.servers import ServerLineError, format_name, parse_server_params, split_address
 from upsync.units import UnitError, parse_time
 
@@ -48,7 +48,9 @@ def server_name(key: str) -> tuple[str, int]:
     return host, port
 
 
-def _int_field(values: dict[str, Any], name: str, default: int, minimum: int) -> int:
+def _int_field(
+    values: dict[str, Any], name: str, default: int, minimum: int, maximum: int = 2**31 - 1
+) -> int:
     value = values.get(name, default)
     if isinstance(value, bool):
         value = int(value)
@@ -58,6 +60,8 @@ def _int_field(values: dict[str, Any], name: str, default: int, minimum: int) ->
         raise ValueError(f'"{name}" must be a number, not {value!r}')
     if value < minimum:
         raise ValueError(f'"{name}" must be at least {minimum}, not {value}')
+    if value > maximum:
+        raise ValueError(f'"{name}" must be at most {maximum}, not {value}')
     return value
 
 
@@ -97,7 +101,7 @@ def spec_from_fields(host: str, port: int, values: dict[str, Any]) -> ServerSpec
         name=format_name(host, port),
         host=host,
         port=port,
-        weight=_int_field(values, "weight", DEFAULT_WEIGHT, 1),
+        weight=_int_field(values, "weight", DEFAULT_WEIGHT, 1, MAX_WEIGHT),
         max_fails=_int_field(values, "max_fails", DEFAULT_MAX_FAILS, 0),
         fail_timeout=_seconds_field(values, "fail_timeout", DEFAULT_FAIL_TIMEOUT),
         max_conns=_int_field(values, "max_conns", 0, 0),

@@ -44,7 +44,12 @@ class UpstreamGroup:
     def _build_balancer(self, peers: Sequence[Peer]) -> Balancer:
         method = self.config.method
         return make_balancer(
-            method.kind, peers, consistent=method.consistent, two=method.two, rng=self.rng
+            method.kind,
+            peers,
+            consistent=method.consistent,
+            two=method.two,
+            rng=self.rng,
+            previous=self.balancer,
         )
 
     def replace(self, specs: Sequence[ServerSpec], new_first: bool = False) -> bool:
