@@ -20,6 +20,8 @@ from upsync.upstream.sync import UpstreamSync
 log = logging.getLogger("upsync")
 
 BindKey = tuple[str, int]
+# how many idle connections one new connection past worker_connections may close (nginx: 32)
+IDLE_CLOSED_AT_ONCE = 32
 # how late a silent new connection's client_header_timeout may fire
 FIRST_BYTES_RESOLUTION = 0.25
 
@@ -57,6 +59,7 @@ class App:
         self.stopped = asyncio.Event()
         self.background: set[asyncio.Task[None]] = set()
         self.drained = asyncio.Event()  # set when the last connection closes while draining
+        self.last_full_warning = -1.0
         # a new connection's client_header_timeout until its first bytes: nearly every client
         # sends at once, so one coarse shared timer spares each connection a loop timer
         self.awaiting_first_bytes: CoarseTimeouts[ClientConnection] = CoarseTimeouts(
@@ -174,6 +177,25 @@ class App:
         await self._sync_listeners()
         self.access_logs.close()
         log.info("configuration reloaded from %s", config.path)
+
+    def admit(self, conn: ClientConnection) -> bool:
+        """worker_connections: a new connection past the limit first makes idle ones close
+        (kept-alive or silent, as nginx reuses its idle connections); if none is idle it is
+        refused, and that is logged at most once a second."""
+        limit = self.config.main.worker_connections
+        if len(self.connections) >= limit:
+            idle = [c for c in self.connections if c.idle()][:IDLE_CLOSED_AT_ONCE]
+            for other in idle:
+                other.close()  # connection_lost takes it out of the set
+                self.connections.discard(other)
+            if len(self.connections) >= limit:
+                now = self.loop.time()
+                if now - self.last_full_warning >= 1.0:
+                    self.last_full_warning = now
+                    log.warning("%d worker_connections are not enough", limit)
+                return False
+        self.connections.add(conn)
+        return True
 
     def connection_closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)

@@ -5,6 +5,7 @@ import asyncio
 import gc
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Coroutine
@@ -120,8 +121,39 @@ async def _serve(config: Config, args: argparse.Namespace, pid: "PidFile") -> in
     return 0
 
 
+# descriptors beyond two per client connection (its upstream connection): listeners, log
+# files, registry watches, the dump
+SPARE_DESCRIPTORS = 64
+
+
+def _open_file_budget(config: Config) -> None:
+    """worker_rlimit_nofile as nginx sets it; without it, the soft limit is raised (up to the
+    hard one) to what worker_connections needs, so the limit upsync enforces is reached before
+    the kernel's and running out of descriptors is never mistaken for failing upstreams."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = config.main.worker_rlimit_nofile or max(
+        soft, 2 * config.main.worker_connections + SPARE_DESCRIPTORS
+    )
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if wanted != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("setrlimit(RLIMIT_NOFILE, %d) failed (%s)", wanted, exc)
+    needed = 2 * config.main.worker_connections + SPARE_DESCRIPTORS
+    if soft < needed:
+        log.warning(
+            "%d worker_connections exceed open file resource limit: %d",
+            config.main.worker_connections,
+            soft,
+        )
+
+
 def run(config: Config, args: argparse.Namespace) -> int:
     setup_error_log(config.main.error_log, config.main.error_log_level)
+    _open_file_budget(config)
     for notice in config.notices:
         log.info(notice)
     if config.main.worker_processes > 1:

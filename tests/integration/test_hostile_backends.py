@@ -3,6 +3,7 @@ heads. A response is relayed exactly once, and only a clean connection is pooled
 
 import contextlib
 import socket
+import time
 from collections.abc import Callable, Iterator
 
 from tests.helpers import (
@@ -109,19 +110,22 @@ def test_garbage_after_a_response_keeps_the_connection_out_of_the_pool() -> None
 def test_early_answer_to_a_streamed_body_is_not_pooled() -> None:
     def reply(req: RawRequest) -> Reply:
         if req.path == "/upload":
-            # answers at once and never reads the body
+            # never reads the body, and answers once the body has filled the socket buffers
+            # (so upsync is holding the client back when the answer comes)
+            time.sleep(0.3)
             return b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 6\r\n\r\ndenied", False
         return ok_response(b"ok " + req.path.encode()), True
 
     with proxy_to(reply, "client_max_body_size 0;") as (port, backend):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            size = 3 * 1024 * 1024
+            # far more than loopback socket buffers hold: the body cannot all be written
+            # before the early answer arrives
+            size = 48 * 1024 * 1024
             sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
             answer = b""
-            with contextlib.suppress(OSError):
-                block = b"a" * 65536
-                for _ in range(size // len(block)):
-                    sock.sendall(block)
+            block = b"a" * 65536
+            for _ in range(size // len(block)):
+                sock.sendall(block)  # the rest is read and dropped: never held back for good
             with contextlib.suppress(OSError):
                 while b"denied" not in answer:
                     chunk = sock.recv(65536)

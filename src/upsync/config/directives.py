@@ -31,7 +31,6 @@ def register() -> None:
 IGNORED = frozenset(
     {
         "user",
-        "worker_rlimit_nofile",
         "worker_cpu_affinity",
         "worker_priority",
         "worker_shutdown_timeout",

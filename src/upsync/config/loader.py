@@ -87,6 +87,10 @@ class _Builder:
                     main["worker_processes"] = int(value)
                 else:
                     raise node.invalid(value)
+            elif node.name == "worker_rlimit_nofile":
+                if not node.args[0].isdigit() or int(node.args[0]) == 0:
+                    raise node.invalid(node.args[0])
+                main["worker_rlimit_nofile"] = int(node.args[0])
             elif node.name == "pid":
                 main["pid"] = self._path(node.args[0])
             elif node.name == "error_log":

@@ -170,6 +170,7 @@ class ServerBlock:
 class MainConfig:
     worker_processes: int = 1
     worker_connections: int = 512
+    worker_rlimit_nofile: int = 0  # 0: as inherited (raised if worker_connections needs it)
     pid: str = "logs/upsync.pid"
     error_log: str = "stderr"
     error_log_level: str = "error"

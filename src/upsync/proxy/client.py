@@ -211,7 +211,10 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(
             asyncio.Transport, transport
         )  # uvloop's transports are not subclasses
-        self.app.connections.add(self)
+        if not self.app.admit(self):
+            self.closed = True
+            self.transport.abort()
+            return
         self.awaiting_first_bytes = True
         self.app.awaiting_first_bytes.add(self, self.limits.client_header_timeout)
 
@@ -833,7 +836,10 @@ class ClientConnection(asyncio.Protocol):
             if pending and not self.closed:
                 self.data_received(pending)
         else:
-            # the rest of this request's body is read and dropped before the next request
+            # the rest of this request's body is read and dropped before the next request;
+            # the upstream it was going to is done with, and so is its back-pressure
+            self.body_sink = None
+            self.resume_reading_for("upstream")
             self.resume_reading_for("connecting")
             self.timer.set(self.limits.client_body_timeout)
 

@@ -2,6 +2,7 @@
 `proxy_next_upstream` says, marking failures on peers as nginx's passive health check does."""
 
 import asyncio
+import errno
 import logging
 from typing import TYPE_CHECKING, Final
 from urllib.parse import quote
@@ -48,6 +49,8 @@ _CLOSE_TEMPLATE = compile_template("close")
 _URI_SAFE: Final = "".join(
     chr(c) for c in range(0x21, 0x7F) if chr(c) not in "#%?" and not chr(c).isalnum()
 )
+
+LOCAL_RESOURCE_ERRORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 # Bodies up to this size are read whole before the upstream is chosen, so a failed attempt can
 # be replayed on the next peer (nginx's proxy_request_buffering); larger ones are streamed.
@@ -256,9 +259,17 @@ class ProxyExchange:
             return
         except OSError as exc:
             self.connecting = None
-            if not self.finished:
-                log.error("connect() to %s failed (%s)", peer.name, exc.strerror or exc)
-                self._failed("error", 502)
+            if self.finished:
+                return
+            if exc.errno in LOCAL_RESOURCE_ERRORS:
+                # this process is out of descriptors or memory: not the peer's failure (nginx
+                # answers 500 and leaves the peer's state alone)
+                log.critical("socket() for %s failed (%s)", peer.name, exc.strerror or exc)
+                self._finish_peer(failed=False)
+                self._give_up(500)
+                return
+            log.error("connect() to %s failed (%s)", peer.name, exc.strerror or exc)
+            self._failed("error", 502)
             return
         self.connecting = None
         if self.finished:
