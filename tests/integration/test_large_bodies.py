@@ -60,3 +60,76 @@ def test_upload_to_a_slow_backend_runs_in_bounded_memory() -> None:
         assert int(response.read()) == SIZE
         conn.close()
         assert proc.peak_rss_kb() - baseline < BOUND_KB
+
+
+def test_chunked_upload_to_an_http10_upstream_waits_on_disk_not_in_memory() -> None:
+    port = free_port()
+    # proxy_http_version 1.0 (nginx's default): a chunked body must be read whole before it
+    # can go out with a Content-Length; it is kept in client_body_temp_path
+    text = config(port, 0).replace(" proxy_http_version 1.1;", "")
+    size = 48 * 1024 * 1024
+    with Backend("sink") as backend:
+        text = text.replace("127.0.0.1:0;", f"127.0.0.1:{backend.port};")
+        with running_upsync(text, port) as proc:
+            baseline = proc.peak_rss_kb()
+
+            def body() -> Iterator[bytes]:
+                block = b"z" * (1 << 20)
+                for _ in range(size // len(block)):
+                    yield block
+
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request("PUT", "/slowsink", body=body(), encode_chunked=True)
+            response = conn.getresponse()
+            assert response.status == 200
+            assert int(response.read()) == size
+            conn.close()
+            assert proc.peak_rss_kb() - baseline < 16 * 1024
+            assert list((proc.workdir / "client_body_temp").iterdir()) == []
+
+
+def test_unfinished_bodies_are_held_on_disk() -> None:
+    port = free_port()
+    with Backend("b") as backend, running_upsync(config(port, backend.port), port) as proc:
+        baseline = proc.peak_rss_kb()
+        sockets = []
+        try:
+            for _ in range(40):  # 40 uploads of 900 KB, each one byte short of its end
+                sock = socket.create_connection(("127.0.0.1", port))
+                sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 921601\r\n\r\n")
+                sock.sendall(b"u" * 921_600)
+                sockets.append(sock)
+            # every byte has reached upsync when one more request on a new connection is served
+            with socket.create_connection(("127.0.0.1", port)) as probe:
+                probe.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert probe.recv(12) == b"HTTP/1.1 200"
+            growth = proc.peak_rss_kb() - baseline
+        finally:
+            for sock in sockets:
+                sock.close()
+        assert growth < 12 * 1024  # 36 MB of bodies, a few MB of memory
+
+
+def test_a_spooled_body_is_sent_again_whole_on_a_retry() -> None:
+    port = free_port()
+    dead = free_port()
+    with Backend("b") as backend:
+        text = f"""
+events {{}}
+http {{
+    upstream backend {{ server 127.0.0.1:{dead}; server 127.0.0.1:{backend.port}; }}
+    server {{
+        listen 127.0.0.1:{port};
+        client_body_buffer_size 4k;
+        location / {{ proxy_pass http://backend; }}
+    }}
+}}
+"""
+        with running_upsync(text, port):
+            payload = bytes(range(256)) * 800  # 200 KB, past the 4k kept in memory
+            for _ in range(2):  # whichever server round robin asks first
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("POST", "/echo", body=payload)
+                response = conn.getresponse()
+                assert response.status == 200 and response.read() == payload
+                conn.close()

@@ -60,6 +60,8 @@ INHERITED = frozenset(
         "allow",
         "deny",
         "client_max_body_size",
+        "client_body_buffer_size",
+        "client_body_temp_path",
         "keepalive_timeout",
         "keepalive_requests",
         "access_log",
@@ -307,11 +309,17 @@ class HttpBuilder:
             proxy=self._proxy_settings(scope),
             access=self._access(scope),
             client_max_body_size=_size(scope.one("client_max_body_size"), 1024 * 1024),
+            client_body_buffer_size=_size(scope.one("client_body_buffer_size"), 16 * 1024),
+            client_body_temp_path=self._temp_path(scope.one("client_body_temp_path")),
             keepalive_timeout=_time(keepalive, 75.0),
             default_type=default_type.args[0] if default_type else "text/plain",
             access_log=self._access_log(scope),
             where=node.where,
         )
+
+    def _temp_path(self, node: Node | None) -> str:
+        path = node.args[0] if node is not None else "client_body_temp"
+        return path if os.path.isabs(path) else os.path.join(self.prefix, path)
 
     def _handler(self, node: Node, in_regex: bool) -> Handler:
         if node.name == "upstream_show":

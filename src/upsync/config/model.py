@@ -135,6 +135,8 @@ class LocationConfig:
     proxy: ProxySettings
     access: tuple[AccessRule, ...]
     client_max_body_size: int
+    client_body_buffer_size: int  # a body past it waits in a file in client_body_temp_path
+    client_body_temp_path: str
     keepalive_timeout: float
     default_type: str
     access_log: AccessLog

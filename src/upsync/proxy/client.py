@@ -14,6 +14,7 @@ import httptools
 
 from upsync.config.model import AccessRule, LocationConfig, ProxyPass, Return, UpstreamShow
 from upsync.proxy import http1
+from upsync.proxy.body import RequestBody
 from upsync.proxy.exchange import REPLAYABLE_BODY
 from upsync.proxy.intake import (
     NAME_INVALID,
@@ -573,7 +574,13 @@ class ClientConnection(asyncio.Protocol):
         if sink is not None and self.active is req:
             sink.on_request_body(body)
         elif not req.response_done:
-            req.body.append(body)
+            kept = req.body
+            if kept is None:
+                location = req.location or self.table.default.block.fallback
+                kept = req.body = RequestBody(
+                    location.client_body_buffer_size, location.client_body_temp_path
+                )
+            kept.append(body)
             if (
                 self.active is req
                 and self.exchange is None

@@ -52,6 +52,8 @@ _URI_SAFE: Final = "".join(
 
 LOCAL_RESOURCE_ERRORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
+SPOOL_BLOCK: Final = 64 * 1024
+
 # Bodies up to this size are read whole before the upstream is chosen, so a failed attempt can
 # be replayed on the next peer (nginx's proxy_request_buffering); larger ones are streamed.
 REPLAYABLE_BODY: Final = 1024 * 1024
@@ -151,6 +153,7 @@ class ProxyExchange:
         "loop",
         "peer",
         "plan",
+        "pumping",
         "req",
         "request_sent",
         "request_written",
@@ -187,6 +190,7 @@ class ProxyExchange:
         self.started = self.loop.time()
         self.request_sent = False
         self.request_written = False  # the whole request, body included, went to the upstream
+        self.pumping = False  # a spooled body is being sent
         self.response_started = False
         self.frame = FRAME_NONE
         self.until_close = False  # the upstream's body ends when it closes the connection
@@ -288,8 +292,18 @@ class ProxyExchange:
         req = self.req
         transport = conn.transport
         assert transport is not None
+        kept = req.body
         if req.body_complete and not self.streaming:
-            body = b"".join(req.body) if len(req.body) != 1 else req.body[0]
+            if kept is not None and kept.spooled:
+                # a body in a temporary file goes out block by block, as the upstream takes it
+                transport.write(
+                    self.plan.head(req, self.uri, b"Content-Length: %d\r\n" % kept.size)
+                )
+                kept.rewind()
+                self.request_sent = True
+                self._pump()
+                return
+            body = kept.in_memory() if kept is not None else b""
             framing = (
                 b"Content-Length: %d\r\n" % len(body)
                 if (body or req.content_length is not None)
@@ -305,15 +319,38 @@ class ProxyExchange:
             else:
                 framing = b"Transfer-Encoding: chunked\r\n"
             transport.write(self.plan.head(req, self.uri, framing))
-            for chunk in req.body:
-                self._write_body(chunk)
-            req.body.clear()
+            if kept is not None:
+                held = kept.take()  # at most REPLAYABLE_BODY: streaming starts past it
+                if held:
+                    self._write_body(held)
             self._arm(self.settings.send_timeout)
             if req.body_complete:
                 self.on_request_body_complete()
             else:
                 self.client.stream_body_to(self)
         self.request_sent = True
+
+    def _pump(self) -> None:
+        """Send a spooled body while the upstream keeps up; resumed by on_upstream_writable."""
+        conn = self.conn
+        kept = self.req.body
+        if conn is None or conn.transport is None or kept is None:
+            return
+        transport = conn.transport
+        while not conn.write_paused:
+            block = kept.read(SPOOL_BLOCK)
+            if not block:
+                self.pumping = False
+                self.request_written = True
+                self._arm(self.settings.read_timeout)
+                return
+            transport.write(block)
+        self.pumping = True
+        self._arm(self.settings.send_timeout)
+
+    def on_upstream_writable(self) -> None:
+        if self.pumping:
+            self._pump()
 
     # request body streaming (bodies too large to keep for a retry)
     def _write_body(self, chunk: bytes) -> None:

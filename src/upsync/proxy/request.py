@@ -18,6 +18,7 @@ class ConnectionAddresses(Protocol):
 
 if TYPE_CHECKING:
     from upsync.config.model import LocationConfig
+    from upsync.proxy.body import RequestBody
     from upsync.proxy.routing import VirtualServer
 
 
@@ -63,7 +64,7 @@ class Request:
         self.chunked = False
         self.expect_continue = False
         self.upgrade = False
-        self.body: list[bytes] = []
+        self.body: RequestBody | None = None  # kept for sending once it has bytes
         self.body_size = 0
         self.body_complete = False
         self.response_done = False

@@ -59,6 +59,7 @@ class UpstreamConnection(PooledConnection):
         "transport",
         "tunnel",
         "upgrade_lines",
+        "write_paused",
     )
 
     def __init__(self, peer: Peer, pool: KeepalivePool) -> None:
@@ -83,6 +84,7 @@ class UpstreamConnection(PooledConnection):
         self.max_head = 4096  # proxy_buffer_size of the request's location
         self.tunnel: asyncio.Transport | None = None
         self.closed = False
+        self.write_paused = False
         self.timer = Deadline(asyncio.get_running_loop(), self._on_timeout)
 
     def _on_timeout(self) -> None:
@@ -149,14 +151,17 @@ class UpstreamConnection(PooledConnection):
         return None
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         if self.exchange is not None:
             self.exchange.client.pause_reading_for("upstream")
         elif self.tunnel is not None:
             self.tunnel.pause_reading()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         if self.exchange is not None:
             self.exchange.client.resume_reading_for("upstream")
+            self.exchange.on_upstream_writable()
         elif self.tunnel is not None:
             self.tunnel.resume_reading()
 
