@@ -252,3 +252,15 @@ def test_randomly_damaged_requests_never_take_the_worker_down(proxy) -> None:  #
     assert_still_serving(port)
     log = (process.workdir / "error.log").read_text()
     assert "Traceback" not in log and "error while handling" not in log
+
+
+def test_bad_body_of_a_queued_pipelined_request_is_answered_in_turn(proxy) -> None:  # type: ignore[no-untyped-def]
+    port, _, _ = proxy
+    reply = raw_exchange(
+        port,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        timeout=3,
+    )
+    first, _, rest = reply.partition(b"HTTP/1.1 400")
+    assert first.startswith(b"HTTP/1.1 200") and rest, reply[:300]

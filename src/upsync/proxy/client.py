@@ -410,6 +410,8 @@ class ClientConnection(asyncio.Protocol):
     def _feed(self, parser: httptools.HttpRequestParser, data: bytes, start: int, end: int) -> bool:
         """Parse data[start:end]; False when reading this connection stops here (rejected, or
         the rest belongs to an upgraded protocol)."""
+        if start == end:
+            return True  # nothing to parse (the parser would report an empty body piece)
         chunk = data if start == 0 and end == len(data) else data[start:end]
         try:
             parser.feed_data(chunk)
@@ -480,12 +482,15 @@ class ClientConnection(asyncio.Protocol):
             self.active.body_complete = True
             self.send_error(status)
             return
-        # a pipelined request behind one still being answered: its error waits its turn
-        req = Request(self)
+        # a pipelined request behind one still being answered: its error waits its turn (in
+        # place of the request itself when its head was queued and its body went bad)
+        current = self.current
+        req = current if current is not None and current in self.queue else Request(self)
         req.status = status
         req.keep_alive = False
         req.body_complete = True
-        self.queue.append(req)
+        if req is not current:
+            self.queue.append(req)
         self.current = None
 
     def _write_and_close(self, data: bytes) -> None:
@@ -557,7 +562,7 @@ class ClientConnection(asyncio.Protocol):
         req = self.current
         if req is None:
             return
-        if body[-1] == 13:
+        if body and body[-1] == 13:
             self.cr_is_data = True  # see data_received: a bare CR inside a chunk
         req.body_size += len(body)
         if self.active is req:
