@@ -38,7 +38,9 @@ lint: $(STAMP)
 test: system-deps $(STAMP) lint
 	$(BIN)/pytest
 	PYTHONPATH=$(CURDIR)/src $(BIN)/pytest -q tests/unit tests/integration/test_proxy.py \
-		tests/integration/test_bad_input.py tests/integration/test_memory.py
+		tests/integration/test_bad_input.py tests/integration/test_memory.py \
+		tests/integration/test_hostile_backends.py tests/integration/test_hostile_clients.py \
+		tests/integration/test_invariants.py
 
 bench: system-deps $(STAMP)
 	$(BIN)/python bench/proxy_bench.py

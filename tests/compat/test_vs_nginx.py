@@ -235,3 +235,49 @@ def test_bare_lf_requests_are_accepted_like_nginx() -> None:
                 statuses.append(reply.split(b"\r\n", 1)[0].split(b" ")[1])
                 assert reply.endswith(b"a\n")
     assert statuses == [b"200", b"200"]
+
+
+# requests nginx and upsync must answer alike; what reaches the upstream is compared too
+EDGE_REQUESTS = [
+    b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.2\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"b" * 9000 + b"\r\n\r\n",
+    b"FOOBAR /m HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET /e HTTP/1.1\r\nHost: x\r\nExpect: foo\r\nConnection: close\r\n\r\n",
+    b"GET http://x?q=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET /h HTTP/1.1\r\nHost: x\r\nX_Real_IP: 6.6.6.6\r\nX.Dot: 1\r\nConnection: close\r\n\r\n",
+    b"POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    b"3\r\nabc\r\n0\r\nX-Trailer: forged\r\n\r\n",
+    b"POST /cr HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    b"3\rabc\r\n0\r\n\r\n",
+]
+
+
+def edge_answers(runner: Runner) -> list[tuple[int, str | None]]:
+    from tests.helpers import RawRequest, ScriptedBackend, ok_response, raw_exchange
+
+    def echo_path(req: RawRequest) -> tuple[bytes, bool]:
+        seen = (req.method + " " + req.path).encode("latin-1")
+        names = sorted(line.split(b":")[0].lower() for line in req.head.split(b"\r\n")[1:])
+        return ok_response(seen + b" " + b",".join(names)), True
+
+    port = free_port()
+    answers: list[tuple[int, str | None]] = []
+    with ScriptedBackend(echo_path) as backend, runner(
+        config(port, f"server 127.0.0.1:{backend.port};", "proxy_http_version 1.1;"), port
+    ):
+        for raw in EDGE_REQUESTS:
+            before = len(backend.requests)
+            reply = raw_exchange(port, raw, timeout=3)
+            status = int(reply[9:12]) if reply.startswith(b"HTTP/1.1 ") else 0
+            body = reply.partition(b"\r\n\r\n")[2].decode("latin-1")
+            answers.append((status, body if len(backend.requests) > before else None))
+    return answers
+
+
+def test_edge_requests_are_answered_and_forwarded_as_nginx_does() -> None:
+    assert edge_answers(running_upsync) == edge_answers(running_nginx)

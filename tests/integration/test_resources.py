@@ -68,17 +68,38 @@ http {{
     server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://backend; }} }}
 }}
 """
-        with running_upsync(text, port) as proc:
-            with contextlib.ExitStack() as stack:
-                # hold client connections until upsync has no descriptor left for the upstream
-                for _ in range(200):
-                    with contextlib.suppress(OSError):
-                        sock = stack.enter_context(socket.create_connection(("127.0.0.1", port)))
-                        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-                    if "socket() for" in (proc.workdir / "error.log").read_text():
+        with running_upsync(text, port) as proc, contextlib.ExitStack() as stack:
+            # idle client connections until upsync has no descriptor left: the next one it
+            # accepts is closed at once
+            held: list[socket.socket] = []
+            while True:
+                sock = stack.enter_context(socket.create_connection(("127.0.0.1", port)))
+                sock.settimeout(0.05)
+                try:
+                    if sock.recv(1) == b"":
                         break
+                except TimeoutError:
+                    held.append(sock)
+                except ConnectionResetError:
+                    break
+                assert len(held) < 100, "upsync never ran out of descriptors"
+            # a request on a connection it holds needs one more descriptor, for the upstream
+            first = held[0]
+            first.settimeout(5)
+            first.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert first.recv(12) == b"HTTP/1.1 500"
+            for sock in held:
+                sock.close()
             log = (proc.workdir / "error.log").read_text()
             assert "socket() for" in log and "Too many open files" in log
             assert "temporarily disabled" not in log
-            # the load is gone: the upstream serves at once, not after fail_timeout
-            assert request(port, "/")[0] == 200
+            # once upsync has seen those connections go, the upstream serves again: well within
+            # its fail_timeout of 60s, so it was never counted as failed
+
+            def served() -> bool:
+                try:
+                    return request(port, "/", timeout=1)[0] == 200
+                except OSError:
+                    return False
+
+            wait_until(served)
