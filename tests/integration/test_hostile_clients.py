@@ -201,6 +201,28 @@ def test_requests_nginx_proxies(shared, raw: bytes, upstream: bytes) -> None:  #
     assert upstream_line(backend) == upstream
 
 
+def test_chunked_body_framed_with_bare_lfs_is_taken(shared) -> None:  # type: ignore[no-untyped-def]
+    port, backend, _ = shared
+    start = b"POST /lf HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for framing in (b"3\nabc\n0\n\n", b"3\nabc\n0\nX-T: 1\n\n", b"3\r\nabc\r\n0\n\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+            sock.sendall(start + framing)
+            assert sock.recv(12) == b"HTTP/1.1 200"  # at once, not at client_body_timeout
+        assert backend.requests[-1].body == b"abc"
+    # the same on a kept-alive connection, with the next request after the answer
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+        sock.sendall(start + b"3\nabc\n0\n\n")
+        assert sock.recv(12) == b"HTTP/1.1 200"
+        sock.recv(65536)
+        sock.sendall(b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        assert (
+            answer.count(b"HTTP/1.1 200") == 1 and upstream_line(backend) == b"GET /after HTTP/1.1"
+        )
+
+
 def test_request_pipelined_after_a_declined_upgrade_is_answered(shared) -> None:  # type: ignore[no-untyped-def]
     port, backend, _ = shared
     reply = send(

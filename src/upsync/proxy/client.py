@@ -109,6 +109,7 @@ class ClientConnection(asyncio.Protocol):
         "header_size",
         "in_headers",
         "keepalive_timeout",
+        "last_chunk_open",
         "last_host",
         "last_host_header",
         "limits",
@@ -165,6 +166,7 @@ class ClientConnection(asyncio.Protocol):
         # the method and target as sent, when the parser was given a stand-in request line
         self.line_override: tuple[bytes, bytes] | None = None
         self.cr_is_data = False
+        self.last_chunk_open = False  # a chunk size line parsed, no data after it yet
         # the client may still be sending when the connection is closed (an unread body, input
         # after a rejected head): close the write side first and read on, or the kernel resets
         # the connection and the client never sees the answer (nginx's lingering close)
@@ -395,6 +397,12 @@ class ClientConnection(asyncio.Protocol):
                 start = at + 1
         if not self._feed(parser, data, start, len(data)):
             return
+        if self.last_chunk_open and data.endswith(b"\n\n"):
+            # "0\n\n" ends a chunked body with bare LFs, as nginx takes it; the parser waits for
+            # one byte of lookahead first, which a client that sent its last request never sends
+            self.last_chunk_open = False
+            if not self._feed(parser, b"\n", 0, 1):
+                return
         if self.in_headers and data.endswith(b"\r"):
             self.cr_pending = True
         if self.in_headers and self.current is not None:
@@ -564,6 +572,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if body and body[-1] == 13:
             self.cr_is_data = True  # see data_received: a bare CR inside a chunk
+        self.last_chunk_open = False
         req.body_size += len(body)
         if self.active is req:
             self.timer.set(self.limits.client_body_timeout)
@@ -593,6 +602,12 @@ class ClientConnection(asyncio.Protocol):
                 and self.app.can_stream_body(self, req)
             ):
                 self._start_proxy_streaming(req)
+
+    def on_chunk_header(self) -> None:
+        self.last_chunk_open = True  # the zero-size last chunk if no data follows
+
+    def on_chunk_complete(self) -> None:
+        self.last_chunk_open = False
 
     def on_message_complete(self) -> None:
         req = self.current
