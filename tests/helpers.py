@@ -469,7 +469,10 @@ class KeepAliveClient:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
 
     def get(
-        self, path: str, method: str = "GET", body: bytes | None = None,
+        self,
+        path: str,
+        method: str = "GET",
+        body: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         self.conn.request(method, path, body=body, headers=headers or {})
@@ -479,3 +482,25 @@ class KeepAliveClient:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def keepalive_proxy_config(
+    backend_port: int, port: int, location: str = "", server: str = ""
+) -> str:
+    """upsync in front of one backend with pooled HTTP/1.1 upstream connections, nginx's recipe."""
+    return f"""
+events {{}}
+http {{
+    upstream backend {{ server 127.0.0.1:{backend_port} max_fails=1; keepalive 8; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            {location}
+        }}
+        {server}
+    }}
+}}
+"""

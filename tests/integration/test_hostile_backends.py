@@ -12,6 +12,7 @@ from tests.helpers import (
     Reply,
     ScriptedBackend,
     free_port,
+    keepalive_proxy_config,
     ok_response,
     raw_exchange,
     request,
@@ -22,22 +23,8 @@ INJECTED = b"HTTP/1.1 200 OK\r\nSet-Cookie: session=stolen\r\nContent-Length: 8\
 
 
 def config(backend_port: int, port: int, extra: str = "") -> str:
-    return f"""
-events {{}}
-http {{
-    upstream backend {{ server 127.0.0.1:{backend_port} max_fails=1; keepalive 8; }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            {extra}
-        }}
-        location /denied {{ deny all; proxy_pass http://backend; }}
-    }}
-}}
-"""
+    denied = "location /denied { deny all; proxy_pass http://backend; }"
+    return keepalive_proxy_config(backend_port, port, extra, denied)
 
 
 @contextlib.contextmanager
@@ -45,9 +32,7 @@ def proxy_to(
     reply: Callable[[RawRequest], Reply], extra: str = ""
 ) -> Iterator[tuple[int, ScriptedBackend]]:
     port = free_port()
-    with ScriptedBackend(reply) as backend, running_upsync(
-        config(backend.port, port, extra), port
-    ):
+    with ScriptedBackend(reply) as backend, running_upsync(config(backend.port, port, extra), port):
         yield port, backend
 
 
@@ -164,7 +149,9 @@ def test_post_is_never_resent_when_a_pooled_connection_closes() -> None:
 
 
 def test_unrequested_101_does_not_open_a_tunnel() -> None:
-    switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+    switch = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+    )
     with proxy_to(misbehaving("/switch", switch)) as (port, backend):
         reply = raw_exchange(
             port,

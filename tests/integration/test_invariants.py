@@ -9,7 +9,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import RawRequest, Reply, ScriptedBackend, free_port, ok_response, running_upsync
+from tests.helpers import (
+    RawRequest,
+    Reply,
+    ScriptedBackend,
+    free_port,
+    keepalive_proxy_config,
+    ok_response,
+    running_upsync,
+)
 
 INJECTED = b"HTTP/1.1 200 OK\r\nSet-Cookie: stolen=1\r\nContent-Length: 8\r\n\r\ninjected"
 # how the backend answers, chosen per request: mostly well, sometimes with bytes after the end
@@ -95,20 +103,7 @@ def test_one_response_per_request_and_exact_requests_upstream(seed: int) -> None
     rng = random.Random(seed)
     port = free_port()
     with ScriptedBackend(backend_reply) as backend:
-        text = f"""
-events {{}}
-http {{
-    upstream backend {{ server 127.0.0.1:{backend.port}; keepalive 4; }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-}}
-"""
+        text = keepalive_proxy_config(backend.port, port)
         with running_upsync(text, port):
             sent: dict[str, bytes] = {}
             number = 0

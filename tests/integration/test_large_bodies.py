@@ -26,6 +26,13 @@ http {{
 """
 
 
+def upload(size: int, fill: bytes) -> Iterator[bytes]:
+    """A body of `size` bytes made as it is sent, 1 MiB at a time, never held whole."""
+    block = fill * (1 << 20)
+    for _ in range(size // len(block)):
+        yield block
+
+
 def test_download_to_a_slow_client_runs_in_bounded_memory() -> None:
     port = free_port()
     with Backend("big") as backend, running_upsync(config(port, backend.port), port) as proc:
@@ -47,14 +54,10 @@ def test_upload_to_a_slow_backend_runs_in_bounded_memory() -> None:
     port = free_port()
     with Backend("sink") as backend, running_upsync(config(port, backend.port), port) as proc:
         baseline = proc.peak_rss_kb()
-
-        def body() -> Iterator[bytes]:
-            block = b"y" * (1 << 20)
-            for _ in range(SIZE // len(block)):
-                yield block
-
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        conn.request("PUT", "/slowsink", body=body(), headers={"Content-Length": str(SIZE)})
+        conn.request(
+            "PUT", "/slowsink", body=upload(SIZE, b"y"), headers={"Content-Length": str(SIZE)}
+        )
         response = conn.getresponse()
         assert response.status == 200
         assert int(response.read()) == SIZE
@@ -72,14 +75,8 @@ def test_chunked_upload_to_an_http10_upstream_waits_on_disk_not_in_memory() -> N
         text = text.replace("127.0.0.1:0;", f"127.0.0.1:{backend.port};")
         with running_upsync(text, port) as proc:
             baseline = proc.peak_rss_kb()
-
-            def body() -> Iterator[bytes]:
-                block = b"z" * (1 << 20)
-                for _ in range(size // len(block)):
-                    yield block
-
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            conn.request("PUT", "/slowsink", body=body(), encode_chunked=True)
+            conn.request("PUT", "/slowsink", body=upload(size, b"z"), encode_chunked=True)
             response = conn.getresponse()
             assert response.status == 200
             assert int(response.read()) == size
