@@ -268,3 +268,42 @@ def test_global_directives_from_command_line(tmp_path: Path) -> None:
     )
     assert config.main.pid == f"{tmp_path}/x.pid"
     assert config.main.error_log_level == "info"
+
+
+def test_issue7_directives_and_their_defaults(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        """
+    underscores_in_headers on;
+    lingering_close always;
+    client_body_buffer_size 8k;
+    server { listen 8080; lingering_timeout 2s;
+        location / { proxy_pass http://127.0.0.1:1; proxy_buffer_size 16k; } }
+    server { listen 8081; location / { proxy_pass http://127.0.0.1:1; } }
+""",
+    )
+    first, second = config.servers
+    assert first.limits.underscores_in_headers and first.limits.ignore_invalid_headers
+    assert (first.limits.lingering_close, first.limits.lingering_timeout) == ("always", 2.0)
+    assert first.limits.lingering_time == 30.0
+    assert first.locations[0].proxy.buffer_size == 16 * 1024
+    assert first.locations[0].client_body_buffer_size == 8 * 1024
+    assert first.locations[0].client_body_temp_path == str(tmp_path / "client_body_temp")
+    # http-level settings reach every server; a server-level one only its own
+    assert second.limits.underscores_in_headers and second.limits.lingering_close == "always"
+    assert second.limits.lingering_timeout == 5.0
+    assert second.locations[0].proxy.buffer_size == 4096
+
+
+def test_lingering_in_a_location_is_refused_not_ignored(tmp_path: Path) -> None:
+    error = error_of(
+        tmp_path,
+        "server { listen 8080; location / { lingering_close off; return 200; } }",
+    )
+    assert "lingering_close" in str(error) and "http and server blocks only" in str(error)
+    assert error_of(tmp_path, "server { listen 8080; lingering_close maybe; }")
+
+
+def test_weight_over_1000_is_a_config_error(tmp_path: Path) -> None:
+    error = error_of(tmp_path, "upstream u { server 127.0.0.1:1 weight=1001; }")
+    assert "weight=1000" in str(error)

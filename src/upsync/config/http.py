@@ -77,6 +77,8 @@ INHERITED = frozenset(
         "lingering_timeout",
     }
 )
+# settings upsync reads per server (a connection's), though nginx also takes them per location
+SERVER_LEVEL = frozenset({"lingering_close", "lingering_time", "lingering_timeout"})
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 
 
@@ -269,6 +271,12 @@ class HttpBuilder:
         inherited: list[Node] = []
         handler_node: Node | None = None
         for child in node.block or ():
+            if child.name in SERVER_LEVEL:
+                # nginx takes these per location too; upsync applies them per connection
+                raise child.error(
+                    f'"{child.name}" directive is supported in http and server blocks only '
+                    "by upsync"
+                )
             if child.name in INHERITED:
                 inherited.append(child)
             elif child.name in ("proxy_pass", "return", "upstream_show"):
