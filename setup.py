@@ -16,6 +16,7 @@ from setuptools import Extension, setup
 # not on the hot path and keeps the flexibility of interpreted code
 HOT_PATH = [
     "src/upsync/app.py",
+    "src/upsync/generation.py",
     "src/upsync/config/model.py",
     "src/upsync/config/variables.py",
     "src/upsync/proxy/client.py",

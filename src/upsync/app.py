@@ -4,45 +4,21 @@ whole on reload, and the graceful and immediate ways to stop."""
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
 
-from upsync.admin.show import show_answer
-from upsync.config.model import Config, LocationConfig, ProxyPass
+from upsync.config.model import Config
+from upsync.generation import BindKey, Generation, bind_keys
 from upsync.logs import AccessLogFiles
 from upsync.proxy.client import ClientConnection
-from upsync.proxy.exchange import ProxyExchange, ProxyPlan
-from upsync.proxy.request import Request
-from upsync.proxy.routing import ServerTable
 from upsync.proxy.timer import CoarseTimeouts
 from upsync.upstream.group import UpstreamGroup
 from upsync.upstream.sync import UpstreamSync
 
 log = logging.getLogger("upsync")
 
-BindKey = tuple[str, int]
 # how many idle connections one new connection past worker_connections may close (nginx: 32)
 IDLE_CLOSED_AT_ONCE = 32
 # how late a silent new connection's client_header_timeout may fire
 FIRST_BYTES_RESOLUTION = 0.25
-
-
-def _bind_keys(config: Config) -> dict[BindKey, list[int]]:
-    """Which addresses to bind, and the server blocks (by index) behind each. A wildcard
-    listen on a port takes the whole port, as nginx binds *:port once."""
-    by_key: dict[BindKey, list[int]] = {}
-    for index, block in enumerate(config.servers):
-        for listen in block.listens:
-            key = (listen.host, listen.port)
-            indexes = by_key.setdefault(key, [])
-            if index not in indexes:
-                indexes.append(index)
-    wildcard_ports = {port for host, port in by_key if host == ""}
-    merged: dict[BindKey, list[int]] = {}
-    for (host, port), indexes in by_key.items():
-        key = ("", port) if port in wildcard_ports else (host, port)
-        target = merged.setdefault(key, [])
-        target.extend(i for i in indexes if i not in target)
-    return merged
 
 
 class App:
@@ -52,10 +28,9 @@ class App:
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self.listeners: dict[BindKey, asyncio.Server] = {}
-        self.tables: dict[BindKey, ServerTable] = {}
-        self.groups: dict[str, UpstreamGroup] = {}
-        self.plans: dict[int, ProxyPlan] = {}
         self.access_logs = AccessLogFiles()
+        # what new connections are accepted under; older ones keep theirs
+        self.current = Generation(config, {}, self.access_logs)
         self.stopped = asyncio.Event()
         self.background: set[asyncio.Task[None]] = set()
         self.drained = asyncio.Event()  # set when the last connection closes while draining
@@ -73,7 +48,7 @@ class App:
         groups: dict[str, UpstreamGroup] = {}
         new_syncs: list[UpstreamSync] = []
         for name, upstream in config.upstreams.items():
-            group = self.groups.get(name)
+            group = self.current.groups.get(name)
             old_sync = group.sync if group is not None else None
             if group is not None and group.config.method == upstream.method:
                 group.reconfigure(upstream)
@@ -91,23 +66,14 @@ class App:
                     group.replace(old_sync.group.specs())  # same registry, new balancer
                 new_syncs.append(UpstreamSync(group, spec))
             groups[name] = group
-        for name, old in self.groups.items():
+        for name, old in self.current.groups.items():
             if name not in groups:
                 old.pool.close_all()
                 if old.sync is not None:
                     self._retire(old.sync)
-        self.groups = groups
         self.config = config
-        self.plans = {}
-        keys = _bind_keys(config)
-        self.tables = {
-            key: ServerTable([config.servers[i] for i in indexes], key[1], key[0])
-            for key, indexes in keys.items()
-        }
-        for server in config.servers:
-            for location in (*server.locations, server.fallback):
-                if isinstance(location.handler, ProxyPass):
-                    self.plans[id(location)] = ProxyPlan(location, location.handler)
+        previous, self.current = self.current, Generation(config, groups, self.access_logs)
+        previous.retired = True
         return new_syncs
 
     def _retire(self, sync: UpstreamSync) -> None:
@@ -125,12 +91,13 @@ class App:
             sync.start()
 
     def syncs(self) -> list[UpstreamSync]:
-        return [group.sync for group in self.groups.values() if group.sync is not None]
+        return [group.sync for group in self.current.groups.values() if group.sync is not None]
 
     async def _sync_listeners(self) -> None:
-        await self._bind_new(set(self.tables))
+        tables = self.current.tables
+        await self._bind_new(set(tables))
         for key in list(self.listeners):
-            if key not in self.tables:
+            if key not in tables:
                 self.listeners.pop(key).close()
 
     async def _bind_new(self, keys: set[BindKey]) -> None:
@@ -149,11 +116,14 @@ class App:
 
     async def _listen(self, key: BindKey) -> asyncio.Server:
         host, port = key
-        # a connection takes the routing table and proxy plans of the moment it is accepted
-        # and keeps them across reloads
-        factory: Callable[[], ClientConnection] = lambda: ClientConnection(  # noqa: E731
-            self, self.tables[key], self.plans
-        )
+        bound_under = self.current
+
+        def factory() -> ClientConnection:
+            # a connection keeps the generation it is accepted under, across reloads; one
+            # accepted as its listener is being closed by a reload keeps the listener's
+            generation = self.current if key in self.current.tables else bound_under
+            return ClientConnection(self, generation, key)
+
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         return await self.loop.create_server(
             factory,
@@ -167,7 +137,7 @@ class App:
     async def reload(self, config: Config) -> None:
         """Apply a new configuration; OSError when one of its addresses cannot be bound, and
         then the running configuration stays whole (as nginx keeps its old workers)."""
-        await self._bind_new(set(_bind_keys(config)))
+        await self._bind_new(set(bind_keys(config)))
         new_syncs = self._apply(config)
         for sync in new_syncs:
             # no blocking pull on reload: the dump (or static list) serves until the watch's
@@ -202,57 +172,6 @@ class App:
         if self.draining and not self.connections:
             self.drained.set()
 
-    # requests
-    def start_exchange(self, client: ClientConnection, req: Request) -> ProxyExchange | None:
-        location = req.location
-        assert location is not None
-        plan = client.plans[id(location)]
-        uri_override: str | None = None
-        if plan.upstream is not None:
-            name = plan.upstream
-        else:
-            assert plan.target is not None
-            rendered = plan.target.render(req)
-            name, slash, rest = rendered.partition("/")
-            if slash:
-                uri_override = "/" + rest
-        group = self.groups.get(name)
-        if group is None:
-            log.error(
-                'no upstream "%s" for "%s" (proxy_pass variables resolve to upstream names only)',
-                name,
-                req.target,
-            )
-            client.send_error(502)
-            return None
-        req.proxy_host = name
-        return ProxyExchange(client, req, plan, group, uri_override)
-
-    def can_stream_body(self, client: ClientConnection, req: Request) -> bool:
-        """A chunked body of unknown length can only be streamed to an HTTP/1.1 upstream; for
-        proxy_http_version 1.0 it is read whole first (up to client_max_body_size)."""
-        if req.content_length is not None or req.location is None:
-            return True
-        plan = client.plans.get(id(req.location))
-        return plan is None or plan.version == b"1.1"
-
-    def show_upstreams(self, req: Request) -> tuple[int, bytes, bytes]:
-        explicit = [g for g in self.groups.values() if not g.config.implicit]
-        return show_answer(explicit, req.query, req.header(b"accept"), self.loop.time())
-
-    def log_access(self, req: Request) -> None:
-        location: LocationConfig | None = req.location
-        if location is None:
-            return
-        access_log = location.access_log
-        if not access_log.path or access_log.format is None:
-            return
-        try:
-            line = access_log.format.render_for_log(req)
-            self.access_logs.get(access_log.path).write(line + "\n")
-        except OSError as exc:
-            log.error("cannot write access log %s: %s", access_log.path, exc)
-
     # stopping
     def stop_listening(self) -> None:
         for server in self.listeners.values():
@@ -278,7 +197,7 @@ class App:
         self.awaiting_first_bytes.close()
         for conn in list(self.connections):
             conn.abort()
-        for group in self.groups.values():
+        for group in self.current.groups.values():
             group.pool.close_all()
         self.access_logs.close()
         self.stopped.set()

@@ -218,3 +218,26 @@ def test_connections_open_before_a_reload_are_served_after_it() -> None:
             finally:
                 kept.close()
                 accepted.close()
+
+
+def test_pipelined_requests_across_a_reload_are_all_answered() -> None:
+    port = free_port()
+    text = GOOD.replace("PORT", str(port))
+    with running_upsync(text.replace("VERSION", "one"), port) as proc:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as old:
+            old.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert old.recv(65536).endswith(b"one")
+            (proc.workdir / "upsync.conf").write_text(text.replace("VERSION", "two"))
+            proc.signal(signal.SIGHUP)
+            log = proc.workdir / "error.log"
+            wait_until(lambda: "configuration reloaded" in log.read_text())
+            # the connection from before the reload: what it sends is answered, on its own
+            # configuration, and the last answer closes it
+            old.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+            answers = b""
+            while chunk := old.recv(65536):
+                answers += chunk
+        responses = answers.split(b"HTTP/1.1 200 OK")[1:]
+        assert len(responses) == 3 and all(r.endswith(b"one") for r in responses)
+        assert [b"Connection: close" in r for r in responses] == [False, False, True]
+        assert request(port, "/")[2] == b"two"

@@ -26,12 +26,13 @@ from upsync.proxy.intake import (
     version_in_request_line,
 )
 from upsync.proxy.request import Request
-from upsync.proxy.routing import ServerTable, normalize_path, split_host, valid_host
+from upsync.proxy.routing import normalize_path, split_host, valid_host
 from upsync.proxy.timer import Deadline
 
 if TYPE_CHECKING:
     from upsync.app import App
-    from upsync.proxy.exchange import ProxyExchange, ProxyPlan
+    from upsync.generation import Generation
+    from upsync.proxy.exchange import ProxyExchange
     from upsync.proxy.upstream_conn import UpstreamConnection
 
 log = logging.getLogger("upsync.client")
@@ -118,11 +119,11 @@ class ClientConnection(asyncio.Protocol):
         "linger_wanted",
         "loop",
         "parser",
-        "plans",
         "queue",
         "raw_header_bytes",
         "read_pause_reasons",
         "requests",
+        "site",
         "table",
         "timer",
         "transport",
@@ -132,11 +133,12 @@ class ClientConnection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, app: "App", table: ServerTable, plans: "dict[int, ProxyPlan]") -> None:
-        self.app = app
+    def __init__(self, app: "App", site: "Generation", key: tuple[str, int]) -> None:
+        self.app = app  # lifecycle only: the connection registry, draining
         self.loop = app.loop
+        self.site = site  # the configuration this connection was accepted under, for good
+        table = site.tables[key]
         self.table = table
-        self.plans = plans  # of the configuration this connection was accepted under
         self.limits = table.default.block.limits
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = self._new_parser()
@@ -232,7 +234,7 @@ class ClientConnection(asyncio.Protocol):
             exchange, self.exchange = self.exchange, None
             if self.active is not None and not self.active.response_done:
                 self.active.status = self.active.status or 499
-                self.app.log_access(self.active)
+                self.site.log_access(self.active)
             exchange.abort()
         if self.tunnel is not None:
             self.tunnel.close()
@@ -403,6 +405,10 @@ class ClientConnection(asyncio.Protocol):
             self.last_chunk_open = False
             if not self._feed(parser, b"\n", 0, 1):
                 return
+        if self.active is None and self.queue:
+            self._advance()  # requests queued while the read was parsed (a retired generation)
+            if self.closed:
+                return
         if self.in_headers and data.endswith(b"\r"):
             self.cr_pending = True
         if self.in_headers and self.current is not None:
@@ -559,10 +565,12 @@ class ClientConnection(asyncio.Protocol):
         req.version = version
         req.keep_alive = parser.should_keep_alive()
         self._check_request(req)
-        if self.active is None:
+        if self.active is None and not self.site.retired:
             self.active = req
             self._dispatch(req)
         else:
+            # behind another, or on a connection whose configuration was reloaded away: there
+            # every request of the read is queued first, so the last answer knows it is last
             self.queue.append(req)
             self.pause_reading_for("pipelined")
 
@@ -599,7 +607,7 @@ class ClientConnection(asyncio.Protocol):
                 self.active is req
                 and self.exchange is None
                 and req.body_size > REPLAYABLE_BODY
-                and self.app.can_stream_body(self, req)
+                and self.site.can_stream_body(req)
             ):
                 self._start_proxy_streaming(req)
 
@@ -756,7 +764,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(handler, Return):
             self._send_return(req, location, handler)
         elif isinstance(handler, UpstreamShow):
-            status, content_type, body = self.app.show_upstreams(req)
+            status, content_type, body = self.site.show_upstreams(req, self.loop.time())
             self.send_simple(status, body, content_type)
         else:
             self.send_error(404)
@@ -765,7 +773,7 @@ class ClientConnection(asyncio.Protocol):
         code = handler.code
         if code == 444:
             req.status = 444
-            self.app.log_access(req)
+            self.site.log_access(req)
             self.abort()
             return
         text = handler.text.render(req) if handler.text is not None else None
@@ -782,13 +790,13 @@ class ClientConnection(asyncio.Protocol):
             self.send_simple(code, b"", location.default_type.encode())
 
     def _start_proxy(self, req: Request) -> None:
-        exchange = self.app.start_exchange(self, req)
+        exchange = self.site.start_exchange(self, req)
         if exchange is not None:
             self.exchange = exchange
             exchange.start()
 
     def _start_proxy_streaming(self, req: Request) -> None:
-        exchange = self.app.start_exchange(self, req)
+        exchange = self.site.start_exchange(self, req)
         if exchange is not None:
             self.exchange = exchange
             exchange.streaming = True
@@ -801,7 +809,11 @@ class ClientConnection(asyncio.Protocol):
 
     # responses
     def keep_alive_allowed(self) -> bool:
-        return self.keepalive_timeout > 0 and not self.app.draining
+        if self.keepalive_timeout <= 0 or self.app.draining:
+            return False
+        # a connection of a configuration that was reloaded away answers what it has already
+        # received, and closes after the last of it: no request it sent is left unanswered
+        return not self.site.retired or bool(self.queue)
 
     def write(self, data: bytes, body: int = 0) -> None:
         if self.corked is not None:
@@ -847,7 +859,7 @@ class ClientConnection(asyncio.Protocol):
         req.response_done = True
         self.exchange = None
         if req.location is not None and req.location.access_log.path:
-            self.app.log_access(req)
+            self.site.log_access(req)
         if not keep_alive or not req.keep_alive:
             self.close()
             return
@@ -881,7 +893,7 @@ class ClientConnection(asyncio.Protocol):
                 self.resume_reading_for("pipelined")
             self._dispatch(req)
             return
-        if self.app.draining:
+        if self.app.draining or self.site.retired:
             self.close()
             return
         if self.read_pause_reasons:
@@ -898,7 +910,7 @@ class ClientConnection(asyncio.Protocol):
             return
         req.response_done = True
         self.exchange = None
-        self.app.log_access(req)
+        self.site.log_access(req)
         self.timer.cancel()
         self.tunnel = transport
         assert self.transport is not None

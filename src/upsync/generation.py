@@ -1,0 +1,116 @@
+"""One configuration generation: everything built from one Config (routing tables, proxy plans,
+the upstream groups it names, where its access logs go). A connection holds the generation it
+was accepted under and asks it, never the App, for per-configuration state; so a reload never
+changes what a connection that is already open sees, and a generation is freed when its last
+connection ends."""
+
+import logging
+from typing import TYPE_CHECKING
+
+from upsync.admin.show import show_answer
+from upsync.config.model import Config, ProxyPass
+from upsync.logs import AccessLogFiles
+from upsync.proxy.exchange import ProxyExchange, ProxyPlan
+from upsync.proxy.request import Request
+from upsync.proxy.routing import ServerTable
+from upsync.upstream.group import UpstreamGroup
+
+if TYPE_CHECKING:
+    from upsync.proxy.client import ClientConnection
+
+log = logging.getLogger("upsync")
+
+BindKey = tuple[str, int]
+
+
+def bind_keys(config: Config) -> dict[BindKey, list[int]]:
+    """Which addresses to bind, and the server blocks (by index) behind each. A wildcard
+    listen on a port takes the whole port, as nginx binds *:port once."""
+    by_key: dict[BindKey, list[int]] = {}
+    for index, block in enumerate(config.servers):
+        for listen in block.listens:
+            key = (listen.host, listen.port)
+            indexes = by_key.setdefault(key, [])
+            if index not in indexes:
+                indexes.append(index)
+    wildcard_ports = {port for host, port in by_key if host == ""}
+    merged: dict[BindKey, list[int]] = {}
+    for (host, port), indexes in by_key.items():
+        key = ("", port) if port in wildcard_ports else (host, port)
+        target = merged.setdefault(key, [])
+        target.extend(i for i in indexes if i not in target)
+    return merged
+
+
+class Generation:
+    def __init__(
+        self,
+        config: Config,
+        groups: dict[str, UpstreamGroup],
+        access_logs: AccessLogFiles,
+    ) -> None:
+        self.config = config
+        self.groups = groups
+        self.access_logs = access_logs
+        # set when a reload replaces this generation: its connections close after answering
+        # what they have received
+        self.retired = False
+        self.tables: dict[BindKey, ServerTable] = {
+            key: ServerTable([config.servers[i] for i in indexes], key[1], key[0])
+            for key, indexes in bind_keys(config).items()
+        }
+        self.plans: dict[int, ProxyPlan] = {}
+        for server in config.servers:
+            for location in (*server.locations, server.fallback):
+                if isinstance(location.handler, ProxyPass):
+                    self.plans[id(location)] = ProxyPlan(location, location.handler)
+
+    def start_exchange(self, client: "ClientConnection", req: Request) -> ProxyExchange | None:
+        location = req.location
+        assert location is not None
+        plan = self.plans[id(location)]
+        uri_override: str | None = None
+        if plan.upstream is not None:
+            name = plan.upstream
+        else:
+            assert plan.target is not None
+            rendered = plan.target.render(req)
+            name, slash, rest = rendered.partition("/")
+            if slash:
+                uri_override = "/" + rest
+        group = self.groups.get(name)
+        if group is None:
+            log.error(
+                'no upstream "%s" for "%s" (proxy_pass variables resolve to upstream names only)',
+                name,
+                req.target,
+            )
+            client.send_error(502)
+            return None
+        req.proxy_host = name
+        return ProxyExchange(client, req, plan, group, uri_override)
+
+    def can_stream_body(self, req: Request) -> bool:
+        """A chunked body of unknown length can only be streamed to an HTTP/1.1 upstream; for
+        proxy_http_version 1.0 it is read whole first (into a temporary file)."""
+        if req.content_length is not None or req.location is None:
+            return True
+        plan = self.plans.get(id(req.location))
+        return plan is None or plan.version == b"1.1"
+
+    def show_upstreams(self, req: Request, monotonic_now: float) -> tuple[int, bytes, bytes]:
+        explicit = [g for g in self.groups.values() if not g.config.implicit]
+        return show_answer(explicit, req.query, req.header(b"accept"), monotonic_now)
+
+    def log_access(self, req: Request) -> None:
+        location = req.location
+        if location is None:
+            return
+        access_log = location.access_log
+        if not access_log.path or access_log.format is None:
+            return
+        try:
+            line = access_log.format.render_for_log(req)
+            self.access_logs.get(access_log.path).write(line + "\n")
+        except OSError as exc:
+            log.error("cannot write access log %s: %s", access_log.path, exc)
