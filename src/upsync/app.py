@@ -3,10 +3,13 @@ whole on reload, and the graceful and immediate ways to stop."""
 
 import asyncio
 import logging
-import socket
+import os
+import resource
+from collections.abc import Callable
 
 from upsync.config.model import Config
 from upsync.generation import BindKey, Generation, bind_keys
+from upsync.listeners import Listener, bind
 from upsync.logs import AccessLogFiles
 from upsync.proxy.client import ClientConnection
 from upsync.proxy.timer import CoarseTimeouts
@@ -17,6 +20,16 @@ log = logging.getLogger("upsync")
 
 # how many idle connections one new connection past worker_connections may close (nginx: 32)
 IDLE_CLOSED_AT_ONCE = 32
+
+
+def descriptor_budget() -> tuple[int, int]:
+    """The open-file limit, and how many descriptors the process holds before any connection."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        held = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        held = 32
+    return (soft if soft != resource.RLIM_INFINITY else 1 << 20), held
 # how late a silent new connection's client_header_timeout may fire
 FIRST_BYTES_RESOLUTION = 0.25
 
@@ -27,7 +40,11 @@ class App:
         self.config = config
         self.connections: set[ClientConnection] = set()
         self.draining = False
-        self.listeners: dict[BindKey, asyncio.Server] = {}
+        self.listeners: dict[BindKey, Listener] = {}
+        # accept() stops while open descriptors come near the limit (see admit)
+        self.accept_paused = False
+        self.descriptor_limit, self.descriptors_at_start = descriptor_budget()
+        self.last_pause_warning = -1.0
         self.access_logs = AccessLogFiles()
         # what new connections are accepted under; older ones keep theirs
         self.current = Generation(config, {}, self.access_logs)
@@ -103,36 +120,34 @@ class App:
     async def _bind_new(self, keys: set[BindKey]) -> None:
         """Listen on the addresses not listened on yet; if one cannot be bound, none of them is
         kept (OSError), so a failed reload leaves the running listeners as they were."""
-        bound: dict[BindKey, asyncio.Server] = {}
+        bound: dict[BindKey, Listener] = {}
         try:
             for key in keys:
                 if key not in self.listeners:
-                    bound[key] = await self._listen(key)
+                    bound[key] = Listener(self.loop, bind(*key), self._factory(key))
         except OSError:
-            for server in bound.values():
-                server.close()
+            for listener in bound.values():
+                listener.close()
             raise
         self.listeners.update(bound)
+        if not self.accept_paused:
+            for listener in bound.values():
+                await listener.serve()
 
-    async def _listen(self, key: BindKey) -> asyncio.Server:
-        host, port = key
+    def _factory(self, key: BindKey) -> Callable[[], ClientConnection]:
         bound_under = self.current
 
         def factory() -> ClientConnection:
             # a connection keeps the generation it is accepted under, across reloads; one
             # accepted as its listener is being closed by a reload keeps the listener's
-            generation = self.current if key in self.current.tables else bound_under
-            return ClientConnection(self, generation, key)
+            generation = self.current
+            table = generation.tables.get(key)
+            if table is None:
+                generation = bound_under
+                table = generation.tables[key]
+            return ClientConnection(self, generation, table)
 
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return await self.loop.create_server(
-            factory,
-            host or "0.0.0.0",
-            port,
-            family=family,
-            reuse_address=True,
-            backlog=511,
-        )
+        return factory
 
     async def reload(self, config: Config) -> None:
         """Apply a new configuration; OSError when one of its addresses cannot be bound, and
@@ -165,17 +180,50 @@ class App:
                     log.warning("%d worker_connections are not enough", limit)
                 return False
         self.connections.add(conn)
+        if self._near_descriptor_limit() and not self.accept_paused:
+            self._pause_accepting()
         return True
+
+    def _near_descriptor_limit(self) -> bool:
+        """Each connection holds a descriptor and may need one more for its upstream: accept()
+        stops while what is left would not cover a burst of upstream connections, so running
+        out is never met in accept() (where the kernel would make the client wait for nothing,
+        or libuv would accept and close) and seldom in connect()."""
+        limit = self.descriptor_limit
+        margin = max(16, limit // 8)
+        return self.descriptors_at_start + len(self.connections) + margin >= limit
+
+    def _pause_accepting(self) -> None:
+        self.accept_paused = True
+        for listener in self.listeners.values():
+            listener.pause()
+        now = self.loop.time()
+        if now - self.last_pause_warning >= 1.0:
+            self.last_pause_warning = now
+            log.warning(
+                "accept() paused: %d connections come near the open file limit %d",
+                len(self.connections),
+                self.descriptor_limit,
+            )
+
+    def _resume_accepting(self) -> None:
+        self.accept_paused = False
+        for listener in self.listeners.values():
+            task = self.loop.create_task(listener.serve())
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
 
     def connection_closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
+        if self.accept_paused and not self.draining and not self._near_descriptor_limit():
+            self._resume_accepting()
         if self.draining and not self.connections:
             self.drained.set()
 
     # stopping
     def stop_listening(self) -> None:
-        for server in self.listeners.values():
-            server.close()
+        for listener in self.listeners.values():
+            listener.close()
         self.listeners.clear()
 
     async def quit_gracefully(self) -> None:

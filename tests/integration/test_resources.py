@@ -2,6 +2,7 @@
 
 import contextlib
 import socket
+from pathlib import Path
 
 from tests.helpers import Backend, free_port, request, running_upsync, wait_until
 
@@ -57,48 +58,69 @@ http {{
             )
 
 
-def test_running_out_of_descriptors_is_not_blamed_on_the_upstream() -> None:
-    port = free_port()
-    with Backend("a") as backend:
-        text = f"""
-worker_rlimit_nofile 64;
+LOW_DESCRIPTOR_LIMIT = """
+worker_rlimit_nofile 80;
 events {{ worker_connections 1000; }}
 http {{
-    upstream backend {{ server 127.0.0.1:{backend.port} max_fails=1 fail_timeout=60s; }}
+    upstream backend {{ server 127.0.0.1:{backend} max_fails=1 fail_timeout=60s; }}
     server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://backend; }} }}
 }}
 """
-        with running_upsync(text, port) as proc, contextlib.ExitStack() as stack:
-            # idle client connections until upsync has no descriptor left: the next one it
-            # accepts is closed at once
-            held: list[socket.socket] = []
-            while True:
-                sock = stack.enter_context(socket.create_connection(("127.0.0.1", port)))
-                sock.settimeout(0.05)
-                try:
-                    if sock.recv(1) == b"":
-                        break
-                except TimeoutError:
-                    held.append(sock)
-                except ConnectionResetError:
-                    break
-                assert len(held) < 100, "upsync never ran out of descriptors"
-            # a request on a connection it holds needs one more descriptor, for the upstream
-            first = held[0]
-            first.settimeout(5)
-            first.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            assert first.recv(12) == b"HTTP/1.1 500"
-            for sock in held:
-                sock.close()
-            log = (proc.workdir / "error.log").read_text()
-            assert "socket() for" in log and "Too many open files" in log
-            assert "temporarily disabled" not in log
-            # once upsync has seen those connections go, the upstream serves again: well within
-            # its fail_timeout of 60s, so it was never counted as failed
 
+
+def fill_until_paused(port: int, log: Path, stack: contextlib.ExitStack) -> list[socket.socket]:
+    """Idle client connections until upsync stops accepting near its descriptor limit."""
+    held: list[socket.socket] = []
+    for _ in range(20):  # batches of 8 connections, each given time to be accepted
+        for _ in range(8):
+            held.append(stack.enter_context(socket.create_connection(("127.0.0.1", port))))
+        with contextlib.suppress(AssertionError):
+            wait_until(lambda: "accept() paused" in log.read_text(), timeout=0.5)
+            return held
+    raise AssertionError("upsync never paused accepting")
+
+
+def test_accepting_pauses_near_the_descriptor_limit_and_nobody_is_dropped() -> None:
+    port = free_port()
+    with Backend("a") as backend:
+        text = LOW_DESCRIPTOR_LIMIT.format(backend=backend.port, port=port)
+        with running_upsync(text, port) as proc, contextlib.ExitStack() as stack:
+            log = proc.workdir / "error.log"
+            held = fill_until_paused(port, log, stack)
+            # a client that connects now waits in the kernel's queue, not refused or reset
+            waiting = stack.enter_context(socket.create_connection(("127.0.0.1", port)))
+            waiting.settimeout(10)
+            waiting.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            for sock in held[:20]:
+                sock.close()  # room again: accepting resumes and the waiting one is served
+            assert waiting.recv(12) == b"HTTP/1.1 200"
+
+
+def test_running_out_of_descriptors_is_not_blamed_on_the_upstream() -> None:
+    port = free_port()
+    with Backend("slow", delay=1.0) as backend:
+        text = LOW_DESCRIPTOR_LIMIT.format(backend=backend.port, port=port)
+        with running_upsync(text, port) as proc, contextlib.ExitStack() as stack:
+            log = proc.workdir / "error.log"
+            held = fill_until_paused(port, log, stack)
+            # every held connection asks at once: more upstream connections than descriptors
+            for sock in held:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            statuses = []
+            for sock in held:
+                sock.settimeout(10)
+                statuses.append(sock.recv(12))
+                sock.close()
+            assert b"HTTP/1.1 500" in statuses and b"HTTP/1.1 502" not in statuses
+            text_log = log.read_text()
+            assert "socket() for" in text_log and "Too many open files" in text_log
+            assert "temporarily disabled" not in text_log
+
+            # once upsync has seen those connections go, the upstream serves again: well
+            # within its fail_timeout of 60s, so it was never counted as failed
             def served() -> bool:
                 try:
-                    return request(port, "/", timeout=1)[0] == 200
+                    return request(port, "/", timeout=3)[0] == 200
                 except OSError:
                     return False
 

@@ -26,7 +26,7 @@ from upsync.proxy.intake import (
     version_in_request_line,
 )
 from upsync.proxy.request import Request
-from upsync.proxy.routing import normalize_path, split_host, valid_host
+from upsync.proxy.routing import ServerTable, normalize_path, split_host, valid_host
 from upsync.proxy.timer import Deadline
 
 if TYPE_CHECKING:
@@ -133,12 +133,11 @@ class ClientConnection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, app: "App", site: "Generation", key: tuple[str, int]) -> None:
+    def __init__(self, app: "App", site: "Generation", table: ServerTable) -> None:
         self.app = app  # lifecycle only: the connection registry, draining
         self.loop = app.loop
         self.site = site  # the configuration this connection was accepted under, for good
-        table = site.tables[key]
-        self.table = table
+        self.table = table  # site's table for the address it was accepted on
         self.limits = table.default.block.limits
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = self._new_parser()
