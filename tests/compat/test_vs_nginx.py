@@ -254,6 +254,7 @@ EDGE_REQUESTS = [
     b"3\r\nabc\r\n0\r\nX-Trailer: forged\r\n\r\n",
     b"POST /cr HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     b"3\rabc\r\n0\r\n\r\n",
+    b"GET /old\r\n",  # HTTP/0.9: the body alone comes back
 ]
 
 
@@ -267,14 +268,17 @@ def edge_answers(runner: Runner) -> list[tuple[int, str | None]]:
 
     port = free_port()
     answers: list[tuple[int, str | None]] = []
-    with ScriptedBackend(echo_path) as backend, runner(
-        config(port, f"server 127.0.0.1:{backend.port};", "proxy_http_version 1.1;"), port
+    with (
+        ScriptedBackend(echo_path) as backend,
+        runner(config(port, f"server 127.0.0.1:{backend.port};", "proxy_http_version 1.1;"), port),
     ):
         for raw in EDGE_REQUESTS:
             before = len(backend.requests)
             reply = raw_exchange(port, raw, timeout=3)
-            status = int(reply[9:12]) if reply.startswith(b"HTTP/1.1 ") else 0
-            body = reply.partition(b"\r\n\r\n")[2].decode("latin-1")
+            if reply.startswith(b"HTTP/1.1 "):
+                status, body = int(reply[9:12]), reply.partition(b"\r\n\r\n")[2].decode("latin-1")
+            else:
+                status, body = 0, reply.decode("latin-1")
             answers.append((status, body if len(backend.requests) > before else None))
     return answers
 

@@ -108,6 +108,7 @@ class ClientConnection(asyncio.Protocol):
         "exchange",
         "head_timed",
         "header_size",
+        "http09",
         "in_headers",
         "keepalive_timeout",
         "last_chunk_open",
@@ -168,6 +169,7 @@ class ClientConnection(asyncio.Protocol):
         self.line_override: tuple[bytes, bytes] | None = None
         self.cr_is_data = False
         self.last_chunk_open = False  # a chunk size line parsed, no data after it yet
+        self.http09 = False  # the next write is an HTTP/0.9 answer's head, to be dropped
         # the client may still be sending when the connection is closed (an unread body, input
         # after a rejected head): close the write side first and read on, or the kernel resets
         # the connection and the client never sees the answer (nginx's lingering close)
@@ -372,9 +374,15 @@ class ClientConnection(asyncio.Protocol):
         if at_boundary:
             self.version_hint = version_in_request_line(data)
             if self.version_hint is None and is_http09_line(data):
-                # HTTP/0.9 has no head to answer with: the error page alone, then close
-                self._write_and_close(http1.error_body(400))
-                return
+                if self.requests or not data.startswith(b"GET "):
+                    # HTTP/0.9 knows only GET, on a fresh connection: the error page alone
+                    self._write_and_close(http1.error_body(400))
+                    return
+                # served as nginx does: as HTTP/1.0 without headers, answered with the body
+                # alone (no head), then closed; nothing after the line is read
+                self.http09 = True
+                data = data[: data.find(b"\n")].rstrip(b"\r") + b" HTTP/1.0\r\n\r\n"
+                self.version_hint = "1.0"
         self.boundary_requests = self.requests if at_boundary else -1
         start = 0
         for at in bare_crs(data):
@@ -815,6 +823,10 @@ class ClientConnection(asyncio.Protocol):
         return not self.site.retired or bool(self.queue)
 
     def write(self, data: bytes, body: int = 0) -> None:
+        if self.http09:
+            # an HTTP/0.9 answer is its body alone: the head (always one write) is dropped
+            self.http09 = False
+            data = data[data.find(b"\r\n\r\n") + 4 :]
         if self.corked is not None:
             self.corked.append(data)
         elif self.transport is not None and not self.closed:
