@@ -63,7 +63,9 @@ def count(requests: int, workdir: Path, close: bool) -> int:
             "-c",
             str(workdir / "proxy.conf"),
             "-g",
-            f"pid {workdir}/u.pid; error_log {workdir}/u.err;",
+            # one process: callgrind follows the process it starts, and a worker runs the
+            # same code per request as the single process does
+            f"pid {workdir}/u.pid; error_log {workdir}/u.err; master_process off;",
         ],
         env={**os.environ, "PYTHONHASHSEED": "0"},
         stdout=subprocess.DEVNULL,

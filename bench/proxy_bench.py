@@ -42,20 +42,22 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise SystemExit(f"nothing listens on {port}")
 
 
-def pinned(cpu: int, argv: list[str]) -> list[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+def pinned(cpu: int | None, argv: list[str]) -> list[str]:
+    """argv run on one CPU (None: wherever the kernel puts it)."""
+    if cpu is not None and shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         return ["taskset", "-c", str(cpu), *argv]
     return argv
 
 
-def proxy_config(port: int, backend_port: int) -> str:
+def proxy_config(port: int, backend_port: int, workers: int = 1, upstream: str = "") -> str:
+    upstream = upstream or f"server 127.0.0.1:{backend_port};"
     return f"""
-worker_processes 1;
+worker_processes {workers};
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
     upstream backend {{
-        server 127.0.0.1:{backend_port};
+        {upstream}
         keepalive 64;
     }}
     server {{
@@ -70,21 +72,27 @@ http {{
 """
 
 
-def backend_config(port: int) -> str:
+def backend_config(*ports: int) -> str:
+    listens = " ".join(f"listen 127.0.0.1:{port};" for port in ports)
     return f"""
 worker_processes 1;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
     keepalive_requests 100000;
-    server {{ listen 127.0.0.1:{port}; location / {{ return 200 "hello from the backend\\n"; }} }}
+    server {{ {listens} location / {{ return 200 "hello from the backend\\n"; }} }}
 }}
 """
 
 
-def start_nginx(workdir: Path, name: str, text: str, cpu: int) -> subprocess.Popen[bytes]:
+def start_nginx(
+    workdir: Path, name: str, text: str, cpu: int | None, master: bool = False
+) -> subprocess.Popen[bytes]:
+    """nginx in the foreground; `master`: with its master process (needed for more than one
+    worker and for reloads as users run them)."""
     conf = workdir / f"{name}.conf"
     conf.write_text(text)
+    process = "" if master else "master_process off; "
     argv = [
         NGINX,
         "-p",
@@ -92,12 +100,12 @@ def start_nginx(workdir: Path, name: str, text: str, cpu: int) -> subprocess.Pop
         "-c",
         str(conf),
         "-g",
-        f"daemon off; master_process off; pid {workdir}/{name}.pid; error_log {workdir}/{name}.err;",
+        f"daemon off; {process}pid {workdir}/{name}.pid; error_log {workdir}/{name}.err;",
     ]
     return subprocess.Popen(pinned(cpu, argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def start_upsync(workdir: Path, text: str, cpu: int) -> subprocess.Popen[bytes]:
+def start_upsync(workdir: Path, text: str, cpu: int | None) -> subprocess.Popen[bytes]:
     conf = workdir / "upsync.conf"
     conf.write_text(text)
     argv = [
@@ -117,6 +125,7 @@ class Result:
     rps: float
     p50_ms: float
     p99_ms: float
+    failed: int = 0  # non-2xx answers and socket errors
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -129,7 +138,17 @@ def _latency(text: str, label: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def run_wrk(port: int, seconds: int, connections: int, close: bool, cpu: int) -> Result:
+def failed_requests(out: str) -> int:
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return (int(non2xx.group(1)) if non2xx else 0) + (
+        sum(int(n) for n in errors.groups()) if errors else 0
+    )
+
+
+def run_wrk(
+    port: int, seconds: int, connections: int, close: bool, cpu: int | None, quiet: bool = False
+) -> Result:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if close:
         argv += ["-H", "Connection: close"]
@@ -138,11 +157,10 @@ def run_wrk(port: int, seconds: int, connections: int, close: bool, cpu: int) ->
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if rps is None:
         raise SystemExit(f"wrk printed no Requests/sec:\n{out}")
-    if "Non-2xx" in out or (
-        "Socket errors" in out and "connect 0, read 0, write 0, timeout 0" not in out
-    ):
+    failed = failed_requests(out)
+    if failed and not quiet:
         print(f"  note: wrk reported errors:\n{out}", file=sys.stderr)
-    return Result(float(rps.group(1)), _latency(out, "50%"), _latency(out, "99%"))
+    return Result(float(rps.group(1)), _latency(out, "50%"), _latency(out, "99%"), failed)
 
 
 def main() -> int:

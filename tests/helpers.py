@@ -2,6 +2,7 @@
 
 import contextlib
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -504,3 +505,38 @@ http {{
     }}
 }}
 """
+
+
+def show_json(
+    conn: http.client.HTTPConnection, path: str = "/upstream_list?test&format=json"
+) -> dict[str, object]:
+    """upstream_show's JSON, asked on a connection that stays open."""
+    conn.request("GET", path)
+    response = conn.getresponse()
+    assert response.status == 200
+    answer: dict[str, object] = json.loads(response.read())
+    return answer
+
+
+@contextlib.contextmanager
+def connection_per_worker(
+    port: int, count: int, path: str = "/upstream_list?test&format=json"
+) -> Iterator[dict[int, http.client.HTTPConnection]]:
+    """Keep-alive connections until each of `count` workers holds one (the kernel hands new
+    connections to whichever worker accepts first)."""
+    held: dict[int, http.client.HTTPConnection] = {}
+    spare: list[http.client.HTTPConnection] = []
+    try:
+        deadline = time.monotonic() + 20
+        while len(held) < count:
+            assert time.monotonic() < deadline, f"only workers {sorted(held)} answered"
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            pid = int(str(show_json(conn, path)["worker"]))
+            if pid in held:
+                spare.append(conn)  # held open, so the next connection may go elsewhere
+            else:
+                held[pid] = conn
+        yield held
+    finally:
+        for conn in [*held.values(), *spare]:
+            conn.close()

@@ -5,6 +5,7 @@ import asyncio
 import logging
 import os
 import resource
+import socket
 from collections.abc import Callable
 
 from upsync.config.model import Config
@@ -13,8 +14,8 @@ from upsync.listeners import Listener, bind
 from upsync.logs import AccessLogFiles
 from upsync.proxy.client import ClientConnection
 from upsync.proxy.timer import CoarseTimeouts
-from upsync.upstream.group import UpstreamGroup
 from upsync.upstream.sync import UpstreamSync
+from upsync.upstream.upstreams import Upstreams
 
 log = logging.getLogger("upsync")
 
@@ -30,12 +31,19 @@ def descriptor_budget() -> tuple[int, int]:
     except OSError:
         held = 32
     return (soft if soft != resource.RLIM_INFINITY else 1 << 20), held
+
+
 # how late a silent new connection's client_header_timeout may fire
 FIRST_BYTES_RESOLUTION = 0.25
 
 
 class App:
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        inherited: dict[BindKey, socket.socket] | None = None,
+    ) -> None:
         self.loop = loop
         self.config = config
         self.connections: set[ClientConnection] = set()
@@ -46,6 +54,9 @@ class App:
         self.descriptor_limit, self.descriptors_at_start = descriptor_budget()
         self.last_pause_warning = -1.0
         self.access_logs = AccessLogFiles()
+        # sockets bound by the master, when this is one of its workers
+        self.inherited = inherited
+        self.upstreams = Upstreams(follow_registries=inherited is None)
         # what new connections are accepted under; older ones keep theirs
         self.current = Generation(config, {}, self.access_logs)
         self.stopped = asyncio.Event()
@@ -62,41 +73,12 @@ class App:
     # building
     def _apply(self, config: Config) -> list[UpstreamSync]:
         """Build the runtime for a config; returns the registry syncs that are new."""
-        groups: dict[str, UpstreamGroup] = {}
-        new_syncs: list[UpstreamSync] = []
-        for name, upstream in config.upstreams.items():
-            group = self.current.groups.get(name)
-            old_sync = group.sync if group is not None else None
-            if group is not None and group.config.method == upstream.method:
-                group.reconfigure(upstream)
-                if upstream.sync_spec is None or old_sync is None:
-                    group.replace(upstream.servers)
-                    group.source = "static"
-            else:
-                group = UpstreamGroup(upstream)
-            spec = upstream.sync_spec
-            if old_sync is not None and (spec != old_sync.spec or group.sync is not old_sync):
-                self._retire(old_sync)
-                group.sync = None
-            if spec is not None and group.sync is None:
-                if old_sync is not None and old_sync.group is not group:
-                    group.replace(old_sync.group.specs())  # same registry, new balancer
-                new_syncs.append(UpstreamSync(group, spec))
-            groups[name] = group
-        for name, old in self.current.groups.items():
-            if name not in groups:
-                old.pool.close_all()
-                if old.sync is not None:
-                    self._retire(old.sync)
+        new_syncs = self.upstreams.apply(config)
         self.config = config
-        previous, self.current = self.current, Generation(config, groups, self.access_logs)
+        previous = self.current
+        self.current = Generation(config, self.upstreams.groups, self.access_logs)
         previous.retired = True
         return new_syncs
-
-    def _retire(self, sync: UpstreamSync) -> None:
-        task = self.loop.create_task(sync.stop())
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
 
     async def start(self) -> None:
         """Pull every synced upstream once (StartupError if a strong dependency fails), then
@@ -108,7 +90,7 @@ class App:
             sync.start()
 
     def syncs(self) -> list[UpstreamSync]:
-        return [group.sync for group in self.current.groups.values() if group.sync is not None]
+        return self.upstreams.syncs()
 
     async def _sync_listeners(self) -> None:
         tables = self.current.tables
@@ -124,7 +106,7 @@ class App:
         try:
             for key in keys:
                 if key not in self.listeners:
-                    bound[key] = Listener(self.loop, bind(*key), self._factory(key))
+                    bound[key] = Listener(self.loop, self._socket(key), self._factory(key))
         except OSError:
             for listener in bound.values():
                 listener.close()
@@ -133,6 +115,11 @@ class App:
         if not self.accept_paused:
             for listener in bound.values():
                 await listener.serve()
+
+    def _socket(self, key: BindKey) -> socket.socket:
+        if self.inherited is None:
+            return bind(*key)
+        return self.inherited[key]  # the master bound every address of this configuration
 
     def _factory(self, key: BindKey) -> Callable[[], ClientConnection]:
         bound_under = self.current
@@ -226,27 +213,50 @@ class App:
             listener.close()
         self.listeners.clear()
 
-    async def quit_gracefully(self) -> None:
-        """SIGQUIT: stop accepting, let in-flight requests finish, close idle connections."""
+    async def quit_gracefully(self, idle_grace: float = 0.0) -> None:
+        """Stop accepting, answer what every connection has already received (the last answer
+        says Connection: close), close idle connections, and stop once none is left, or at
+        worker_shutdown_timeout. Idle ones close at once on SIGQUIT, as in nginx; a worker
+        retired by a reload gives them `idle_grace` first, since a keep-alive client may be
+        sending its next request that very moment, and that one is then answered instead of
+        lost with the connection."""
         self.stop_listening()
+        # a connection accepted in the same loop iteration is announced (connection_made) by
+        # a callback still queued: let it join the connections to wait for, or it would be
+        # dropped with the process
+        await asyncio.sleep(0)
         self.draining = True
-        for conn in list(self.connections):
-            if conn.idle():
-                conn.close()
+        self.current.retired = True
+        timeout = self.config.main.worker_shutdown_timeout
+        if timeout > 0:
+            self.loop.call_later(timeout, self._shutdown_timed_out)
+        if idle_grace > 0:
+            self.loop.call_later(idle_grace, self._close_idle)
+        else:
+            self._close_idle()
         if self.connections:
             await self.drained.wait()
         self.shutdown()
 
+    def _close_idle(self) -> None:
+        for conn in list(self.connections):
+            if conn.idle():
+                conn.close()
+
+    def _shutdown_timed_out(self) -> None:
+        if self.connections:
+            log.info("worker_shutdown_timeout: closing %d connections", len(self.connections))
+        self.drained.set()
+
     async def close(self) -> None:
-        await asyncio.gather(*(sync.stop() for sync in self.syncs()), *self.background)
+        await asyncio.gather(self.upstreams.close(), *self.background)
 
     def shutdown(self) -> None:
         self.stop_listening()
         self.awaiting_first_bytes.close()
         for conn in list(self.connections):
             conn.abort()
-        for group in self.current.groups.values():
-            group.pool.close_all()
+        self.upstreams.close_pools()
         self.access_logs.close()
         self.stopped.set()
 

@@ -1,13 +1,11 @@
-"""Running upsync in the foreground: pid file, signals, the event loop."""
+"""Running upsync in the foreground: as a master and its workers (nginx's default), or as one
+process (`master_process off`): signals, the pid file, the event loop."""
 
 import argparse
 import asyncio
 import gc
 import logging
-import os
-import resource
 import signal
-import sys
 from collections.abc import Coroutine
 from typing import Any
 
@@ -17,46 +15,13 @@ from upsync.app import App
 from upsync.config import Config, load_config
 from upsync.errors import ConfigError
 from upsync.logs import setup_error_log
+from upsync.process import PidFile, open_file_budget, report_emerg, settle_heap
 from upsync.upstream.sync import StartupError
 
 log = logging.getLogger("upsync")
 
 
-class PidFile:
-    """The pid file this process wrote, if it wrote one: only that is ever removed."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.written = False
-
-    def write(self) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as handle:
-            handle.write(f"{os.getpid()}\n")
-        os.replace(tmp, self.path)
-        self.written = True
-
-    def remove(self) -> None:
-        if not self.written:
-            return
-        try:
-            with open(self.path) as handle:
-                if handle.read().strip() == str(os.getpid()):
-                    os.unlink(self.path)
-        except OSError:
-            pass
-
-
-def _settle_heap() -> None:
-    """Move what start-up (or a reload) built, configuration, modules and tables that live as
-    long as the process, out of the cyclic collector's reach: its older-generation passes would
-    otherwise walk all of it again and again while requests come and go."""
-    gc.collect()
-    gc.freeze()
-
-
-async def _serve(config: Config, args: argparse.Namespace, pid: "PidFile") -> int:
+async def _serve_alone(config: Config, args: argparse.Namespace, pid: PidFile) -> int:
     loop = asyncio.get_running_loop()
     app = App(config, loop)
     started = asyncio.Event()
@@ -73,7 +38,7 @@ async def _serve(config: Config, args: argparse.Namespace, pid: "PidFile") -> in
         except OSError as exc:
             log.error("reload failed to bind: %s", exc)
         gc.unfreeze()  # the replaced configuration may sit in cycles that only the collector frees
-        _settle_heap()
+        settle_heap()
 
     tasks: set[asyncio.Task[None]] = set()
 
@@ -91,25 +56,23 @@ async def _serve(config: Config, args: argparse.Namespace, pid: "PidFile") -> in
     try:
         await app.start()
     except OSError as exc:
-        log.critical("bind() failed (%s)", exc)
-        print(f"upsync: [emerg] bind() failed ({exc})", file=sys.stderr)
+        report_emerg(f"bind() failed ({exc})")
         await app.close()
         return 1
     except StartupError as exc:
-        log.critical("%s", exc)
-        print(f"upsync: [emerg] {exc}", file=sys.stderr)
+        report_emerg(str(exc))
         await app.close()
         return 1
 
     started.set()
-    _settle_heap()
+    settle_heap()
 
     # the pid file names a running instance only once it listens and answers signals (as
     # nginx); an instance that fails to start never touches the file of the one that runs
     try:
         pid.write()
     except OSError as exc:
-        print(f'upsync: [emerg] open() "{pid.path}" failed ({exc.strerror})', file=sys.stderr)
+        report_emerg(f'open() "{pid.path}" failed ({exc.strerror})')
         app.shutdown()
         await app.close()
         return 1
@@ -121,50 +84,20 @@ async def _serve(config: Config, args: argparse.Namespace, pid: "PidFile") -> in
     return 0
 
 
-# descriptors beyond two per client connection (its upstream connection): listeners, log
-# files, registry watches, the dump
-SPARE_DESCRIPTORS = 64
-
-
-def _open_file_budget(config: Config) -> None:
-    """worker_rlimit_nofile as nginx sets it; without it, the soft limit is raised (up to the
-    hard one) to what worker_connections needs, so the limit upsync enforces is reached before
-    the kernel's and running out of descriptors is never mistaken for failing upstreams."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = config.main.worker_rlimit_nofile or max(
-        soft, 2 * config.main.worker_connections + SPARE_DESCRIPTORS
-    )
-    if hard != resource.RLIM_INFINITY:
-        wanted = min(wanted, hard)
-    if wanted != soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            soft = wanted
-        except (ValueError, OSError) as exc:
-            log.warning("setrlimit(RLIMIT_NOFILE, %d) failed (%s)", wanted, exc)
-    needed = 2 * config.main.worker_connections + SPARE_DESCRIPTORS
-    if soft < needed:
-        log.warning(
-            "%d worker_connections exceed open file resource limit: %d",
-            config.main.worker_connections,
-            soft,
-        )
-
-
 def run(config: Config, args: argparse.Namespace) -> int:
     setup_error_log(config.main.error_log, config.main.error_log_level)
-    _open_file_budget(config)
     for notice in config.notices:
         log.info(notice)
-    if config.main.worker_processes > 1:
-        log.warning(
-            "worker_processes %d: upsync runs one process for now", config.main.worker_processes
-        )
     if config.main.daemon:
         log.info("daemon on: upsync stays in the foreground; run it under a service manager")
     pid = PidFile(config.main.pid)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(_serve(config, args, pid))
+            if config.main.master_process:
+                from upsync.master import serve_as_master
+
+                return runner.run(serve_as_master(config, args, pid))
+            open_file_budget(config)
+            return runner.run(_serve_alone(config, args, pid))
     finally:
         pid.remove()

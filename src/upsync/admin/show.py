@@ -1,5 +1,6 @@
 """upstream_show's answer: nginx-upsync-module's text, byte for byte, or JSON with live state."""
 
+import os
 import time
 from collections.abc import Sequence
 
@@ -41,7 +42,9 @@ def show_json(groups: Sequence[UpstreamGroup], monotonic_now: float) -> bytes:
                 }
             )
         upstreams.append({"name": group.name, **group.status(), "servers": servers})
-    return orjson.dumps({"upstreams": upstreams}, option=orjson.OPT_INDENT_2) + b"\n"
+    # each worker counts failures and connections on its own: say whose they are
+    answer = {"worker": os.getpid(), "upstreams": upstreams}
+    return orjson.dumps(answer, option=orjson.OPT_INDENT_2) + b"\n"
 
 
 def parse_show_query(query: str) -> tuple[list[str], bool]:

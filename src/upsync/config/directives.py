@@ -33,7 +33,6 @@ IGNORED = frozenset(
         "user",
         "worker_cpu_affinity",
         "worker_priority",
-        "worker_shutdown_timeout",
         "pcre_jit",
         "thread_pool",
         "timer_resolution",

@@ -14,6 +14,7 @@ from upsync.config.servers import ServerLineError, parse_server_params, resolve
 from upsync.config.upstream import build_upstream
 from upsync.config.variables import Template, compile_template
 from upsync.errors import ConfigError
+from upsync.units import parse_time
 
 directives.register()
 
@@ -55,6 +56,15 @@ def load_config(path: str, prefix: str | None = None, global_directives: str = "
     if global_directives:
         nodes = nodes + _parse_globals(global_directives)
     return _Builder(path, prefix).build(nodes)
+
+
+def _flag(node: Node) -> bool:
+    value = node.args[0].lower()
+    if value not in ("on", "off"):
+        raise node.error(
+            f'invalid value "{node.args[0]}" in "{node.name}" directive, it must be "on" or "off"'
+        )
+    return value == "on"
 
 
 class _Builder:
@@ -99,8 +109,13 @@ class _Builder:
                     if node.args[1] not in ERROR_LEVELS:
                         raise node.invalid(node.args[1])
                     main["error_log_level"] = node.args[1]
-            elif node.name == "daemon":
-                main["daemon"] = node.args[0].lower() == "on"
+            elif node.name in ("daemon", "master_process"):
+                main[node.name] = _flag(node)
+            elif node.name == "worker_shutdown_timeout":
+                try:
+                    main["worker_shutdown_timeout"] = parse_time(node.args[0])
+                except ValueError:
+                    raise node.invalid(node.args[0]) from None
             elif node.name == "load_module":
                 self.notices.append(
                     f"load_module {node.args[0]} is ignored: upsync has its modules built in "

@@ -177,6 +177,8 @@ class MainConfig:
     error_log: str = "stderr"
     error_log_level: str = "error"
     daemon: bool = False
+    master_process: bool = True
+    worker_shutdown_timeout: float = 0.0  # 0: a quitting worker waits for its last request
 
 
 @dataclass(frozen=True, slots=True)

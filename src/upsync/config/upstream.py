@@ -53,6 +53,13 @@ def build_upstream(
             dump_path = resolve_path(child.args[0])
         elif child.name == "upsync_lb":
             lb, lb_node = child.args[0], child
+        elif child.name == "zone":
+            # nginx shares failure counters and connection counts through it; upsync shares
+            # the server list (the master's) and keeps counters per worker
+            notices.append(
+                f'"zone" in upstream "{name}": each worker keeps its own failure and connection '
+                f"counts ({child.file}:{child.line})"
+            )
         elif child.name.startswith("check"):
             notices.append(f'"{child.name}" is not implemented yet and is ignored')
         else:

@@ -816,10 +816,11 @@ class ClientConnection(asyncio.Protocol):
 
     # responses
     def keep_alive_allowed(self) -> bool:
-        if self.keepalive_timeout <= 0 or self.app.draining:
+        if self.keepalive_timeout <= 0:
             return False
-        # a connection of a configuration that was reloaded away answers what it has already
-        # received, and closes after the last of it: no request it sent is left unanswered
+        # a connection of a configuration that was reloaded away (or of a process that quits)
+        # answers what it has already received, and closes after the last of it: no request it
+        # sent is left unanswered
         return not self.site.retired or bool(self.queue)
 
     def write(self, data: bytes, body: int = 0) -> None:

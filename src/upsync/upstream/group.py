@@ -32,6 +32,8 @@ class UpstreamGroup:
         self.balancer: Balancer = make_balancer("round_robin", [])
         self.source = "static"
         self.sync: UpstreamSync | None = None
+        # in a worker, the registry state of the master's sync, as last reported
+        self.reported_status: dict[str, object] | None = None
         self.replace(config.servers)
 
     def reconfigure(self, config: UpstreamConfig) -> None:
@@ -114,4 +116,6 @@ class UpstreamGroup:
         status: dict[str, object] = {"source": self.source}
         if self.sync is not None:
             status.update(self.sync.status())
+        elif self.reported_status is not None:
+            status.update(self.reported_status)
         return status

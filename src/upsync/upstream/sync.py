@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from upsync.config.model import ServerSpec
 from upsync.config.upsync import SyncSpec
@@ -52,8 +52,17 @@ class RetryPace:
         return backoff(self.interval, self.failures)
 
 
+class SyncObserver(Protocol):
+    """Told of what one sync changes: the master passes it on to its workers."""
+
+    def list_changed(self, sync: "UpstreamSync") -> None: ...
+
+    def status_changed(self, sync: "UpstreamSync") -> None: ...
+
+
 class UpstreamSync:
     def __init__(self, group: UpstreamGroup, spec: SyncSpec) -> None:
+        self.observer: SyncObserver | None = None
         self.group = group
         self.spec = spec
         self.source: Source = make_source(spec, group.name)
@@ -129,10 +138,12 @@ class UpstreamSync:
                     self.spec.dump_path,
                     len(snapshot.servers),
                 )
+                self._list_changed()
                 return
         self.group.source = "static"
         if not self.group.peers:
             log.warning('upstream "%s" has no servers until the registry answers', self.group.name)
+        self._list_changed()
 
     # following the registry
     def start(self) -> None:
@@ -178,7 +189,9 @@ class UpstreamSync:
                 message,
                 self.group.source,
             )
-        self.last_error = message
+        if message != self.last_error:
+            self.last_error = message
+            self._status_changed()
 
     def _recovered(self) -> None:
         if not self.reachable:
@@ -220,6 +233,7 @@ class UpstreamSync:
                 listed.add(bad.name)
         self.reported = still_bad
         if not specs:
+            self._status_changed()
             if not self.empty_warned:
                 log.warning(
                     'upstream "%s": the registry lists no servers; the last list (%d) stays',
@@ -231,14 +245,24 @@ class UpstreamSync:
         self.empty_warned = False
         from_registry = self.group.source == "registry"
         if not self.group.replace(specs, new_first=True) and from_registry:
+            self._status_changed()
             return
         self.group.source = "registry"
         self.last_change = time.time()
         self.changes += 1
+        self._list_changed()
         log.info(
             'upstream "%s": %d servers from %s', self.group.name, len(specs), self.source.where
         )
         self._schedule_dump()
+
+    def _list_changed(self) -> None:
+        if self.observer is not None:
+            self.observer.list_changed(self)
+
+    def _status_changed(self) -> None:
+        if self.observer is not None:
+            self.observer.status_changed(self)
 
     def _schedule_dump(self) -> None:
         """Write the dump in a thread, one write at a time, the latest list winning: routing

@@ -1,0 +1,221 @@
+"""The master and its workers: one registry watch for the whole instance, every worker routing
+by the same list, a killed worker replaced, SIGQUIT finishing what is in flight, and a broken
+configuration at reload leaving the running workers alone."""
+
+import http.client
+import json
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+from tests.consul_double import ConsulDouble
+from tests.helpers import (
+    Backend,
+    Process,
+    connection_per_worker,
+    free_port,
+    request,
+    running_upsync,
+    show_json,
+    wait_until,
+)
+from tests.registries import ConsulKVDriver
+
+CONFIG = """
+worker_processes {workers};
+events {{}}
+http {{
+    upstream test {{ {test} }}
+    upstream backend {{ server 127.0.0.1:{backend}; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ proxy_pass http://backend; }}
+        location /upstream_list {{ upstream_show; }}
+    }}
+}}
+"""
+
+
+def started_workers(proc: Process) -> list[int]:
+    """Worker pids in the order the master reported them serving."""
+    text = (proc.workdir / "error.log").read_text()
+    return [int(pid) for pid in re.findall(r"start worker process (\d+)", text)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def show_text(conn: http.client.HTTPConnection) -> str:
+    conn.request("GET", "/upstream_list?test")
+    response = conn.getresponse()
+    assert response.status == 200
+    return response.read().decode()
+
+
+def servers_of(answer: dict[str, object]) -> list[str]:
+    upstreams = answer["upstreams"]
+    assert isinstance(upstreams, list)
+    return [server["server"] for server in upstreams[0]["servers"]]
+
+
+def test_one_watch_serves_every_worker_and_each_routes_by_the_same_list(tmp_path: Path) -> None:
+    double = ConsulDouble().start()
+    try:
+        driver = ConsulKVDriver(double.address, "upstreams/workers")
+        driver.put("127.0.0.1:8001")
+        port = free_port()
+        text = CONFIG.format(
+            workers=3,
+            test=f"{driver.upsync()} upsync_dump_path {tmp_path / 'dump.conf'};",
+            backend=free_port(),
+            port=port,
+        )
+        with running_upsync(text, port) as proc:
+            wait_until(lambda: len(started_workers(proc)) == 3)
+            changes = 6
+            with connection_per_worker(port, 3) as conns:
+                for n in range(2, 2 + changes):
+                    driver.put(f"127.0.0.1:80{n:02d}")
+                    for conn in conns.values():
+                        wait_until(lambda c=conn, n=n: len(servers_of(show_json(c))) == n)
+                texts = {show_text(conn) for conn in conns.values()}
+                assert len(texts) == 1, texts
+                states = [show_json(conn)["upstreams"] for conn in conns.values()]
+                indexes = {s[0]["last_index"] for s in states}  # type: ignore[index]
+                assert len(indexes) == 1 and None not in indexes, states
+            kv_reads = [r for r in double.state.requests if "/v1/kv/upstreams/workers" in r]
+            # one watcher: a read per change, and a few for start-up; three would make 3x
+            assert len(kv_reads) <= changes + 4, kv_reads
+    finally:
+        double.stop()
+
+
+def test_a_killed_worker_is_replaced_and_the_others_keep_serving() -> None:
+    port = free_port()
+    with Backend("a") as backend:
+        text = CONFIG.format(
+            workers=2,
+            test="server 127.0.0.1:9;",
+            backend=backend.port,
+            port=port,
+        )
+        with running_upsync(text, port) as proc:
+            wait_until(lambda: len(started_workers(proc)) == 2)
+            failures: list[str] = []
+            served = 0
+            stop = threading.Event()
+
+            def load() -> None:
+                nonlocal served
+                while not stop.is_set():
+                    try:
+                        status, _, _ = request(port, "/")
+                        served += 1
+                        if status != 200:
+                            failures.append(str(status))
+                    except OSError as exc:
+                        failures.append(repr(exc))
+
+            loader = threading.Thread(target=load)
+            loader.start()
+            try:
+                wait_until(lambda: served > 20)
+                victim = started_workers(proc)[0]
+                os.kill(victim, signal.SIGKILL)
+                killed_at = time.monotonic()
+                wait_until(lambda: len(started_workers(proc)) == 3, timeout=5)
+                replaced_in = time.monotonic() - killed_at
+                before = served
+                wait_until(lambda: served > before + 50)
+            finally:
+                stop.set()
+                loader.join()
+            assert replaced_in < 1.0, replaced_in
+            assert not alive(victim)
+            # a request the killed worker had accepted may fail; nothing else does
+            assert len(failures) <= 2, failures
+            assert all(alive(pid) for pid in started_workers(proc)[1:])
+
+
+def test_sigquit_finishes_in_flight_slow_responses() -> None:
+    port = free_port()
+    with Backend("slow") as backend:
+        text = CONFIG.format(
+            workers=2,
+            test="server 127.0.0.1:9;",
+            backend=backend.port,
+            port=port,
+        )
+        with running_upsync(text, port) as proc:
+            wait_until(lambda: len(started_workers(proc)) == 2)
+            results: list[tuple[int, bytes]] = []
+
+            def slow() -> None:
+                status, _, body = request(port, "/slow/1")
+                results.append((status, body))
+
+            threads = [threading.Thread(target=slow) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            wait_until(lambda: len(backend.requests) == 4)
+            proc.signal(signal.SIGQUIT)
+            for thread in threads:
+                thread.join(10)
+            assert results == [(200, b"slow\n")] * 4
+            assert proc.wait(10) == 0
+            assert not any(alive(pid) for pid in started_workers(proc))
+
+
+def test_a_broken_config_at_reload_keeps_the_workers() -> None:
+    port = free_port()
+    with Backend("a") as backend:
+        text = CONFIG.format(
+            workers=2,
+            test="server 127.0.0.1:9;",
+            backend=backend.port,
+            port=port,
+        )
+        with running_upsync(text, port) as proc:
+            wait_until(lambda: len(started_workers(proc)) == 2)
+            workers = started_workers(proc)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/")
+            assert conn.getresponse().read() == b"a\n"
+            (proc.workdir / "upsync.conf").write_text(text.replace("listen", "listne"))
+            proc.signal(signal.SIGHUP)
+            log = proc.workdir / "error.log"
+            wait_until(lambda: "reload failed" in log.read_text())
+            assert 'unknown directive "listne"' in log.read_text()
+            conn.request("GET", "/")  # the kept-alive connection goes on
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"a\n")
+            assert response.getheader("Connection") != "close"
+            conn.close()
+            assert request(port, "/")[0] == 200
+            assert started_workers(proc) == workers
+            assert all(alive(pid) for pid in workers)
+
+
+def test_master_process_off_runs_one_process() -> None:
+    port = free_port()
+    text = CONFIG.format(
+        workers=4,
+        test="server 127.0.0.1:9;",
+        backend=free_port(),
+        port=port,
+    )
+    with running_upsync("master_process off;\n" + text, port) as proc:
+        assert proc.proc is not None
+        children = Path(f"/proc/{proc.proc.pid}/task/{proc.proc.pid}/children").read_text()
+        assert children.split() == []
+        status, _, body = request(port, "/upstream_list?format=json")
+        assert status == 200 and json.loads(body)["worker"] == proc.proc.pid
