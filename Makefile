@@ -40,11 +40,12 @@ test: system-deps $(STAMP) lint
 	PYTHONPATH=$(CURDIR)/src $(BIN)/pytest -q tests/unit tests/integration/test_proxy.py \
 		tests/integration/test_bad_input.py tests/integration/test_memory.py \
 		tests/integration/test_hostile_backends.py tests/integration/test_hostile_clients.py \
-		tests/integration/test_invariants.py
+		tests/integration/test_invariants.py tests/integration/test_workers.py
 
 bench: system-deps $(STAMP)
 	$(BIN)/python bench/proxy_bench.py
 	$(BIN)/python bench/propagation.py
+	$(BIN)/python bench/workers_bench.py
 	$(BIN)/python bench/apply_cost.py
 	$(BIN)/python bench/instructions.py
 

@@ -3,7 +3,8 @@ request routed by the new list, p50/p99 over many changes, for etcd v2, etcd v3 
 test suite's API double, or a real agent given CONSUL_HTTP_ADDR).
 
 Each change flips server B between `down` and up in the registry (one write); B coming back is
-observed as the first response from B, polled on a keep-alive connection. upsync_interval is 30s
+observed as the first response from B, polled on a keep-alive connection held to each worker
+(the master follows the registry and passes each list on, so every worker is timed). upsync_interval is 30s
 so that only the watch, not polling, can explain the figures.
 
     .venv/bin/python bench/propagation.py [--changes 400] [--registry etcdv3]
@@ -21,7 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.consul_double import ConsulDouble  # noqa: E402
-from tests.helpers import Backend, free_port, running_upsync, wait_until  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    Backend,
+    connection_per_worker,
+    free_port,
+    running_upsync,
+    wait_until,
+)
 from tests.registries import (  # noqa: E402
     ConsulKVDriver,
     Driver,
@@ -32,53 +39,70 @@ from tests.registries import (  # noqa: E402
 )
 
 
-def measure(driver: Driver, changes: int) -> list[float]:
+def measure(driver: Driver, changes: int, workers: int) -> dict[int, list[float]]:
+    """Per worker pid, the delay of each change until that worker routes by it."""
     port = free_port()
     with Backend("A") as a, Backend("B") as b, tempfile.TemporaryDirectory() as tmp:
         driver.put(f"127.0.0.1:{a.port}")
         driver.put(f"127.0.0.1:{b.port}", '{"down":1}')
         line = driver.upsync().replace("upsync_interval=100ms", "upsync_interval=30s")
         config = f"""
+worker_processes {workers};
 events {{}}
 http {{
     upstream test {{ {line} upsync_dump_path {tmp}/dump.conf; }}
-    server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://test; }} }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ proxy_pass http://test; }}
+        location /upstream_list {{ upstream_show; }}
+    }}
 }}
 """
-        with running_upsync(config, port):
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        with running_upsync(config, port), connection_per_worker(port, workers) as conns:
 
-            def backend() -> bytes:
+            def backend(conn: http.client.HTTPConnection) -> bytes:
                 conn.request("GET", "/")
                 return conn.getresponse().read()
 
-            wait_until(lambda: backend() == b"A\n")
-            delays = []
+            for conn in conns.values():
+                wait_until(lambda conn=conn: backend(conn) == b"A\n")
+            delays: dict[int, list[float]] = {pid: [] for pid in conns}
             for change in range(changes):
                 if change % 2 == 0:
                     driver.put(f"127.0.0.1:{b.port}", "{}")  # B up: time until B answers
                     written = time.perf_counter()
                     deadline = written + 5
-                    while backend() != b"B\n":
+                    waiting = dict(conns)
+                    while waiting:  # each worker polled in turn until it routes to B
+                        for pid, conn in list(waiting.items()):
+                            if backend(conn) == b"B\n":
+                                delays[pid].append((time.perf_counter() - written) * 1000)
+                                del waiting[pid]
                         if time.perf_counter() > deadline:
                             raise SystemExit("a change did not arrive within 5 s")
-                    delays.append((time.perf_counter() - written) * 1000)
                 else:
                     driver.put(f"127.0.0.1:{b.port}", '{"down":1}')
-                    wait_until(
-                        lambda: all(backend() == b"A\n" for _ in range(3)),
-                        timeout=5,
-                        interval=0.001,
-                    )
-            conn.close()
+                    for conn in conns.values():
+                        wait_until(
+                            lambda conn=conn: all(backend(conn) == b"A\n" for _ in range(3)),
+                            timeout=5,
+                            interval=0.001,
+                        )
     driver.delete_all()
     return delays
+
+
+def percentiles(delays: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(delays)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return statistics.median(ordered), p99, ordered[-1]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--changes", type=int, default=400)
     parser.add_argument("--registry", choices=["etcd", "etcdv3", "consul", "all"], default="all")
+    parser.add_argument("--workers", type=int, default=2, help="worker_processes")
     args = parser.parse_args()
     kinds = ["etcd", "etcdv3", "consul"] if args.registry == "all" else [args.registry]
     etcd = Etcd().start() if {"etcd", "etcdv3"} & set(kinds) else None
@@ -96,26 +120,27 @@ def main() -> int:
                 driver = EtcdV3Driver(etcd, "bench/propagation")
             else:
                 driver = ConsulKVDriver(consul_real or double.address, "bench/propagation")  # type: ignore[union-attr]
-            delays = sorted(measure(driver, args.changes))
-            p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
-            rows.append((kind, len(delays), statistics.median(delays), p99, delays[-1]))
+            per_worker = measure(driver, args.changes, args.workers)
+            for index, delays in enumerate(per_worker.values(), 1):
+                rows.append((kind, f"worker {index}", len(delays), *percentiles(delays)))
     finally:
         if etcd is not None:
             etcd.close()
         if double is not None:
             double.stop()
     print(
-        f"\nregistry write → first request routed by the new list ({args.changes} changes, upsync_interval=30s)\n"
+        f"\nregistry write → first request routed by the new list in each worker"
+        f" ({args.changes} changes, worker_processes {args.workers}, upsync_interval=30s)\n"
     )
-    print("| registry | timed changes | p50 ms | p99 ms | max ms |")
-    print("|---|---:|---:|---:|---:|")
-    for kind, count, p50, p99, worst in rows:
+    print("| registry | worker | timed changes | p50 ms | p99 ms | max ms |")
+    print("|---|---|---:|---:|---:|---:|")
+    for kind, worker, count, p50, p99, worst in rows:
         name = {
             "etcd": "etcd v2",
             "etcdv3": "etcd v3",
             "consul": "Consul KV" + ("" if consul_real else " (API double)"),
         }[kind]
-        print(f"| {name} | {count} | {p50:.1f} | {p99:.1f} | {worst:.1f} |")
+        print(f"| {name} | {worker} | {count} | {p50:.1f} | {p99:.1f} | {worst:.1f} |")
     return 0
 
 

@@ -66,26 +66,43 @@ class Process:
         self.log_path = workdir / f"{name}.out"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait: bool = True) -> "Process":
+    def start(self, wait: bool = True, ready: Callable[[], bool] | None = None) -> "Process":
+        """Start; with `wait`, return once the port accepts and `ready()` holds (a master
+        binds before its workers serve)."""
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             self.argv, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir
         )
         if wait:
             wait_until(
-                lambda: port_open(self.port) or self.proc is None or self.proc.poll() is not None
+                lambda: (
+                    (port_open(self.port) and (ready is None or ready()))
+                    or self.proc is None
+                    or self.proc.poll() is not None
+                )
             )
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited: {self.output()}")
         return self
 
-    def peak_rss_kb(self) -> int:
-        """The process's peak resident memory so far (VmHWM)."""
+    def serving_pids(self) -> list[int]:
+        """The processes that serve: upsync's workers (the master's grandchildren, through
+        its spawner), or the process itself when it has no children (`master_process off`)."""
         assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmHWM")
+        children = child_pids(self.proc.pid)
+        if not children:
+            return [self.proc.pid]
+        return [worker for child in children for worker in child_pids(child)]
+
+    def peak_rss_kb(self) -> int:
+        """The largest peak resident memory so far (VmHWM) of the serving processes."""
+        peaks = []
+        for pid in self.serving_pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]))
+        assert peaks, "no serving process"
+        return max(peaks)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -110,6 +127,10 @@ class Process:
             self.log.close()
 
 
+def child_pids(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def upsync_argv(config: Path) -> list[str]:
     return [sys.executable, "-m", "upsync", "-c", str(config)]
 
@@ -128,8 +149,15 @@ def running_upsync(
             + (extra or [])
         )
         process = Process(argv, port, workdir, "upsync")
+
+        def serving() -> bool:
+            # logged once every worker serves (or, in one process, once it listens)
+            log = workdir / "error.log"
+            text = log.read_text(errors="replace") if log.exists() else ""
+            return "upsync started" in text or "upsync started" in process.output()
+
         try:
-            yield process.start()
+            yield process.start(ready=serving)
         finally:
             process.stop()
 

@@ -13,7 +13,15 @@ from upsync.errors import ConfigError
 
 log = logging.getLogger("upsync")
 DEFAULT_CONFIG = "/etc/upsync/upsync.conf"
-_LIBRARIES = ("crossplane", "httptools", "uvloop", "orjson", "aiohttp", "watchfiles")
+_LIBRARIES = (
+    "crossplane",
+    "httptools",
+    "uvloop",
+    "orjson",
+    "aiohttp",
+    "watchfiles",
+    "setproctitle",
+)
 SIGNALS = {
     "stop": signal.SIGTERM,
     "quit": signal.SIGQUIT,

@@ -15,12 +15,13 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Coroutine
 from typing import Any
 
+from upsync import spawner
 from upsync.config import Config, load_config
 from upsync.errors import ConfigError
 from upsync.generation import BindKey, bind_keys
@@ -41,47 +42,64 @@ RESPAWN_PAUSE = 1.0  # before replacing a worker that died before it served: no 
 
 
 class Spawner:
-    """The process that forks the workers (see upsync.spawner), restarted if it dies."""
+    """The process that forks the workers (see upsync.spawner). The first is forked from the
+    master before its event loop or any thread exists, so it starts with everything imported;
+    one that dies is replaced by a fresh interpreter, since the master can no longer fork
+    safely once its loop runs."""
 
     def __init__(self) -> None:
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid = 0
         self.control: socket.socket | None = None
 
-    def _start(self) -> socket.socket:
+    def fork(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "upsync.spawner", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-        )
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            code = 1
+            try:
+                spawner.serve(theirs)
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.pid, self.control = pid, ours
+
+    def _start_fresh(self) -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        theirs.set_inheritable(True)
+        argv = [sys.executable, "-m", "upsync.spawner", str(theirs.fileno())]
+        self.pid = os.posix_spawn(sys.executable, argv, os.environ)
         theirs.close()
         self.control = ours
         return ours
 
-    def start(self) -> None:
-        if self.control is None:
-            self._start()
-
     def fork_worker(self, fds: list[int]) -> None:
-        control = self.control or self._start()
+        control = self.control or self._start_fresh()
         try:
             socket.send_fds(control, [b"w"], fds)
         except OSError as exc:
             log.error("the worker spawner is gone (%s); starting another", exc)
             self.close()
-            socket.send_fds(self._start(), [b"w"], fds)
+            socket.send_fds(self._start_fresh(), [b"w"], fds)
 
     def close(self) -> None:
+        """Closing its socket ends it; it is reaped here (killed if it lingers)."""
         if self.control is not None:
             self.control.close()
             self.control = None
-        if self.proc is not None:
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        if not self.pid:
+            return
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                break
+            time.sleep(0.01)  # its exit follows the socket's close within milliseconds
+        self.pid = 0
 
 
 class Worker(asyncio.Protocol):
@@ -140,7 +158,7 @@ class Worker(asyncio.Protocol):
 
 
 class Master:
-    def __init__(self, config: Config, args: argparse.Namespace) -> None:
+    def __init__(self, config: Config, args: argparse.Namespace, spawner: Spawner) -> None:
         self.loop = asyncio.get_running_loop()
         self.config = config
         self.args = args
@@ -148,7 +166,7 @@ class Master:
         self.listeners: dict[BindKey, socket.socket] = {}
         self.workers: set[Worker] = set()
         self.generation = 0
-        self.spawner = Spawner()
+        self.spawner = spawner
         self.stopping = False
         self.reloading = False
         self.reload_again = False
@@ -185,7 +203,6 @@ class Master:
     async def prepare(self) -> list[UpstreamSync]:
         """Pull every registry once (StartupError if a strong dependency fails), then listen
         (OSError); returns the syncs to start with the workers."""
-        self.spawner.start()
         syncs = self.upstreams.apply(self.config)
         self._follow(syncs)
         await asyncio.gather(*(sync.initial_load() for sync in syncs))
@@ -305,7 +322,10 @@ class Master:
         previous = self.config
         self._start_syncs(self.upstreams.apply(config))
         generation = self.generation + 1
-        if not await self._start_workers(config, generation):
+        started = await self._start_workers(config, generation)
+        if self.stopping:
+            return  # stopped meanwhile: the new workers were stopped with the rest
+        if not started:
             log.error("reload failed: new worker processes did not start; the old ones serve on")
             self._start_syncs(self.upstreams.apply(previous))
             for key in bound:
@@ -377,8 +397,10 @@ async def _give_up(master: Master, message: str) -> int:
     return 1
 
 
-async def serve_as_master(config: Config, args: argparse.Namespace, pid: PidFile) -> int:
-    master = Master(config, args)
+async def serve_as_master(
+    config: Config, args: argparse.Namespace, pid: PidFile, spawner: Spawner
+) -> int:
+    master = Master(config, args, spawner)
     loop = master.loop
     started = asyncio.Event()
 

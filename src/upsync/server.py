@@ -6,10 +6,12 @@ import asyncio
 import gc
 import logging
 import signal
+import sys
 from collections.abc import Coroutine
 from typing import Any
 
 import uvloop
+from setproctitle import setproctitle
 
 from upsync.app import App
 from upsync.config import Config, load_config
@@ -92,12 +94,16 @@ def run(config: Config, args: argparse.Namespace) -> int:
         log.info("daemon on: upsync stays in the foreground; run it under a service manager")
     pid = PidFile(config.main.pid)
     try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            if config.main.master_process:
-                from upsync.master import serve_as_master
+        if config.main.master_process:
+            from upsync.master import Spawner, serve_as_master
 
-                return runner.run(serve_as_master(config, args, pid))
-            open_file_budget(config)
+            setproctitle(f"upsync: master process upsync {' '.join(sys.argv[1:])}")
+            spawner = Spawner()
+            spawner.fork()  # before the event loop or any thread exists
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(serve_as_master(config, args, pid, spawner))
+        open_file_budget(config)
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(_serve_alone(config, args, pid))
     finally:
         pid.remove()

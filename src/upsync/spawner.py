@@ -1,7 +1,8 @@
-"""The master's spawner: a small process, started once, that has imported everything a worker
-runs and forks a worker on request. Forking it costs a millisecond where starting a Python
-process and importing upsync costs half a second of CPU, and it keeps fork() away from the
-master, whose event loop, registry connections and threads a forked child would inherit.
+"""The master's spawner: a process that has imported everything a worker runs and forks a
+worker on request. A fork costs a millisecond where starting a Python process and importing
+upsync costs half a second of CPU; and forking here, never in the master, keeps the master's
+event loop, registry connections and threads out of every worker. The master forks the first
+spawner before its own loop starts; a replacement is started as `python -m upsync.spawner FD`.
 
 Each request is one datagram on a SOCK_SEQPACKET socket carrying the descriptors the worker
 needs: its channel to the master first, then the listening sockets. The master learns the
@@ -13,6 +14,8 @@ import signal
 import socket
 import sys
 import traceback
+
+from setproctitle import setproctitle
 
 from upsync import worker
 
@@ -34,6 +37,7 @@ def _run_worker(fds: list[int]) -> None:
 
 
 def serve(control: socket.socket) -> None:
+    setproctitle("upsync: worker spawner")
     # the master decides when the spawner ends: by closing the socket (or by dying)
     for sig in SIGNALS_TO_IGNORE:
         signal.signal(sig, signal.SIG_IGN)

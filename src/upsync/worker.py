@@ -10,6 +10,7 @@ import socket
 from typing import Any
 
 import uvloop
+from setproctitle import setproctitle
 
 from upsync.app import App
 from upsync.config.model import Config, ServerSpec
@@ -130,6 +131,7 @@ async def _serve(
 
 def main(channel_fd: int, listen_fds: list[int]) -> int:
     """A worker's life, in a process the spawner has just forked."""
+    setproctitle("upsync: worker process")
     channel = socket.socket(fileno=channel_fd)
     _, init = read_first_frame(channel)
     config: Config = init["config"]

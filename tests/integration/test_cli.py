@@ -8,6 +8,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import (
     Backend,
     KeepAliveClient,
@@ -195,10 +197,16 @@ http {
 """
 
 
-def test_connections_open_before_a_reload_are_served_after_it() -> None:
+PROCESS_MODELS = pytest.mark.parametrize(
+    "main", ["worker_processes 2;", "master_process off;"], ids=["workers", "one-process"]
+)
+
+
+@PROCESS_MODELS
+def test_connections_open_before_a_reload_are_served_after_it(main: str) -> None:
     port = free_port()
     with Backend("b") as backend:
-        text = RELOADABLE.replace("PORT", str(port)).replace("BACKEND", str(backend.port))
+        text = main + RELOADABLE.replace("PORT", str(port)).replace("BACKEND", str(backend.port))
         with running_upsync(text.replace("VERSION", ""), port) as proc:
             kept = KeepAliveClient(port)
             assert kept.get("/")[0] == 200  # kept alive across the reload
@@ -220,9 +228,10 @@ def test_connections_open_before_a_reload_are_served_after_it() -> None:
                 accepted.close()
 
 
-def test_pipelined_requests_across_a_reload_are_all_answered() -> None:
+@PROCESS_MODELS
+def test_pipelined_requests_across_a_reload_are_all_answered(main: str) -> None:
     port = free_port()
-    text = GOOD.replace("PORT", str(port))
+    text = main + GOOD.replace("PORT", str(port))
     with running_upsync(text.replace("VERSION", "one"), port) as proc:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as old:
             old.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")

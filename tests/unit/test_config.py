@@ -307,3 +307,25 @@ def test_lingering_in_a_location_is_refused_not_ignored(tmp_path: Path) -> None:
 def test_weight_over_1000_is_a_config_error(tmp_path: Path) -> None:
     error = error_of(tmp_path, "upstream u { server 127.0.0.1:1 weight=1001; }")
     assert "weight=1000" in str(error)
+
+
+def test_process_directives_and_their_defaults(tmp_path: Path) -> None:
+    default = load(tmp_path, "server { listen 80; }").main
+    assert (default.master_process, default.worker_processes) == (True, 1)
+    assert default.worker_shutdown_timeout == 0
+    path = tmp_path / "nginx.conf"
+    path.write_text(
+        "worker_processes 3;\nmaster_process off;\nworker_shutdown_timeout 1m30s;\n"
+        + BASE.format(body="server { listen 80; }")
+    )
+    main = load_config(str(path)).main
+    assert (main.master_process, main.worker_processes) == (False, 3)
+    assert main.worker_shutdown_timeout == 90
+    path.write_text("master_process maybe;\n" + BASE.format(body="server { listen 80; }"))
+    with pytest.raises(ConfigError, match='"master_process" directive, it must be "on" or "off"'):
+        load_config(str(path))
+
+
+def test_zone_is_accepted_with_a_notice_of_what_it_shares(tmp_path: Path) -> None:
+    config = load(tmp_path, "upstream u { zone u 64k; server 127.0.0.1:1; }")
+    assert any('"zone" in upstream "u"' in notice for notice in config.notices)
