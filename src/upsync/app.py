@@ -7,6 +7,7 @@ import os
 import resource
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from upsync.config.model import Config
 from upsync.generation import BindKey, Generation, bind_keys
@@ -14,8 +15,10 @@ from upsync.listeners import Listener, bind
 from upsync.logs import AccessLogFiles
 from upsync.proxy.client import ClientConnection
 from upsync.proxy.timer import CoarseTimeouts
-from upsync.upstream.sync import UpstreamSync
 from upsync.upstream.upstreams import Upstreams
+
+if TYPE_CHECKING:
+    from upsync.upstream.sync import UpstreamSync
 
 log = logging.getLogger("upsync")
 
@@ -71,7 +74,7 @@ class App:
         self.pending_syncs = self._apply(config)
 
     # building
-    def _apply(self, config: Config) -> list[UpstreamSync]:
+    def _apply(self, config: Config) -> list["UpstreamSync"]:
         """Build the runtime for a config; returns the registry syncs that are new."""
         new_syncs = self.upstreams.apply(config)
         self.config = config
@@ -89,7 +92,7 @@ class App:
         for sync in syncs:
             sync.start()
 
-    def syncs(self) -> list[UpstreamSync]:
+    def syncs(self) -> list["UpstreamSync"]:
         return self.upstreams.syncs()
 
     async def _sync_listeners(self) -> None:

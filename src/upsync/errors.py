@@ -16,3 +16,7 @@ class ConfigError(Exception):
         if self.line is None:
             return f"{self.message} in {self.file}"
         return f"{self.message} in {self.file}:{self.line}"
+
+
+class StartupError(Exception):
+    """A reason not to start (a strong registry dependency unreachable, workers that fail)."""

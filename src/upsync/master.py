@@ -11,23 +11,22 @@ SO_REUSEPORT socket (whose queue dies with it) is ever closed under load."""
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import socket
-import sys
 import time
-import traceback
 from collections.abc import Coroutine
 from typing import Any
 
-from upsync import spawner
 from upsync.config import Config, load_config
-from upsync.errors import ConfigError
+from upsync.errors import ConfigError, StartupError
 from upsync.generation import BindKey, bind_keys
 from upsync.listeners import bind
 from upsync.process import PidFile, report_emerg, settle_heap
-from upsync.upstream.sync import StartupError, UpstreamSync
+from upsync.spawner import Spawner
+from upsync.upstream.sync import UpstreamSync
 from upsync.upstream.upstreams import Upstreams
 from upsync.wire import FrameReader, frame
 
@@ -39,67 +38,6 @@ STOP_TIMEOUT = 5.0  # SIGTERM: workers still there after it are killed
 # its client may be sending the next request meanwhile, which is then answered, not lost
 RETIRE_IDLE_GRACE = 1.0
 RESPAWN_PAUSE = 1.0  # before replacing a worker that died before it served: no tight crash loop
-
-
-class Spawner:
-    """The process that forks the workers (see upsync.spawner). The first is forked from the
-    master before its event loop or any thread exists, so it starts with everything imported;
-    one that dies is replaced by a fresh interpreter, since the master can no longer fork
-    safely once its loop runs."""
-
-    def __init__(self) -> None:
-        self.pid = 0
-        self.control: socket.socket | None = None
-
-    def fork(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            code = 1
-            try:
-                spawner.serve(theirs)
-                code = 0
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        theirs.close()
-        self.pid, self.control = pid, ours
-
-    def _start_fresh(self) -> socket.socket:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        theirs.set_inheritable(True)
-        argv = [sys.executable, "-m", "upsync.spawner", str(theirs.fileno())]
-        self.pid = os.posix_spawn(sys.executable, argv, os.environ)
-        theirs.close()
-        self.control = ours
-        return ours
-
-    def fork_worker(self, fds: list[int]) -> None:
-        control = self.control or self._start_fresh()
-        try:
-            socket.send_fds(control, [b"w"], fds)
-        except OSError as exc:
-            log.error("the worker spawner is gone (%s); starting another", exc)
-            self.close()
-            socket.send_fds(self._start_fresh(), [b"w"], fds)
-
-    def close(self) -> None:
-        """Closing its socket ends it; it is reaped here (killed if it lingers)."""
-        if self.control is not None:
-            self.control.close()
-            self.control = None
-        if not self.pid:
-            return
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
-            if time.monotonic() > deadline:
-                os.kill(self.pid, signal.SIGKILL)
-                os.waitpid(self.pid, 0)
-                break
-            time.sleep(0.01)  # its exit follows the socket's close within milliseconds
-        self.pid = 0
 
 
 class Worker(asyncio.Protocol):
@@ -231,7 +169,7 @@ class Master:
 
     async def _start_workers(self, config: Config, generation: int) -> bool:
         count = config.main.worker_processes
-        workers = [await self._spawn_worker(config, generation) for _ in range(count)]
+        workers = await self._spawn_workers(config, generation, count)
         for worker in workers:
             worker.awaited = True
         done = await asyncio.gather(*(w.ready for w in workers))
@@ -243,25 +181,37 @@ class Master:
             worker.stop()
         return False
 
-    async def _spawn_worker(self, config: Config, generation: int) -> Worker:
+    async def _spawn_workers(self, config: Config, generation: int, count: int) -> list[Worker]:
+        """Fork `count` workers and send them their start: the configuration and the current
+        synced lists, pickled once for all of them. What changes after it reaches each worker
+        as a message: each is in the broadcast before the start is built."""
         keys = list(bind_keys(config))
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.spawner.fork_worker([theirs.fileno(), *(self.listeners[k].fileno() for k in keys)])
-        finally:
-            theirs.close()
-        worker = Worker(self, generation)
-        self.workers.add(worker)
-        ours.setblocking(False)
-        await self.loop.create_unix_connection(lambda: worker, sock=ours)
+        workers = []
+        for _ in range(count):
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                fds = [theirs.fileno(), *(self.listeners[k].fileno() for k in keys)]
+                self.spawner.fork_worker(fds)
+            finally:
+                theirs.close()
+            ours.setblocking(False)
+            _, worker = await self.loop.create_unix_connection(
+                functools.partial(Worker, self, generation), sock=ours
+            )
+            if not worker.gone.done():  # not dead already
+                self.workers.add(worker)
+            workers.append(worker)
         lists = {
             sync.group.name: self._list_of(sync)
             for sync in self.upstreams.syncs()
             if sync.group.name in config.upstreams
         }
-        worker.send(("init", {"config": config, "listen": keys, "lists": lists}))
-        self.loop.call_later(READY_TIMEOUT, self._check_started, worker)
-        return worker
+        start = frame(("init", {"config": config, "listen": keys, "lists": lists}))
+        for worker in workers:
+            if worker.transport is not None:
+                worker.transport.write(start)
+            self.loop.call_later(READY_TIMEOUT, self._check_started, worker)
+        return workers
 
     def _check_started(self, worker: Worker) -> None:
         if not worker.ready.done():
@@ -289,7 +239,7 @@ class Master:
         if not served:
             await asyncio.sleep(RESPAWN_PAUSE)
         if not self.stopping:
-            await self._spawn_worker(self.config, self.generation)
+            await self._spawn_workers(self.config, self.generation, 1)
 
     # reloading
     async def reload(self) -> None:

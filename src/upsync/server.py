@@ -15,10 +15,9 @@ from setproctitle import setproctitle
 
 from upsync.app import App
 from upsync.config import Config, load_config
-from upsync.errors import ConfigError
+from upsync.errors import ConfigError, StartupError
 from upsync.logs import setup_error_log
 from upsync.process import PidFile, open_file_budget, report_emerg, settle_heap
-from upsync.upstream.sync import StartupError
 
 log = logging.getLogger("upsync")
 
@@ -95,11 +94,15 @@ def run(config: Config, args: argparse.Namespace) -> int:
     pid = PidFile(config.main.pid)
     try:
         if config.main.master_process:
-            from upsync.master import Spawner, serve_as_master
+            from upsync.spawner import Spawner
 
             setproctitle(f"upsync: master process upsync {' '.join(sys.argv[1:])}")
+            # forked before the event loop or any thread exists, and before the master loads
+            # the registry clients: workers fork from a process holding only what they run
             spawner = Spawner()
-            spawner.fork()  # before the event loop or any thread exists
+            spawner.fork()
+            from upsync.master import serve_as_master
+
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 return runner.run(serve_as_master(config, args, pid, spawner))
         open_file_budget(config)

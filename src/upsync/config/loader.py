@@ -1,5 +1,6 @@
 """Read an nginx-syntax config with crossplane and validate it into a Config."""
 
+import functools
 import os
 import tempfile
 from typing import Any
@@ -37,8 +38,10 @@ def _parse_file(path: str) -> tuple[Node, ...]:
     return nodes_from_crossplane(config["parsed"], config["file"])
 
 
+@functools.lru_cache(maxsize=4)
 def _parse_globals(text: str) -> tuple[Node, ...]:
-    """`-g "pid x; daemon off;"`: main-context directives given on the command line."""
+    """`-g "pid x; daemon off;"`: main-context directives given on the command line (parsed
+    once: every reload passes the same)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "global directives")
         with open(path, "w") as handle:

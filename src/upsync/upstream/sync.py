@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from upsync.config.model import ServerSpec
 from upsync.config.upsync import SyncSpec
+from upsync.errors import StartupError
 from upsync.sources.base import RegistryError, Source
 from upsync.sources.entries import Snapshot, snapshot_from_server_lines
 from upsync.sources.registry import make_source
@@ -23,10 +24,6 @@ log = logging.getLogger("upsync.sync")
 
 STARTUP_PULL_TIMEOUT = 10.0
 BACKOFF_CAP = 10.0
-
-
-class StartupError(Exception):
-    pass
 
 
 def backoff(interval: float, failures: int) -> float:

@@ -4,10 +4,13 @@ connections), and a sync whose `upsync` line stays keeps following (and keeps it
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from upsync.config.model import Config
 from upsync.upstream.group import UpstreamGroup
-from upsync.upstream.sync import UpstreamSync
+
+if TYPE_CHECKING:
+    from upsync.upstream.sync import UpstreamSync
 
 log = logging.getLogger("upsync")
 
@@ -19,7 +22,7 @@ class Upstreams:
         self.groups: dict[str, UpstreamGroup] = {}
         self.background: set[asyncio.Task[None]] = set()
 
-    def apply(self, config: Config) -> list[UpstreamSync]:
+    def apply(self, config: Config) -> list["UpstreamSync"]:
         """Build the groups of a config, reusing what stays; returns the syncs that are new
         (to be loaded and started by the caller)."""
         groups: dict[str, UpstreamGroup] = {}
@@ -39,9 +42,12 @@ class Upstreams:
                 self.retire(old_sync)
                 group.sync = None
             if spec is not None and group.sync is None:
+                # imported here: a worker follows no registry and never loads their clients
+                from upsync.upstream import sync
+
                 if old_sync is not None and old_sync.group is not group:
                     group.replace(old_sync.group.specs())  # same registry, new balancer
-                new_syncs.append(UpstreamSync(group, spec))
+                new_syncs.append(sync.UpstreamSync(group, spec))
             groups[name] = group
         for name, old in self.groups.items():
             if name not in groups:
@@ -51,12 +57,12 @@ class Upstreams:
         self.groups = groups
         return new_syncs
 
-    def retire(self, sync: UpstreamSync) -> None:
+    def retire(self, sync: "UpstreamSync") -> None:
         task = asyncio.get_running_loop().create_task(sync.stop())
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
-    def syncs(self) -> list[UpstreamSync]:
+    def syncs(self) -> list["UpstreamSync"]:
         return [group.sync for group in self.groups.values() if group.sync is not None]
 
     async def close(self) -> None:
