@@ -153,6 +153,12 @@ class App:
         self.access_logs.close()
         log.info("configuration reloaded from %s", config.path)
 
+    def reconfigure(self, config: Config) -> None:
+        """A reload that keeps every address (a worker's, on the master's word): the new
+        configuration takes the new connections at once; open ones finish on theirs."""
+        self._apply(config)
+        self.access_logs.close()
+
     def admit(self, conn: ClientConnection) -> bool:
         """worker_connections: a new connection past the limit first makes idle ones close
         (kept-alive or silent, as nginx reuses its idle connections); if none is idle it is

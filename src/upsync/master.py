@@ -29,14 +29,12 @@ from upsync.spawner import Spawner
 from upsync.upstream.sync import UpstreamSync
 from upsync.upstream.upstreams import Upstreams
 from upsync.wire import FrameReader, frame
+from upsync.worker import RETIRE_IDLE_GRACE
 
 log = logging.getLogger("upsync")
 
 READY_TIMEOUT = 30.0  # a new worker that has not said it serves by then is taken for failed
 STOP_TIMEOUT = 5.0  # SIGTERM: workers still there after it are killed
-# a worker retired by a reload leaves a keep-alive connection idle this long before closing it:
-# its client may be sending the next request meanwhile, which is then answered, not lost
-RETIRE_IDLE_GRACE = 1.0
 RESPAWN_PAUSE = 1.0  # before replacing a worker that died before it served: no tight crash loop
 
 
@@ -52,6 +50,7 @@ class Worker(asyncio.Protocol):
         self.retiring = False
         # while a start or reload waits for it: its failing then is that start's failure
         self.awaited = False
+        self.acked: asyncio.Future[bool] | None = None  # an in-place reload, when applied
         self.ready: asyncio.Future[bool] = loop.create_future()
         self.gone: asyncio.Future[None] = loop.create_future()
         self.reader = FrameReader()
@@ -62,16 +61,22 @@ class Worker(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         for message in self.reader.feed(data):
-            if isinstance(message, tuple) and message[0] == "ready":
+            if not isinstance(message, tuple):
+                continue
+            if message[0] == "ready":
                 self.pid = int(message[1])
                 log.info("start worker process %d", self.pid)
                 if not self.ready.done():
                     self.ready.set_result(True)
+            elif message[0] == "reloaded" and self.acked is not None and not self.acked.done():
+                self.acked.set_result(bool(message[1]))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         if not self.ready.done():
             self.ready.set_result(False)
+        if self.acked is not None and not self.acked.done():
+            self.acked.set_result(False)
         if not self.gone.done():
             self.gone.set_result(None)
         self.master.worker_gone(self)
@@ -93,6 +98,14 @@ class Worker(asyncio.Protocol):
         if self.pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 class Master:
@@ -264,23 +277,58 @@ class Master:
         except ConfigError as exc:
             log.error("reload failed, the running configuration stays: %s", exc)
             return
+        same_processes = config.main == self.config.main and set(bind_keys(config)) == set(
+            bind_keys(self.config)
+        )
+        if same_processes:
+            await self._reload_in_workers(config)
+        elif not await self._replace_workers(config):
+            return
+        log.info(
+            "configuration reloaded from %s (%.0f ms)",
+            config.path,
+            (time.monotonic() - began) * 1000,
+        )
+
+    async def _reload_in_workers(self, config: Config) -> None:
+        """A reload that keeps the main context and the addresses: each worker makes the new
+        configuration its current generation (as one process does), so no process is started
+        and none stopped; its open connections finish on the old one as with a replacement."""
+        generation = self.generation + 1
+        workers = [w for w in self.workers if w.generation == self.generation and not w.retiring]
+        message = frame(("reload", config))
+        for worker in workers:
+            worker.acked = self.loop.create_future()
+            if worker.transport is not None:
+                worker.transport.write(message)
+            worker.generation = generation
+        # after the reload message: the lists of new syncs reach workers that know the upstream
+        self._start_syncs(self.upstreams.apply(config))
+        self.config, self.generation = config, generation
+        acks = [w.acked for w in workers if w.acked is not None]
+        if acks:
+            await asyncio.wait(acks, timeout=READY_TIMEOUT)
+
+    async def _replace_workers(self, config: Config) -> bool:
+        """A reload that changes the main context or the addresses: new workers start on it,
+        and the old ones retire once the new ones serve."""
         try:
             bound = self._bind(set(bind_keys(config)))
         except OSError as exc:
             log.error("reload failed to bind: %s", exc)
-            return
+            return False
         previous = self.config
         self._start_syncs(self.upstreams.apply(config))
         generation = self.generation + 1
         started = await self._start_workers(config, generation)
         if self.stopping:
-            return  # stopped meanwhile: the new workers were stopped with the rest
+            return False  # stopped meanwhile: the new workers were stopped with the rest
         if not started:
             log.error("reload failed: new worker processes did not start; the old ones serve on")
             self._start_syncs(self.upstreams.apply(previous))
             for key in bound:
                 self.listeners.pop(key).close()
-            return
+            return False
         self.config, self.generation = config, generation
         for worker in list(self.workers):
             if worker.generation < generation:
@@ -288,11 +336,7 @@ class Master:
         wanted = bind_keys(config)
         for key in [key for key in self.listeners if key not in wanted]:
             self.listeners.pop(key).close()
-        log.info(
-            "configuration reloaded from %s (%.0f ms)",
-            config.path,
-            (time.monotonic() - began) * 1000,
-        )
+        return True
 
     def _start_syncs(self, syncs: list[UpstreamSync]) -> None:
         self._follow(syncs)
@@ -326,11 +370,19 @@ class Master:
         self.stopped.set()
 
     async def _wait_workers(self, timeout: float | None) -> bool:
+        """Until every worker has exited: its channel closes as its loop ends, and the process
+        (which still holds the listening sockets) is gone a moment later, so that an instance
+        started right after this one ends can bind them."""
+        pids = [worker.pid for worker in self.workers if worker.pid]
         pending = [worker.gone for worker in self.workers]
-        if not pending:
-            return True
-        _, still = await asyncio.wait(pending, timeout=timeout)
-        return not still
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=timeout)
+            if still:
+                return False
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while any(_exists(pid) for pid in pids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        return True
 
     async def close(self) -> None:
         await self.upstreams.close()

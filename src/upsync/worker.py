@@ -22,6 +22,10 @@ from upsync.wire import HEADER, FrameReader, frame
 
 log = logging.getLogger("upsync")
 
+# a retiring worker leaves a keep-alive connection idle this long before closing it: its
+# client may be sending the next request meanwhile, which is then answered, not lost
+RETIRE_IDLE_GRACE = 1.0
+
 
 def apply_list(
     groups: dict[str, UpstreamGroup],
@@ -70,12 +74,26 @@ class MasterChannel(asyncio.Protocol):
             group = self.app.upstreams.groups.get(message[1])
             if group is not None:
                 group.reported_status = message[2]
+        elif kind == "reload":
+            self.reload(message[1])
         elif kind == "quit":
             self.quit(message[1])
         elif kind == "stop":
             self.app.shutdown()
         elif kind == "reopen":
             self.app.access_logs.close()
+
+    def reload(self, config: Config) -> None:
+        """Applied before the next message is read: the lists that follow it are for the
+        upstreams of this configuration."""
+        try:
+            self.app.reconfigure(config)
+        except Exception:
+            log.exception("worker %d cannot apply the new configuration; it quits", os.getpid())
+            self.send(("reloaded", False))
+            self.quit(RETIRE_IDLE_GRACE)
+            return
+        self.send(("reloaded", True))
 
     def quit(self, idle_grace: float) -> None:
         if self.quitting is None:

@@ -219,3 +219,48 @@ def test_master_process_off_runs_one_process() -> None:
         assert children.split() == []
         status, _, body = request(port, "/upstream_list?format=json")
         assert status == 200 and json.loads(body)["worker"] == proc.proc.pid
+
+
+def test_a_reload_within_the_same_processes_keeps_the_workers() -> None:
+    """Only http-level changes: each worker takes the new configuration as its current
+    generation; a kept-alive connection finishes on the old one and closes after its answer."""
+    port = free_port()
+    with Backend("a") as backend:
+        text = CONFIG.format(
+            workers=2, test="server 127.0.0.1:9;", backend=backend.port, port=port
+        ).replace("location / {", 'location = /v { return 200 "one"; } location / {')
+        with running_upsync(text, port) as proc:
+            wait_until(lambda: len(started_workers(proc)) == 2)
+            workers = started_workers(proc)
+            kept = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            kept.request("GET", "/v")
+            assert kept.getresponse().read() == b"one"
+            (proc.workdir / "upsync.conf").write_text(text.replace('"one"', '"two"'))
+            proc.signal(signal.SIGHUP)
+            log = proc.workdir / "error.log"
+            wait_until(lambda: "configuration reloaded" in log.read_text())
+            kept.request("GET", "/v")
+            response = kept.getresponse()
+            assert (response.read(), response.getheader("Connection")) == (b"one", "close")
+            kept.close()
+            assert request(port, "/v")[2] == b"two"
+            assert started_workers(proc) == workers and all(alive(pid) for pid in workers)
+
+
+def test_a_reload_of_the_main_context_replaces_the_workers() -> None:
+    port = free_port()
+    with Backend("a") as backend:
+        text = CONFIG.format(workers=1, test="server 127.0.0.1:9;", backend=backend.port, port=port)
+        with running_upsync(text, port) as proc:
+            wait_until(lambda: len(started_workers(proc)) == 1)
+            (old,) = started_workers(proc)
+            (proc.workdir / "upsync.conf").write_text(
+                text.replace("worker_processes 1;", "worker_processes 2;")
+            )
+            proc.signal(signal.SIGHUP)
+            log = proc.workdir / "error.log"
+            wait_until(lambda: "configuration reloaded" in log.read_text())
+            new = started_workers(proc)[1:]
+            assert len(new) == 2 and old not in new
+            wait_until(lambda: not alive(old))
+            assert request(port, "/")[2] == b"a\n"

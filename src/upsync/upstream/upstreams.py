@@ -31,8 +31,14 @@ class Upstreams:
             group = self.groups.get(name)
             old_sync = group.sync if group is not None else None
             if group is not None and group.config.method == upstream.method:
+                # a synced list stays while the same registry feeds it: followed here, or (in
+                # a worker) by the master, whose sync goes on and sends no list again
+                fed_alike = upstream.sync_spec is not None and (
+                    old_sync is not None
+                    or (not self.follow_registries and group.config.sync_spec == upstream.sync_spec)
+                )
                 group.reconfigure(upstream)
-                if upstream.sync_spec is None or old_sync is None:
+                if not fed_alike:
                     group.replace(upstream.servers)
                     group.source = "static"
             else:
