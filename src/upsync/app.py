@@ -36,6 +36,9 @@ def descriptor_budget() -> tuple[int, int]:
     return (soft if soft != resource.RLIM_INFINITY else 1 << 20), held
 
 
+# the connections of a configuration that a reload replaced close over this long, each after
+# the first answer past its own moment in it (see Generation.retire)
+DRAIN_WINDOW = 0.5
 # how late a silent new connection's client_header_timeout may fire
 FIRST_BYTES_RESOLUTION = 0.25
 
@@ -80,7 +83,7 @@ class App:
         self.config = config
         previous = self.current
         self.current = Generation(config, self.upstreams.groups, self.access_logs)
-        previous.retired = True
+        previous.retire(self.loop.time(), DRAIN_WINDOW)
         return new_syncs
 
     async def start(self) -> None:
@@ -235,7 +238,7 @@ class App:
         # dropped with the process
         await asyncio.sleep(0)
         self.draining = True
-        self.current.retired = True
+        self.current.retire(self.loop.time(), DRAIN_WINDOW if idle_grace > 0 else 0.0)
         timeout = self.config.main.worker_shutdown_timeout
         if timeout > 0:
             self.loop.call_later(timeout, self._shutdown_timed_out)

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from tests.helpers import (
     running_upsync,
     wait_until,
 )
+from upsync.app import DRAIN_WINDOW
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -240,6 +242,9 @@ def test_pipelined_requests_across_a_reload_are_all_answered(main: str) -> None:
             proc.signal(signal.SIGHUP)
             log = proc.workdir / "error.log"
             wait_until(lambda: "configuration reloaded" in log.read_text())
+            # past the drain window, in which each connection of the old configuration picks
+            # its moment to close: a duration the behaviour sets, not a condition to poll
+            time.sleep(DRAIN_WINDOW)
             # the connection from before the reload: what it sends is answered, on its own
             # configuration, and the last answer closes it
             old.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 3)

@@ -572,7 +572,7 @@ class ClientConnection(asyncio.Protocol):
         req.version = version
         req.keep_alive = parser.should_keep_alive()
         self._check_request(req)
-        if self.active is None and not self.site.retired:
+        if self.active is None and not self._drained():
             self.active = req
             self._dispatch(req)
         else:
@@ -821,7 +821,16 @@ class ClientConnection(asyncio.Protocol):
         # a connection of a configuration that was reloaded away (or of a process that quits)
         # answers what it has already received, and closes after the last of it: no request it
         # sent is left unanswered
-        return not self.site.retired or bool(self.queue)
+        return not self._drained() or bool(self.queue)
+
+    def _drained(self) -> bool:
+        """Whether this connection's configuration was reloaded away and its moment to close
+        (a share of the generation's drain window, the same for a connection's whole life)
+        has come."""
+        site = self.site
+        if not site.retired:
+            return False
+        return self.loop.time() >= site.drain_moment(((id(self) >> 4) % 61) / 61.0)
 
     def write(self, data: bytes, body: int = 0) -> None:
         if self.http09:
@@ -905,9 +914,9 @@ class ClientConnection(asyncio.Protocol):
                 self.resume_reading_for("pipelined")
             self._dispatch(req)
             return
-        if self.app.draining or self.site.retired:
-            self.close()
-            return
+        # a connection of a retired configuration (or of a quitting process) that answered
+        # keep-alive stays open for the request its client may be sending: that one is
+        # answered, with Connection: close
         if self.read_pause_reasons:
             self.resume_reading_for("pipelined")
         self.timer.set(self.keepalive_timeout)
