@@ -146,21 +146,18 @@ class App:
         """Apply a new configuration; OSError when one of its addresses cannot be bound, and
         then the running configuration stays whole (as nginx keeps its old workers)."""
         await self._bind_new(set(bind_keys(config)))
-        new_syncs = self._apply(config)
-        for sync in new_syncs:
-            # no blocking pull on reload: the dump (or static list) serves until the watch's
-            # first read, which comes at once
-            sync.load_fallback()
-            sync.start()
+        for sync in self.reconfigure(config):
+            sync.start_after_reload()
         await self._sync_listeners()
-        self.access_logs.close()
         log.info("configuration reloaded from %s", config.path)
 
-    def reconfigure(self, config: Config) -> None:
-        """A reload that keeps every address (a worker's, on the master's word): the new
-        configuration takes the new connections at once; open ones finish on theirs."""
-        self._apply(config)
+    def reconfigure(self, config: Config) -> list["UpstreamSync"]:
+        """A reload once every address it needs is bound (a worker's, on the master's word,
+        needs none): the new configuration takes the new connections at once, open ones
+        finish on theirs; returns the registry syncs that are new."""
+        new_syncs = self._apply(config)
         self.access_logs.close()
+        return new_syncs
 
     def admit(self, conn: ClientConnection) -> bool:
         """worker_connections: a new connection past the limit first makes idle ones close

@@ -82,8 +82,11 @@ class Worker(asyncio.Protocol):
         self.master.worker_gone(self)
 
     def send(self, message: object) -> None:
+        self.write(frame(message))
+
+    def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(frame(message))
+            self.transport.write(data)
 
     def retire(self, idle_grace: float) -> None:
         self.retiring = True
@@ -143,8 +146,7 @@ class Master:
     def _broadcast(self, message: object) -> None:
         data = frame(message)
         for worker in self.workers:
-            if worker.transport is not None and not worker.transport.is_closing():
-                worker.transport.write(data)
+            worker.write(data)
 
     def _follow(self, syncs: list[UpstreamSync]) -> None:
         for sync in syncs:
@@ -221,8 +223,7 @@ class Master:
         }
         start = frame(("init", {"config": config, "listen": keys, "lists": lists}))
         for worker in workers:
-            if worker.transport is not None:
-                worker.transport.write(start)
+            worker.write(start)
             self.loop.call_later(READY_TIMEOUT, self._check_started, worker)
         return workers
 
@@ -297,15 +298,15 @@ class Master:
         generation = self.generation + 1
         workers = [w for w in self.workers if w.generation == self.generation and not w.retiring]
         message = frame(("reload", config))
+        acks: list[asyncio.Future[bool]] = []
         for worker in workers:
             worker.acked = self.loop.create_future()
-            if worker.transport is not None:
-                worker.transport.write(message)
+            acks.append(worker.acked)
+            worker.write(message)
             worker.generation = generation
         # after the reload message: the lists of new syncs reach workers that know the upstream
         self._start_syncs(self.upstreams.apply(config))
         self.config, self.generation = config, generation
-        acks = [w.acked for w in workers if w.acked is not None]
         if acks:
             await asyncio.wait(acks, timeout=READY_TIMEOUT)
 
@@ -341,10 +342,7 @@ class Master:
     def _start_syncs(self, syncs: list[UpstreamSync]) -> None:
         self._follow(syncs)
         for sync in syncs:
-            # no blocking pull on reload: the dump (or static list) serves until the watch's
-            # first read, which comes at once
-            sync.load_fallback()
-            sync.start()
+            sync.start_after_reload()
 
     # stopping
     def reopen(self) -> None:

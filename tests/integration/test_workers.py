@@ -17,6 +17,7 @@ from tests.consul_double import ConsulDouble
 from tests.helpers import (
     Backend,
     Process,
+    child_pids,
     connection_per_worker,
     free_port,
     request,
@@ -60,6 +61,16 @@ def workers_before(
     with running_upsync(text, port) as proc:
         wait_until(lambda: len(started_workers(proc)) == workers)
         yield proc, port, text
+
+
+def reload_with(proc: Process, text: str, logged: str = "configuration reloaded") -> str:
+    """Write the configuration, send SIGHUP, and wait for the master to log `logged`; the
+    error log's text."""
+    (proc.workdir / "upsync.conf").write_text(text)
+    proc.signal(signal.SIGHUP)
+    log = proc.workdir / "error.log"
+    wait_until(lambda: logged in log.read_text())
+    return log.read_text()
 
 
 def alive(pid: int) -> bool:
@@ -194,11 +205,8 @@ def test_a_broken_config_at_reload_keeps_the_workers() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/")
         assert conn.getresponse().read() == b"a\n"
-        (proc.workdir / "upsync.conf").write_text(text.replace("listen", "listne"))
-        proc.signal(signal.SIGHUP)
-        log = proc.workdir / "error.log"
-        wait_until(lambda: "reload failed" in log.read_text())
-        assert 'unknown directive "listne"' in log.read_text()
+        logged = reload_with(proc, text.replace("listen", "listne"), "reload failed")
+        assert 'unknown directive "listne"' in logged
         conn.request("GET", "/")  # the kept-alive connection goes on
         response = conn.getresponse()
         assert (response.status, response.read()) == (200, b"a\n")
@@ -219,8 +227,7 @@ def test_master_process_off_runs_one_process() -> None:
     )
     with running_upsync("master_process off;\n" + text, port) as proc:
         assert proc.proc is not None
-        children = Path(f"/proc/{proc.proc.pid}/task/{proc.proc.pid}/children").read_text()
-        assert children.split() == []
+        assert child_pids(proc.proc.pid) == []
         status, _, body = request(port, "/upstream_list?format=json")
         assert status == 200 and json.loads(body)["worker"] == proc.proc.pid
 
@@ -242,10 +249,7 @@ def test_a_reload_within_the_same_processes_keeps_the_workers() -> None:
         kept = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         kept.request("GET", "/v")
         assert kept.getresponse().read() == b"one"
-        (proc.workdir / "upsync.conf").write_text(text.replace('"one"', '"two"'))
-        proc.signal(signal.SIGHUP)
-        log = proc.workdir / "error.log"
-        wait_until(lambda: "configuration reloaded" in log.read_text())
+        reload_with(proc, text.replace('"one"', '"two"'))
         answers = drain(kept, "/v")
         assert set(answers) == {b"one"}
         kept.close()
@@ -256,12 +260,7 @@ def test_a_reload_within_the_same_processes_keeps_the_workers() -> None:
 def test_a_reload_of_the_main_context_replaces_the_workers() -> None:
     with Backend("a") as backend, workers_before(backend, workers=1) as (proc, port, text):
         (old,) = started_workers(proc)
-        (proc.workdir / "upsync.conf").write_text(
-            text.replace("worker_processes 1;", "worker_processes 2;")
-        )
-        proc.signal(signal.SIGHUP)
-        log = proc.workdir / "error.log"
-        wait_until(lambda: "configuration reloaded" in log.read_text())
+        reload_with(proc, text.replace("worker_processes 1;", "worker_processes 2;"))
         new = started_workers(proc)[1:]
         assert len(new) == 2 and old not in new
         wait_until(lambda: not alive(old))

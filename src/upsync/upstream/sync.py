@@ -147,6 +147,12 @@ class UpstreamSync:
         if self.task is None:
             self.task = asyncio.ensure_future(self._follow())
 
+    def start_after_reload(self) -> None:
+        """No blocking pull on reload: the dump (or static list) serves until the watch's first
+        read, which comes at once."""
+        self.load_fallback()
+        self.start()
+
     async def stop(self) -> None:
         await self.flush_dump()
         if self.task is not None:
