@@ -5,7 +5,9 @@
    this shows the two scaling side by side, not per-core speed (proxy_bench.py pins one worker
    each to its own core);
 2. churn: while wrk runs, a server is added to or removed from the upstream in etcd every 100 ms;
-   upsync's requests/s against the same run without churn, and failed requests;
+   upsync's requests/s against the same run without churn, and failed requests. etcd and the
+   thread that writes to it run on wrk's core: a registry has its own host, and its work on the
+   proxy's core would be charged to upsync;
 3. reload under load: a reload every 100 ms, upsync and nginx each (one worker, pinned as in
    proxy_bench.py): requests/s against rounds without reloads, p99, failed requests;
 4. memory: resident size of upsync's master, spawner and each worker, idle and holding 10,000
@@ -44,6 +46,7 @@ HELD_CONNECTIONS = 10_000
 
 def every_100ms(action: Callable[[int], None], stop: threading.Event) -> threading.Thread:
     def run() -> None:
+        os.sched_setaffinity(0, {LOAD_CPU})  # this thread only: wrk is pinned on its own
         n = 0
         while not stop.is_set():
             action(n)
@@ -112,7 +115,7 @@ def two_workers(workdir: Path, args: argparse.Namespace) -> list[str]:
 
 
 def churn(workdir: Path, args: argparse.Namespace) -> list[str]:
-    etcd = Etcd().start()
+    etcd = Etcd(cpu=LOAD_CPU).start()
     backend_a, backend_b, port = pb.free_port(), pb.free_port(), pb.free_port()
     driver = EtcdV3Driver(etcd, "bench/churn")
     driver.put(f"127.0.0.1:{backend_a}")

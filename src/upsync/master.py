@@ -26,6 +26,7 @@ from upsync.generation import BindKey, bind_keys
 from upsync.listeners import bind
 from upsync.process import PidFile, report_emerg, settle_heap
 from upsync.spawner import Spawner
+from upsync.upstream.mirror import ListUpdate, SentLists
 from upsync.upstream.sync import UpstreamSync
 from upsync.upstream.upstreams import Upstreams
 from upsync.wire import FrameReader, frame
@@ -70,6 +71,8 @@ class Worker(asyncio.Protocol):
                     self.ready.set_result(True)
             elif message[0] == "reloaded" and self.acked is not None and not self.acked.done():
                 self.acked.set_result(bool(message[1]))
+            elif message[0] == "resend":
+                self.master.resend_list(self, str(message[1]))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -117,6 +120,8 @@ class Master:
         self.config = config
         self.args = args
         self.upstreams = Upstreams()
+        self.sent = SentLists()
+        self.broadcasts = 0  # a start built before the latest broadcast is stale
         self.listeners: dict[BindKey, socket.socket] = {}
         self.workers: set[Worker] = set()
         self.generation = 0
@@ -134,16 +139,28 @@ class Master:
 
     # what the syncs report goes to every worker
     def list_changed(self, sync: UpstreamSync) -> None:
-        self._broadcast(("list", sync.group.name, *self._list_of(sync)))
+        group = sync.group
+        update = self.sent.change(group.name, group.specs())
+        self._broadcast(("list", update, group.source, group.status()))
 
     def status_changed(self, sync: UpstreamSync) -> None:
         self._broadcast(("status", sync.group.name, sync.group.status()))
 
-    def _list_of(self, sync: UpstreamSync) -> tuple[tuple[Any, ...], str, dict[str, object]]:
-        group = sync.group
-        return tuple(group.specs()), group.source, group.status()
+    def _whole_list(self, sync: UpstreamSync) -> tuple[ListUpdate, str, dict[str, object]] | None:
+        update = self.sent.whole(sync.group.name)
+        if update is None:
+            return None
+        return update, sync.group.source, sync.group.status()
+
+    def resend_list(self, worker: Worker, upstream: str) -> None:
+        for sync in self.upstreams.syncs():
+            if sync.group.name == upstream:
+                whole = self._whole_list(sync)
+                if whole is not None:
+                    worker.send(("list", *whole))
 
     def _broadcast(self, message: object) -> None:
+        self.broadcasts += 1
         data = frame(message)
         for worker in self.workers:
             worker.write(data)
@@ -198,10 +215,12 @@ class Master:
 
     async def _spawn_workers(self, config: Config, generation: int, count: int) -> list[Worker]:
         """Fork `count` workers and send them their start: the configuration and the current
-        synced lists, pickled once for all of them. What changes after it reaches each worker
-        as a message: each is in the broadcast before the start is built."""
+        synced lists, pickled once for all of them unless a broadcast came between. A worker
+        joins the broadcast in the same step as its start is written, so every list change
+        reaches it after its start, as a change to the lists it holds."""
         keys = list(bind_keys(config))
         workers = []
+        start, built_at = b"", -1
         for _ in range(count):
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -213,19 +232,22 @@ class Master:
             _, worker = await self.loop.create_unix_connection(
                 functools.partial(Worker, self, generation), sock=ours
             )
+            if built_at != self.broadcasts:
+                start, built_at = self._start_frame(config, keys), self.broadcasts
+            worker.write(start)
             if not worker.gone.done():  # not dead already
                 self.workers.add(worker)
             workers.append(worker)
-        lists = {
-            sync.group.name: self._list_of(sync)
-            for sync in self.upstreams.syncs()
-            if sync.group.name in config.upstreams
-        }
-        start = frame(("init", {"config": config, "listen": keys, "lists": lists}))
-        for worker in workers:
-            worker.write(start)
             self.loop.call_later(READY_TIMEOUT, self._check_started, worker)
         return workers
+
+    def _start_frame(self, config: Config, keys: list[BindKey]) -> bytes:
+        lists = {}
+        for sync in self.upstreams.syncs():
+            whole = self._whole_list(sync)
+            if whole is not None and sync.group.name in config.upstreams:
+                lists[sync.group.name] = whole
+        return frame(("init", {"config": config, "listen": keys, "lists": lists}))
 
     def _check_started(self, worker: Worker) -> None:
         if not worker.ready.done():

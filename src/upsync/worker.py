@@ -18,6 +18,7 @@ from upsync.generation import BindKey
 from upsync.logs import setup_error_log
 from upsync.process import open_file_budget, settle_heap
 from upsync.upstream.group import UpstreamGroup
+from upsync.upstream.mirror import ListMirror, ListUpdate
 from upsync.wire import HEADER, FrameReader, frame
 
 log = logging.getLogger("upsync")
@@ -50,6 +51,7 @@ class MasterChannel(asyncio.Protocol):
         self.reader = FrameReader()
         self.transport: asyncio.Transport | None = None
         self.quitting: asyncio.Task[None] | None = None
+        self.lists = ListMirror()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -68,8 +70,7 @@ class MasterChannel(asyncio.Protocol):
         once, reopen the logs."""
         kind = message[0]
         if kind == "list":
-            _, name, specs, source, status = message
-            apply_list(self.app.upstreams.groups, name, specs, source, status)
+            self.take_list(message[1], message[2], message[3])
         elif kind == "status":
             group = self.app.upstreams.groups.get(message[1])
             if group is not None:
@@ -82,6 +83,17 @@ class MasterChannel(asyncio.Protocol):
             self.app.shutdown()
         elif kind == "reopen":
             self.app.access_logs.close()
+
+    def take_list(self, update: ListUpdate, source: str, status: dict[str, object]) -> None:
+        specs = self.lists.apply(update)
+        if specs is None:
+            log.warning(
+                'worker %d lost track of upstream "%s"; asking for its list', os.getpid(),
+                update.upstream,
+            )
+            self.send(("resend", update.upstream))
+            return
+        apply_list(self.app.upstreams.groups, update.upstream, specs, source, status)
 
     def reload(self, config: Config) -> None:
         """Applied before the next message is read: the lists that follow it are for the
@@ -131,9 +143,9 @@ async def _serve(
 ) -> int:
     loop = asyncio.get_running_loop()
     app = App(config, loop, inherited=sockets)
-    for name, (specs, source, status) in init["lists"].items():
-        apply_list(app.upstreams.groups, name, specs, source, status)
     master = MasterChannel(app)
+    for update, source, status in init["lists"].values():
+        master.take_list(update, source, status)
     loop.add_signal_handler(signal.SIGTERM, app.shutdown)
     loop.add_signal_handler(signal.SIGINT, app.shutdown)
     loop.add_signal_handler(signal.SIGQUIT, lambda: master.quit(0.0))

@@ -108,7 +108,12 @@ class UpstreamGroup:
         return True
 
     def specs(self) -> list[ServerSpec]:
-        return [peer.spec() for peer in self.peers]
+        """The list in place, as the objects it was installed from (the master sends a worker
+        only the ones that are not the objects it sent before)."""
+        return [self._specs[peer.name] for peer in self.peers]
+
+    def spec_of(self, name: str) -> ServerSpec:
+        return self._specs[name]
 
     def status(self) -> dict[str, object]:
         """What upstream_show's JSON adds per upstream: where the list came from, and the

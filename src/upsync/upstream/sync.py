@@ -24,6 +24,10 @@ log = logging.getLogger("upsync.sync")
 
 STARTUP_PULL_TIMEOUT = 10.0
 BACKOFF_CAP = 10.0
+# the dump is written at most this often: under churn (a change every 100 ms) each write costs
+# the master a thread hand-off, two fsyncs and a rename on the proxy's core, and a dump a second
+# behind the registry starts the next run just as well; stopping writes the latest at once
+DUMP_SPACING = 1.0
 
 
 def backoff(interval: float, failures: int) -> float:
@@ -74,6 +78,8 @@ class UpstreamSync:
         self.changes = 0
         self.dump_dirty = False
         self.dump_task: asyncio.Future[None] | None = None
+        self.dump_written_at = -DUMP_SPACING
+        self.dump_now = asyncio.Event()
         self.pace = RetryPace(spec.interval)
         group.sync = self
 
@@ -232,7 +238,7 @@ class UpstreamSync:
                     "; the server keeps its last good attributes" if kept else "",
                 )
             if kept and bad.name is not None:
-                specs.append(current[bad.name].spec())
+                specs.append(self.group.spec_of(bad.name))
                 listed.add(bad.name)
         self.reported = still_bad
         if not specs:
@@ -268,8 +274,9 @@ class UpstreamSync:
             self.observer.status_changed(self)
 
     def _schedule_dump(self) -> None:
-        """Write the dump in a thread, one write at a time, the latest list winning: routing
-        never waits for the disk, and a burst of changes costs one or two writes."""
+        """Write the dump in a thread, one write at a time, at most one per DUMP_SPACING, the
+        latest list winning: routing never waits for the disk, and a burst of changes costs one
+        or two writes."""
         self.dump_dirty = True
         if self.dump_task is None or self.dump_task.done():
             self.dump_task = asyncio.ensure_future(self._write_dumps())
@@ -277,7 +284,12 @@ class UpstreamSync:
     async def _write_dumps(self) -> None:
         loop = asyncio.get_running_loop()
         while self.dump_dirty:
+            wait = self.dump_written_at + DUMP_SPACING - loop.time()
+            if wait > 0 and not self.dump_now.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.dump_now.wait(), wait)
             self.dump_dirty = False
+            self.dump_written_at = loop.time()
             specs = self.group.specs()
             try:
                 await loop.run_in_executor(None, write_dump, self.spec.dump_path, specs)
@@ -291,7 +303,9 @@ class UpstreamSync:
 
     async def flush_dump(self) -> None:
         if self.dump_task is not None:
+            self.dump_now.set()
             await self.dump_task
+            self.dump_now.clear()
 
     def status(self) -> dict[str, object]:
         return {
