@@ -15,7 +15,7 @@
 
 Rounds alternate between the compared runs; figures are medians, failures are totals.
 
-    .venv/bin/python bench/workers_bench.py [--rounds 3] [--seconds 5]
+    .venv/bin/python bench/workers_bench.py [--rounds 3] [--seconds 5] [--only churn]
 """
 
 import argparse
@@ -136,18 +136,44 @@ def churn(workdir: Path, args: argparse.Namespace) -> list[str]:
             pb.wait_port(p)
         calm: list[pb.Result] = []
         churned: list[pb.Result] = []
-        for _ in range(args.rounds):
-            calm.append(under(None, port, args))
-            churned.append(under(flip, port, args))
+        cpu_per_request: dict[bool, list[float]] = {False: [], True: []}
+        tree = [procs[1].pid, *descendants(procs[1].pid)]
+        for n in range(args.rounds):  # which goes first alternates: no drift favours one
+            for churning in (False, True) if n % 2 == 0 else (True, False):
+                before = cpu_seconds(tree)
+                result = under(flip if churning else None, port, args)
+                spent = cpu_seconds(tree) - before
+                cpu_per_request[churning].append(spent / (result.rps * args.seconds))
+                (churned if churning else calm).append(result)
     finally:
         stop_all(procs)
         driver.delete_all()
         etcd.close()
     quiet, busy = median(calm), median(churned)
+    calm_cost, churn_cost = (statistics.median(cpu_per_request[c]) for c in (False, True))
     return [
         row("upsync, 1 worker, no churn", quiet),
         row("upsync, a server added or removed in etcd every 100 ms", busy, quiet),
+        f"| upsync's CPU per request (master and worker), no churn: {calm_cost * 1e6:.1f} µs;"
+        f" with churn: {churn_cost * 1e6:.1f} µs | | {calm_cost / churn_cost:.2f} | | |",
     ]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system time of these processes so far (wall-clock figures on a shared VM vary
+    by ±15 % between rounds; the CPU a request costs the proxy does not)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
 
 
 def reloads(workdir: Path, args: argparse.Namespace) -> list[str]:
@@ -255,18 +281,29 @@ def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
         proc.wait(15)
 
 
+SECTIONS: dict[str, Callable[[Path, argparse.Namespace], list[str]]] = {
+    "two-workers": two_workers,
+    "churn": churn,
+    "reload": reloads,
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--only", choices=[*sorted(SECTIONS), "memory"], help="one part of the table")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         (workdir / "logs").mkdir()
-        table = two_workers(workdir, args) + churn(workdir, args) + reloads(workdir, args)
-        mem = memory(workdir)
+        sections = list(SECTIONS.values()) if args.only is None else []
+        if args.only in SECTIONS:
+            sections = [SECTIONS[args.only]]
+        table = [line for section in sections for line in section(workdir, args)]
+        mem = memory(workdir) if args.only in (None, "memory") else []
     print(
         f"\nwrk -t1 -c{CONNECTIONS} -d{args.seconds}s, {args.rounds} alternating rounds, medians"
         " (failed: totals over the rounds)\n"
