@@ -294,7 +294,9 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--only", choices=[*sorted(SECTIONS), "memory"], help="one part of the table")
+    parser.add_argument(
+        "--only", choices=[*sorted(SECTIONS), "memory"], help="one part of the table"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
