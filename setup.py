@@ -20,6 +20,7 @@ HOT_PATH = [
     "src/upsync/config/model.py",
     "src/upsync/config/variables.py",
     "src/upsync/proxy/client.py",
+    "src/upsync/proxy/connections.py",
     "src/upsync/proxy/body.py",
     "src/upsync/proxy/exchange.py",
     "src/upsync/proxy/http1.py",

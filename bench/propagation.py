@@ -82,6 +82,7 @@ worker_processes {workers};
 events {{}}
 http {{
     upstream test {{ {line} upsync_dump_path {tmp}/dump.conf; }}
+    keepalive_requests 1000000;  # each polled connection stays with its worker for the run
     server {{
         listen 127.0.0.1:{port};
         location / {{ proxy_pass http://test; }}

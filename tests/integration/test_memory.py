@@ -45,7 +45,7 @@ async def _exercise(conf: Path, port: int) -> None:
             assert (await _fetch(port, "/here")).endswith(b"here")
 
         async def settled() -> None:
-            while app.connections:
+            while len(app.connections):
                 await asyncio.sleep(0.01)
 
         await asyncio.wait_for(settled(), 10)

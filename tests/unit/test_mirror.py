@@ -1,6 +1,8 @@
 """The master's list changes, applied by a worker's mirror: fed data, no processes."""
 
+import asyncio
 import pickle
+from pathlib import Path
 
 from upsync.config.model import ServerSpec
 from upsync.upstream.mirror import FULL, ListMirror, SentLists
@@ -59,3 +61,50 @@ def test_upstreams_are_kept_apart() -> None:
     mirror.apply(sent.change("b", [server(2)]))
     assert mirror.apply(sent.change("a", [server(1), server(3)])) == (server(1), server(3))
     assert sent.whole("missing") is None
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.sent = b""
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+
+def test_a_worker_that_cannot_apply_a_change_asks_for_the_whole_list(tmp_path: Path) -> None:
+    from upsync.app import App
+    from upsync.config import load_config
+    from upsync.worker import MasterChannel
+
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        "events {} http { upstream u { upsync 127.0.0.1:1/v2/keys/u upsync_type=etcd; } }"
+    )
+    loop = asyncio.new_event_loop()
+    try:
+        app = App(load_config(str(conf)), loop, inherited={})
+        channel, transport = MasterChannel(app), _Transport()
+        channel.connection_made(transport)  # type: ignore[arg-type]
+        sent = SentLists()
+        first = sent.change("u", [server(1)])
+        missed = sent.change("u", [server(1), server(2)])
+        channel.handle(("list", missed, "registry", {}))
+        assert FrameReader().feed(transport.sent) == [("resend", "u")]
+        assert [peer.name for peer in app.upstreams.groups["u"].peers] == []
+        channel.handle(
+            (
+                "list",
+                first._replace(version=missed.version, base=FULL, fresh=(server(1), server(2))),
+                "registry",
+                {},
+            )
+        )
+        assert [peer.name for peer in app.upstreams.groups["u"].peers] == [
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+        ]
+    finally:
+        loop.close()

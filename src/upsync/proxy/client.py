@@ -30,8 +30,8 @@ from upsync.proxy.routing import ServerTable, normalize_path, split_host, valid_
 from upsync.proxy.timer import Deadline
 
 if TYPE_CHECKING:
-    from upsync.app import App
     from upsync.generation import Generation
+    from upsync.proxy.connections import OpenConnections
     from upsync.proxy.exchange import ProxyExchange
     from upsync.proxy.upstream_conn import UpstreamConnection
 
@@ -96,11 +96,11 @@ class ClientConnection(asyncio.Protocol):
         "_local",
         "_remote",
         "active",
-        "app",
         "awaiting_first_bytes",
         "body_sink",
         "boundary_requests",
         "closed",
+        "connections",
         "corked",
         "cr_is_data",
         "cr_pending",
@@ -134,9 +134,11 @@ class ClientConnection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, app: "App", site: "Generation", table: ServerTable) -> None:
-        self.app = app  # lifecycle only: the connection registry, draining
-        self.loop = app.loop
+    def __init__(
+        self, connections: "OpenConnections", site: "Generation", table: ServerTable
+    ) -> None:
+        self.connections = connections  # of this process: admission, the first-bytes timer
+        self.loop = connections.loop
         self.site = site  # the configuration this connection was accepted under, for good
         self.table = table  # site's table for the address it was accepted on
         self.limits = table.default.block.limits
@@ -217,20 +219,20 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(
             asyncio.Transport, transport
         )  # uvloop's transports are not subclasses
-        if not self.app.admit(self):
+        if not self.connections.admit(self):
             self.closed = True
             self.transport.abort()
             return
         self.awaiting_first_bytes = True
-        self.app.awaiting_first_bytes.add(self, self.limits.client_header_timeout)
+        self.connections.awaiting_first_bytes.add(self, self.limits.client_header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.timer.cancel()
         if self.awaiting_first_bytes:
             self.awaiting_first_bytes = False
-            self.app.awaiting_first_bytes.discard(self)
-        self.app.connection_closed(self)
+            self.connections.awaiting_first_bytes.discard(self)
+        self.connections.closed(self)
         if self.exchange is not None:
             exchange, self.exchange = self.exchange, None
             if self.active is not None and not self.active.response_done:
@@ -348,7 +350,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.awaiting_first_bytes:
             self.awaiting_first_bytes = False
-            self.app.awaiting_first_bytes.discard(self)
+            self.connections.awaiting_first_bytes.discard(self)
         if self.tunnel is not None:
             self.tunnel.write(data)
             return
