@@ -313,10 +313,11 @@ def main() -> int:
     print("| run | requests/s | ratio | p99 ms | failed |")
     print("|---|---:|---:|---:|---:|")
     print("\n".join(table))
-    print(f"\nresident memory (MB), idle and holding {HELD_CONNECTIONS:,} keep-alive clients\n")
-    print("| process | idle | holding |")
-    print("|---|---:|---:|")
-    print("\n".join(mem))
+    if mem:
+        print(f"\nresident memory (MB), idle and holding {HELD_CONNECTIONS:,} keep-alive clients\n")
+        print("| process | idle | holding |")
+        print("|---|---:|---:|")
+        print("\n".join(mem))
     return 0
 
 
