@@ -60,7 +60,9 @@ CASES = [
         400,
     ),
     (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
-    (b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n", 405),
+    (b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n", 400),
+    (b"CONNECT /x HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+    (b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", 405),
     (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\rTransfer-Encoding: chunked\r\n\r\n", 400),  # bare CR
 ]
 

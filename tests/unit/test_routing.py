@@ -1,7 +1,7 @@
 import pytest
 
 from upsync.config import load_config
-from upsync.proxy.routing import ServerTable, normalize_path, split_host
+from upsync.proxy.routing import ServerTable, normalize_path, request_host
 
 CONFIG = """
 events {}
@@ -91,6 +91,9 @@ def test_normalize_path(raw: str, normalized: str | None) -> None:
 
 
 def test_split_host() -> None:
-    assert split_host("Example.COM:8080") == "example.com"
-    assert split_host("[::1]:80") == "[::1]"
-    assert split_host("example.com.") == "example.com"
+    assert request_host("Example.COM:8080") == "example.com"
+    assert request_host("[::1]:80") == "[::1]"
+    assert request_host("example.com.") == "example.com"
+    assert request_host("a\\b") == "a\\b"  # nginx on Unix takes a backslash
+    for refused in ("", ".", "..", "a..b", "a/b", "x:8..0", "a b", "a\x7f", ":80"):
+        assert request_host(refused) is None, refused

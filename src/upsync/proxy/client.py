@@ -26,7 +26,7 @@ from upsync.proxy.intake import (
     version_in_request_line,
 )
 from upsync.proxy.request import Request
-from upsync.proxy.routing import ServerTable, normalize_path, split_host, valid_host
+from upsync.proxy.routing import ServerTable, normalize_path, request_host
 from upsync.proxy.timer import Deadline
 
 if TYPE_CHECKING:
@@ -646,9 +646,13 @@ class ClientConnection(asyncio.Protocol):
 
     # request handling
     def _check_request(self, req: Request) -> None:
-        if req.method == b"CONNECT":
-            raise BadRequest(405)
         target = req.target
+        if req.method == b"CONNECT":
+            # nginx's request-line parser takes no authority-form target: "CONNECT host:443" is
+            # malformed (400); with a path it is a method nginx does not serve (405)
+            raise BadRequest(405 if target.startswith("/") else 400)
+        if req.method == b"TRACE":
+            raise BadRequest(405)  # as nginx: never passed on (it would echo credentials)
         if not target.startswith("/"):
             # absolute-form: its host selects the server block, never the destination
             scheme, sep, rest = target.partition("://")
@@ -659,7 +663,10 @@ class ClientConnection(asyncio.Protocol):
                 found = rest.find(mark)
                 if 0 <= found < cut:
                     cut = found
-            req.host = split_host(rest[:cut])
+            authority = request_host(rest[:cut])
+            if authority is None:
+                raise BadRequest(400)
+            req.host = authority
             target = rest[cut:]
             if not target.startswith("/"):
                 target = "/" + target  # "http://host?q" asks for "/?q"
@@ -705,10 +712,11 @@ class ClientConnection(asyncio.Protocol):
                 if host_header == self.last_host_header:
                     req.host = self.last_host  # keep-alive clients repeat their Host
                 else:
-                    req.host = split_host(host_header.decode("latin-1"))
-                    if not valid_host(req.host):
+                    host = request_host(host_header.decode("latin-1"))
+                    if host is None:
                         raise BadRequest(400)
-                    self.last_host_header, self.last_host = host_header, req.host
+                    req.host = self.last_host = host
+                    self.last_host_header = host_header
             elif req.version == "1.1":
                 raise BadRequest(400)
         # no body at all: complete now, so a proxied GET is sent before on_message_complete
@@ -761,7 +769,8 @@ class ClientConnection(asyncio.Protocol):
         handler = location.handler
         if isinstance(handler, ProxyPass):
             has_body = req.chunked or bool(req.content_length)
-            if req.expect_continue and has_body and req.version == "1.1":
+            if req.expect_continue and req.version == "1.1":
+                # as nginx, whenever the body is to be read: with none (Content-Length: 0) too
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             if req.body_complete or not has_body:
                 self._start_proxy(req)

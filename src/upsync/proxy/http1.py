@@ -9,7 +9,20 @@ from typing import Final
 from upsync import SERVER_NAME
 
 REASONS: Final[dict[int, bytes]] = {s.value: s.phrase.encode() for s in HTTPStatus}
-REASONS[499] = b"Client Closed Request"
+# nginx's wording where it differs from the RFC's (ngx_http_status_lines), in the status line
+# and on its error pages
+REASONS.update(
+    {
+        302: b"Moved Temporarily",
+        405: b"Not Allowed",
+        408: b"Request Time-out",
+        414: b"Request-URI Too Large",
+        494: b"Request Header Too Large",
+        499: b"Client Closed Request",
+        503: b"Service Temporarily Unavailable",
+        504: b"Gateway Time-out",
+    }
+)
 
 # Headers that describe one connection, never forwarded (RFC 9110 7.6.1), plus the framing
 # headers the proxy sets itself.

@@ -158,17 +158,29 @@ def normalize_path(raw_path: str) -> str | None:
     return result
 
 
-def split_host(value: str) -> str:
-    """The host of a Host header, lower case, without port or trailing dot (nginx's $host)."""
-    host = value.strip().lower()
-    if host.startswith("["):
-        end = host.find("]")
-        return host[: end + 1] if end > 0 else host
-    host = host.partition(":")[0]
-    return host.rstrip(".")
-
-
-def valid_host(host: str) -> bool:
-    return (
-        bool(host) and "/" not in host and "\\" not in host and ".." not in host and " " not in host
-    )
+def request_host(value: str) -> str | None:
+    """The host of a Host header or an absolute URI's authority as nginx takes it
+    (ngx_http_validate_host): None when nginx answers 400 (empty, "..", a "/" or a control
+    character anywhere); else lower case, without the port and one trailing dot."""
+    value = value.strip(" \t")
+    end = len(value)  # where the host ends: at the port's ":", or after an IPv6 literal's "]"
+    dot = -2
+    in_host, literal = True, value.startswith("[")
+    for index, char in enumerate(value):
+        if char == ".":
+            if dot == index - 1:
+                return None
+            dot = index
+        elif char == ":":
+            if in_host and not literal:
+                end, in_host = index, False
+        elif char == "]":
+            if literal and in_host:
+                end, in_host = index + 1, False
+        elif char == "/" or char <= " " or char == "\x7f":
+            return None
+    if dot == end - 1:
+        end -= 1
+    if end <= 0:
+        return None
+    return value[:end].lower()
