@@ -101,6 +101,9 @@ class UpstreamConnection(PooledConnection):
         self.exchange = exchange
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
+            # nginx takes a response whose lines end in a bare LF (old servers send them); the
+            # head is re-serialised towards the client with CRLF
+            self.parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         self._reset_head()
         self.received_any = False
         self.done = False
