@@ -390,3 +390,31 @@ def test_an_upstream_transfer_coding_other_than_chunked_is_refused() -> None:
     ):
         reply = raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert reply.startswith(b"HTTP/1.1 502 ")
+
+
+def test_server_tokens_off_drops_the_version_as_nginx_does() -> None:
+    """Proxied answers, upsync's own error pages and return: the product without its version,
+    in a location that says so; the version stays where server_tokens is on."""
+    seen = {}
+    for runner, product in ((running_nginx, "nginx"), (running_upsync, "upsync")):
+        with Backend("a") as backend:
+            port = free_port()
+            text = config(port, server(backend)).replace(
+                "location / {",
+                "location /versioned { server_tokens on; return 404; }\n"
+                "        location /plain { return 404; }\n"
+                "        server_tokens off;\n        location / {",
+            )
+            with runner(text, port):
+                answers = []
+                for path in ("/", "/versioned", "/plain"):
+                    status, headers, body = request(port, path)
+                    page = body.decode().replace(product, "PRODUCT")
+                    answers.append((status, headers["server"].replace(product, "PRODUCT"), page))
+                seen[product] = answers
+    assert seen["nginx"][0][:2] == seen["upsync"][0][:2] == (200, "PRODUCT")
+    versioned_nginx, versioned_upsync = seen["nginx"][1], seen["upsync"][1]
+    assert versioned_upsync[1].startswith("PRODUCT/") and versioned_nginx[1].startswith("PRODUCT/")
+    assert versioned_upsync[0] == versioned_nginx[0] == 404
+    assert "<center>PRODUCT/" in versioned_upsync[2] and "<center>PRODUCT/" in versioned_nginx[2]
+    assert seen["upsync"][2] == seen["nginx"][2]  # the same page, signed without a version

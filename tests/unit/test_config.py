@@ -329,3 +329,50 @@ def test_process_directives_and_their_defaults(tmp_path: Path) -> None:
 def test_zone_is_accepted_with_a_notice_of_what_it_shares(tmp_path: Path) -> None:
     config = load(tmp_path, "upstream u { zone u 64k; server 127.0.0.1:1; }")
     assert any('"zone" in upstream "u"' in notice for notice in config.notices)
+
+
+@pytest.mark.parametrize(
+    ("directive", "words"),
+    [
+        ("error_page 502 /50x.html;", "error_page is not supported"),
+        ("proxy_intercept_errors on;", "proxy_intercept_errors on is not supported"),
+        ("resolver 127.0.0.1;", "no run-time resolver"),
+        ("resolver_timeout 5s;", "no run-time resolver"),
+        ("gzip on;", "does not compress"),
+        ("charset utf-8;", "charset"),
+        ("proxy_ignore_client_abort on;", "proxy_ignore_client_abort on"),
+        ("merge_slashes off;", "merge_slashes off"),
+    ],
+)
+def test_a_directive_that_would_change_answers_is_refused_not_ignored(
+    tmp_path: Path, directive: str, words: str
+) -> None:
+    error = error_of(
+        tmp_path, "server { listen 80;\n" + directive + "\nlocation / { return 200; } }"
+    )
+    assert words in str(error)
+    assert f'"{directive.split()[0]}" directive' in str(error)
+    assert error.file is not None
+    lines = Path(error.file).read_text().splitlines()
+    assert lines[error.line - 1] == directive
+
+
+@pytest.mark.parametrize(
+    "directive",
+    ["gzip off;", "charset off;", "proxy_intercept_errors off;", "merge_slashes on;"],
+)
+def test_the_same_directives_with_nginx_s_default_are_accepted(
+    tmp_path: Path, directive: str
+) -> None:
+    config = load(tmp_path, "server { listen 80;\n" + directive + "\nlocation / { return 200; } }")
+    assert any(directive.split()[0] in notice for notice in config.notices)
+
+
+def test_server_tokens_is_inherited_and_build_means_on(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        "server_tokens off; server { listen 80; location / { return 200; }"
+        " location /b { server_tokens build; return 200; } }",
+    )
+    first, second = config.servers[0].locations
+    assert (first.server_tokens, second.server_tokens) == (False, True)

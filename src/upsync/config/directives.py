@@ -54,7 +54,6 @@ IGNORED = frozenset(
         "server_names_hash_max_size",
         "variables_hash_max_size",
         "variables_hash_bucket_size",
-        "server_tokens",
         "charset",
         "gzip",
         "gzip_vary",
@@ -99,3 +98,33 @@ IGNORED = frozenset(
         "open_log_file_cache",
     }
 )
+
+
+# Of those, the ones that change what a client gets when given some values: ignoring them would
+# serve something other than what the config says, so upsync refuses them, naming what it does
+# not do. (name, value that changes behaviour or None for any) -> why
+_NOT_DONE: dict[tuple[str, str | None], str] = {
+    ("error_page", None): "upsync answers errors with its built-in pages; error_page is not "
+    "supported yet",
+    ("proxy_intercept_errors", "on"): "upsync passes upstream errors on as they are; "
+    "proxy_intercept_errors on is not supported yet",
+    ("resolver", None): "upsync resolves upstream names when it loads the configuration and "
+    "has no run-time resolver",
+    ("resolver_timeout", None): "upsync resolves upstream names when it loads the "
+    "configuration and has no run-time resolver",
+    ("gzip", "on"): "upsync does not compress responses (gzip on)",
+    ("proxy_ignore_client_abort", "on"): "upsync ends the upstream request when the client "
+    "goes away; proxy_ignore_client_abort on is not supported",
+    ("merge_slashes", "off"): "upsync always merges slashes in the URI (merge_slashes off is "
+    "not supported)",
+}
+
+
+def refusal(name: str, args: list[str]) -> str | None:
+    """Why upsync refuses this ignored directive with these arguments, or None to accept it."""
+    why = _NOT_DONE.get((name, None))
+    if why is None and args:
+        why = _NOT_DONE.get((name, args[0].lower()))
+    if why is None and name == "charset" and args and args[0].lower() != "off":
+        why = "upsync does not add a charset to Content-Type (charset off is the only value)"
+    return why

@@ -66,6 +66,7 @@ INHERITED = frozenset(
         "keepalive_requests",
         "access_log",
         "default_type",
+        "server_tokens",
         "client_header_timeout",
         "client_body_timeout",
         "send_timeout",
@@ -113,6 +114,12 @@ def _size(node: Node | None, default: int, index: int = 0) -> int:
         return parse_size(node.args[index])
     except UnitError:
         raise node.invalid(node.args[index]) from None
+
+
+def _server_tokens(node: Node | None) -> bool:
+    if node is None or node.args[0] == "build":  # build: nginx's build name; upsync has one
+        return True
+    return _flag(node, True)
 
 
 def _flag(node: Node | None, default: bool) -> bool:
@@ -323,6 +330,7 @@ class HttpBuilder:
             default_type=default_type.args[0] if default_type else "text/plain",
             access_log=self._access_log(scope),
             where=node.where,
+            server_tokens=_server_tokens(scope.one("server_tokens")),
         )
 
     def _temp_path(self, node: Node | None) -> str:

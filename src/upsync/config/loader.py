@@ -78,6 +78,9 @@ class _Builder:
         self.files: set[str] = {path}
 
     def notice(self, node: Node) -> None:
+        why = directives.refusal(node.name, list(node.args))
+        if why is not None:
+            raise node.error(f'"{node.name}" directive: {why}')
         self.notices.append(
             f'"{node.name}" directive is ignored by upsync in {node.file}:{node.line}'
         )

@@ -141,6 +141,7 @@ class LocationConfig:
     default_type: str
     access_log: AccessLog
     where: tuple[str, int] = ("", 0)
+    server_tokens: bool = True  # the version in the Server header and on error pages
 
 
 @dataclass(frozen=True, slots=True)

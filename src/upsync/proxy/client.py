@@ -378,7 +378,8 @@ class ClientConnection(asyncio.Protocol):
             if self.version_hint is None and is_http09_line(data):
                 if self.requests or not data.startswith(b"GET "):
                     # HTTP/0.9 knows only GET, on a fresh connection: the error page alone
-                    self._write_and_close(http1.error_body(400))
+                    tokens = self.table.default.block.fallback.server_tokens
+                    self._write_and_close(http1.error_body(400, tokens))
                     return
                 # served as nginx does: as HTTP/1.0 without headers, answered with the body
                 # alone (no head), then closed; nothing after the line is read
@@ -742,7 +743,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _dispatch(self, req: Request) -> None:
         if req.status:  # a rejected request waiting its turn
-            self._write_and_close(http1.error_response(req.status, keep_alive=False))
+            tokens = self._server_tokens(req)
+            self._write_and_close(http1.error_response(req.status, False, False, tokens))
             return
         server = self.table.find(req.host)
         req.server = server
@@ -796,7 +798,7 @@ class ClientConnection(asyncio.Protocol):
             return
         text = handler.text.render(req) if handler.text is not None else None
         if code in (301, 302, 303, 307, 308) and text is not None:
-            body = http1.error_body(code)
+            body = http1.error_body(code, location.server_tokens)
             self.send_simple(
                 code, body, b"text/html", extra=b"Location: " + text.encode("latin-1") + b"\r\n"
             )
@@ -863,8 +865,10 @@ class ClientConnection(asyncio.Protocol):
         keep = req.keep_alive and self.keep_alive_allowed()
         req.status = status
         req.bytes_sent = len(body)
+        head_only = req.method == b"HEAD"
+        tokens = self._server_tokens(req)
         self.write(
-            http1.simple_response(status, body, content_type, keep, req.method == b"HEAD", extra)
+            http1.simple_response(status, body, content_type, keep, head_only, extra, tokens)
         )
         self.finish_response(keep)
 
@@ -879,10 +883,21 @@ class ClientConnection(asyncio.Protocol):
         if not req.body_complete:
             self.linger_wanted = True
         req.status = status
-        body = http1.error_body(status)
+        tokens = self._server_tokens(req)
+        body = http1.error_body(status, tokens)
         req.bytes_sent = len(body)
-        self.write(http1.simple_response(status, body, b"text/html", keep, req.method == b"HEAD"))
+        head_only = req.method == b"HEAD"
+        self.write(
+            http1.simple_response(status, body, b"text/html", keep, head_only, b"", tokens)
+        )
         self.finish_response(keep)
+
+    def _server_tokens(self, req: Request) -> bool:
+        """The answering location's server_tokens; before one is chosen, the server's."""
+        location = req.location
+        if location is None:
+            location = self.table.default.block.fallback
+        return location.server_tokens
 
     def finish_response(self, keep_alive: bool) -> None:
         req = self.active

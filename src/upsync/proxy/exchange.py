@@ -403,7 +403,7 @@ class ProxyExchange:
         client_keep = req.keep_alive and self.client.keep_alive_allowed()
         length = conn.length
         chunked = conn.chunked
-        out = [status_line(status), common_headers(), *conn.lines]
+        out = [status_line(status), common_headers(self.plan.location.server_tokens), *conn.lines]
         no_body = req.method == b"HEAD" or not status_has_body(status)
         self.until_close = not no_body and status != 101 and length is None and not chunked
         if status == 101:

@@ -59,6 +59,8 @@ UPGRADE_KEPT: Final = frozenset({b"upgrade", b"connection"})
 
 _SERVER_BYTES: Final = SERVER_NAME.encode()
 _SERVER_LINE: Final = b"Server: " + _SERVER_BYTES + b"\r\n"
+_PRODUCT: Final = SERVER_NAME.partition("/")[0].encode()  # server_tokens off: no version
+_PRODUCT_LINE: Final = b"Server: " + _PRODUCT + b"\r\n"
 _wall_clock: Final = time.time
 
 
@@ -69,11 +71,13 @@ class _PerSecond:
         self.second = 0
         self.date = b""
         self.common = b""
+        self.common_unversioned = b""
 
     def refresh(self, now: int) -> None:
         self.second = now
         self.date = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
         self.common = _SERVER_LINE + self.date
+        self.common_unversioned = _PRODUCT_LINE + self.date
 
 
 _per_second: Final = _PerSecond()
@@ -91,9 +95,10 @@ def date_header() -> bytes:
     return _this_second().date
 
 
-def common_headers() -> bytes:
+def common_headers(server_tokens: bool = True) -> bytes:
     """`Server` and `Date`, built once per second."""
-    return _this_second().common
+    second = _this_second()
+    return second.common if server_tokens else second.common_unversioned
 
 
 class HeaderClasses:
@@ -140,8 +145,8 @@ def status_line(code: int) -> bytes:
     return line
 
 
-def error_body(code: int) -> bytes:
-    """nginx's built-in error page, signed upsync."""
+def error_body(code: int, server_tokens: bool = True) -> bytes:
+    """nginx's built-in error page, signed upsync (with its version unless server_tokens off)."""
     title = b"%d %s" % (code, REASONS.get(code, b"Unknown"))
     return (
         b"<html>\r\n<head><title>"
@@ -149,7 +154,7 @@ def error_body(code: int) -> bytes:
         + b"</title></head>\r\n<body>\r\n<center><h1>"
         + title
         + b"</h1></center>\r\n<hr><center>"
-        + _SERVER_BYTES
+        + (_SERVER_BYTES if server_tokens else _PRODUCT)
         + b"</center>\r\n</body>\r\n</html>\r\n"
     )
 
@@ -161,10 +166,11 @@ def simple_response(
     keep_alive: bool,
     head_only: bool = False,
     extra: bytes = b"",
+    server_tokens: bool = True,
 ) -> bytes:
     head = (
         status_line(code)
-        + common_headers()
+        + common_headers(server_tokens)
         + b"Content-Type: "
         + content_type
         + b"\r\n"
@@ -175,8 +181,11 @@ def simple_response(
     return head if head_only else head + body
 
 
-def error_response(code: int, keep_alive: bool, head_only: bool = False) -> bytes:
-    return simple_response(code, error_body(code), b"text/html", keep_alive, head_only)
+def error_response(
+    code: int, keep_alive: bool, head_only: bool = False, server_tokens: bool = True
+) -> bytes:
+    body = error_body(code, server_tokens)
+    return simple_response(code, body, b"text/html", keep_alive, head_only, b"", server_tokens)
 
 
 def status_has_body(code: int) -> bool:
