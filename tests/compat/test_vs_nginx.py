@@ -418,3 +418,68 @@ def test_server_tokens_off_drops_the_version_as_nginx_does() -> None:
     assert versioned_upsync[0] == versioned_nginx[0] == 404
     assert "<center>PRODUCT/" in versioned_upsync[2] and "<center>PRODUCT/" in versioned_nginx[2]
     assert seen["upsync"][2] == seen["nginx"][2]  # the same page, signed without a version
+
+
+REDIRECT_LOCATIONS = """
+        location /one/ { proxy_pass http://backend/two/; }
+        location /off/ { proxy_pass http://backend; proxy_redirect off; }
+        location /set/ {
+            proxy_pass http://backend;
+            proxy_redirect http://backend/set/ http://front.example/;
+            proxy_redirect /set/rel /moved;
+        }
+        location /both/ { proxy_pass http://backend; proxy_redirect default; proxy_redirect http://x/ /y/; }
+        location /ret { return 302 /elsewhere; }
+        location /relret { absolute_redirect off; return 301 /kept; }
+        location /noport { port_in_redirect off; proxy_pass http://backend; }
+"""
+
+
+def redirect_answers(runner: Runner) -> list[tuple[str, str, str]]:
+    """Per request: the Location and Refresh the client got for the ones the backend sent."""
+    from tests.helpers import RawRequest, ScriptedBackend, ok_response
+
+    sent: dict[str, tuple[str, str]] = {}
+
+    def scripted(req: RawRequest) -> tuple[bytes, bool]:
+        location, refresh = sent[req.path.split("?")[0]]
+        extra = f"Location: {location}\r\nRefresh: {refresh}\r\n".encode()
+        return ok_response(b"r").replace(b"\r\n", b"\r\n" + extra, 1), True
+
+    cases = [
+        ("/plain", "/plain", "http://backend/plain/x", "3; url=http://backend/r"),
+        ("/plain", "/plain2", "http://other/x", "3;URL=http://backend/R"),
+        ("/plain", "/plain3", "/relative", "no url here"),
+        ("/one/", "/two/a", "http://backend/two/a/b", "0; url=http://backend/two/c"),
+        ("/off/", "/off/a", "http://backend/off/a", "1; url=http://backend/"),
+        ("/set/", "/set/a", "http://backend/set/a", "1; url=/set/rel/x"),
+        ("/set/", "/set/b", "/set/rel/y", "1; url=http://backend/z"),
+        ("/both/", "/both/a", "http://x/q", "1; url=http://backend/w"),
+        ("/noport", "/noport", "http://backend/n", "-"),
+        ("/ret", "/ret", "-", "-"),
+        ("/relret", "/relret", "-", "-"),
+    ]
+    port = free_port()
+    answers = []
+    with ScriptedBackend(scripted) as backend:
+        text = config(port, f"server 127.0.0.1:{backend.port};").replace(
+            "        location / {", REDIRECT_LOCATIONS + "        location /plain {", 1
+        )
+        with runner(text, port):
+            for prefix, upstream_path, location, refresh in cases:
+                sent[upstream_path] = (location, refresh)
+                asked = (
+                    prefix + upstream_path.split("/", 2)[-1] if prefix == "/one/" else upstream_path
+                )
+                _, headers, _ = request(port, asked)
+                got = headers.get("location", "-").replace(f":{port}/", ":PORT/")
+                answers.append((asked, got, headers.get("refresh", "-")))
+    return answers
+
+
+def test_proxy_redirect_rewrites_location_and_refresh_as_nginx_does() -> None:
+    ours, theirs = redirect_answers(running_upsync), redirect_answers(running_nginx)
+    assert ours == theirs
+    # the default, with nothing set; its result is made absolute, as return's
+    assert ("/plain", "http://127.0.0.1:PORT/plain/x", "3; url=/r") in theirs
+    assert ("/ret", "http://127.0.0.1:PORT/elsewhere", "-") in theirs

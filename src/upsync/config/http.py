@@ -57,6 +57,7 @@ INHERITED = frozenset(
         "proxy_next_upstream_timeout",
         "proxy_buffering",
         "proxy_buffer_size",
+        "proxy_redirect",
         "allow",
         "deny",
         "client_max_body_size",
@@ -67,6 +68,9 @@ INHERITED = frozenset(
         "access_log",
         "default_type",
         "server_tokens",
+        "absolute_redirect",
+        "port_in_redirect",
+        "server_name_in_redirect",
         "client_header_timeout",
         "client_body_timeout",
         "send_timeout",
@@ -114,6 +118,30 @@ def _size(node: Node | None, default: int, index: int = 0) -> int:
         return parse_size(node.args[index])
     except UnitError:
         raise node.invalid(node.args[index]) from None
+
+
+def _redirects(nodes: tuple[Node, ...]) -> tuple[tuple[str, str], ...] | None:
+    """proxy_redirect default | off | FROM TO, as many as given at the level that sets any."""
+    if not nodes:
+        return None
+    pairs: list[tuple[str, str]] = []
+    for node in nodes:
+        if len(node.args) == 1:
+            if node.args[0] == "off":
+                if len(nodes) > 1:
+                    raise node.error('"proxy_redirect off" cannot be combined with others')
+                return ()
+            if node.args[0] != "default":
+                raise node.invalid(node.args[0])
+            pairs.append(("", ""))
+            continue
+        source, target = node.args
+        if source.startswith("~"):
+            raise node.error("proxy_redirect with a regular expression is not supported yet")
+        if "$" in source or "$" in target:
+            raise node.error("proxy_redirect with variables is not supported yet")
+        pairs.append((source, target))
+    return tuple(pairs)
 
 
 def _server_tokens(node: Node | None) -> bool:
@@ -331,6 +359,9 @@ class HttpBuilder:
             access_log=self._access_log(scope),
             where=node.where,
             server_tokens=_server_tokens(scope.one("server_tokens")),
+            absolute_redirect=_flag(scope.one("absolute_redirect"), True),
+            port_in_redirect=_flag(scope.one("port_in_redirect"), True),
+            server_name_in_redirect=_flag(scope.one("server_name_in_redirect"), False),
         )
 
     def _temp_path(self, node: Node | None) -> str:
@@ -417,6 +448,7 @@ class HttpBuilder:
             next_upstream_timeout=_time(scope.one("proxy_next_upstream_timeout"), 0.0),
             buffering=_flag(scope.one("proxy_buffering"), True),
             buffer_size=_size(scope.one("proxy_buffer_size"), 4096),
+            redirects=_redirects(scope.all("proxy_redirect")),
         )
 
     def _access(self, scope: Scope) -> tuple[AccessRule, ...]:

@@ -118,6 +118,10 @@ class ProxySettings:
     next_upstream_timeout: float = 0.0
     buffering: bool = True
     buffer_size: int = 4096  # proxy_buffer_size: the largest response head accepted
+    # proxy_redirect: (FROM, TO) pairs for Location and Refresh, in order; FROM "" stands for
+    # `default` (the proxy_pass URL, worked out per location); None when no level sets it,
+    # which is `default` as in nginx
+    redirects: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,11 @@ class LocationConfig:
     access_log: AccessLog
     where: tuple[str, int] = ("", 0)
     server_tokens: bool = True  # the version in the Server header and on error pages
+    # a redirect to "/path" that upsync writes (return, or proxy_redirect's result) is made
+    # http://host[:port]/path, host being the Host header's unless server_name_in_redirect
+    absolute_redirect: bool = True
+    port_in_redirect: bool = True
+    server_name_in_redirect: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,12 @@ def nodes_from_crossplane(statements: list[dict[str, Any]], file: str) -> tuple[
 
 # Directives that nginx keeps as one array per level: a level that sets any of them replaces the
 # whole array inherited from the level above (allow and deny share one array).
-ARRAY_GROUPS = {"proxy_set_header": "proxy_set_header", "allow": "access", "deny": "access"}
+ARRAY_GROUPS = {
+    "proxy_set_header": "proxy_set_header",
+    "proxy_redirect": "proxy_redirect",
+    "allow": "access",
+    "deny": "access",
+}
 _ARRAY_KEYS = frozenset(ARRAY_GROUPS.values())
 REPEATABLE = frozenset({"access_log"})
 

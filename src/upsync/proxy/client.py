@@ -445,8 +445,10 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as error:
             cause = error.__context__
             if (
-                isinstance(error, (httptools.HttpParserInvalidMethodError,
-                                   httptools.HttpParserInvalidURLError))
+                isinstance(
+                    error,
+                    (httptools.HttpParserInvalidMethodError, httptools.HttpParserInvalidURLError),
+                )
                 and start == 0
                 and end == len(data)
                 and self.boundary_requests >= 0
@@ -799,9 +801,8 @@ class ClientConnection(asyncio.Protocol):
         text = handler.text.render(req) if handler.text is not None else None
         if code in (301, 302, 303, 307, 308) and text is not None:
             body = http1.error_body(code, location.server_tokens)
-            self.send_simple(
-                code, body, b"text/html", extra=b"Location: " + text.encode("latin-1") + b"\r\n"
-            )
+            target = self.absolute_location(req, location, text.encode("latin-1"))
+            self.send_simple(code, body, b"text/html", extra=b"Location: " + target + b"\r\n")
         elif text is not None:
             self.send_simple(code, text.encode("latin-1"), location.default_type.encode())
         elif code >= 400 or code in (301, 302, 303, 307, 308):
@@ -887,10 +888,20 @@ class ClientConnection(asyncio.Protocol):
         body = http1.error_body(status, tokens)
         req.bytes_sent = len(body)
         head_only = req.method == b"HEAD"
-        self.write(
-            http1.simple_response(status, body, b"text/html", keep, head_only, b"", tokens)
-        )
+        self.write(http1.simple_response(status, body, b"text/html", keep, head_only, b"", tokens))
         self.finish_response(keep)
+
+    def absolute_location(self, req: Request, location: LocationConfig, path: bytes) -> bytes:
+        """A redirect upsync writes to "/path", made http://host[:port]/path as nginx's header
+        filter does (absolute_redirect, port_in_redirect, server_name_in_redirect)."""
+        if not location.absolute_redirect or not path.startswith(b"/"):
+            return path
+        server_name = req.server.name if req.server is not None else ""
+        host = server_name if location.server_name_in_redirect or not req.host else req.host
+        port = self.local[1]
+        if location.port_in_redirect and port != 80:
+            host = f"{host}:{port}"
+        return b"http://" + host.encode("latin-1") + path
 
     def _server_tokens(self, req: Request) -> bool:
         """The answering location's server_tokens; before one is chosen, the server's."""

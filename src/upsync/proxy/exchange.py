@@ -65,6 +65,24 @@ FRAME_CHUNKED: Final = 2
 FRAME_CLOSE: Final = 3
 
 
+def _redirects(location: LocationConfig, handler: ProxyPass) -> tuple[tuple[bytes, bytes], ...]:
+    """The location's proxy_redirect pairs; `default` (also when nothing sets it) replaces the
+    proxy_pass URL with the location's prefix, or "http://upstream/" with "/" when proxy_pass
+    has no URI, as nginx works it out. A proxy_pass with variables has no default."""
+    configured = location.proxy.redirects
+    pairs: list[tuple[bytes, bytes]] = []
+    for source, target in configured if configured is not None else (("", ""),):
+        if source:
+            pairs.append((source.encode("latin-1"), target.encode("latin-1")))
+        elif handler.upstream is not None:
+            url = f"{handler.scheme}://{handler.upstream}"
+            if handler.uri is not None:
+                pairs.append(((url + handler.uri).encode("latin-1"), location.path.encode()))
+            else:
+                pairs.append(((url + "/").encode("latin-1"), b"/"))
+    return tuple(pairs)
+
+
 class ProxyPlan:
     """What a location's proxy_pass needs per request, computed once."""
 
@@ -72,6 +90,7 @@ class ProxyPlan:
         "headers",
         "location",
         "passes",
+        "redirects",
         "static",
         "target",
         "upstream",
@@ -115,6 +134,7 @@ class ProxyPlan:
         # 1 for a client header passed on, 0 for one dropped or set by the location
         skipped = _SKIP_REQUEST_HEADERS | {name.encode("latin-1") for name in overridden}
         self.passes = HeaderClasses(dict.fromkeys(skipped, 0), 1)
+        self.redirects = _redirects(location, handler)
 
     def request_uri(self, req: Request, uri_override: str | None) -> str:
         if uri_override is not None:

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from upsync.proxy.http1 import RESPONSE_DROPPED, UPGRADE_KEPT, HeaderClasses
+from upsync.proxy.http1 import RESPONSE_DROPPED, UPGRADE_KEPT, HeaderClasses, rewrite_redirect
 from upsync.proxy.timer import Deadline
 from upsync.upstream.peer import Peer
 from upsync.upstream.pool import KeepalivePool, PooledConnection
@@ -20,12 +20,16 @@ _LENGTH: Final = 1
 _ENCODING: Final = 2
 _UPGRADE: Final = 3
 _DROP: Final = 4
+_LOCATION: Final = 5  # proxy_redirect applies
+_REFRESH: Final = 6  # proxy_redirect applies after "url="
 _RESPONSE_HEADERS: Final = HeaderClasses(
     {
         **dict.fromkeys(RESPONSE_DROPPED, _DROP),
         **dict.fromkeys(UPGRADE_KEPT, _UPGRADE),
         b"content-length": _LENGTH,
         b"transfer-encoding": _ENCODING,
+        b"location": _LOCATION,
+        b"refresh": _REFRESH,
     },
     _PASS,
 )
@@ -234,6 +238,18 @@ class UpstreamConnection(PooledConnection):
             self.chunked = b"chunked" in value.lower()
         elif kind == _UPGRADE:
             self.upgrade_lines.append(name + b": " + value + b"\r\n")
+        elif kind in (_LOCATION, _REFRESH):
+            exchange = self.exchange
+            assert exchange is not None
+            redirects = exchange.plan.redirects
+            if redirects:
+                rewritten = rewrite_redirect(value, redirects, kind == _REFRESH)
+                if rewritten is not value and kind == _LOCATION:
+                    # a Location upsync rewrote is its own redirect, made absolute as nginx does
+                    location = exchange.plan.location
+                    rewritten = exchange.client.absolute_location(exchange.req, location, rewritten)
+                value = rewritten
+            self.lines.append(name + b": " + value + b"\r\n")
 
     def on_message_begin(self) -> None:
         if self.done:
