@@ -163,6 +163,19 @@ def request_host(value: str) -> str | None:
     (ngx_http_validate_host): None when nginx answers 400 (empty, "..", a "/" or a control
     character anywhere); else lower case, without the port and one trailing dot."""
     value = value.strip(" \t")
+    if (
+        value.isascii()
+        and value.isprintable()
+        and " " not in value
+        and "/" not in value
+        and ".." not in value
+        and not value.startswith("[")
+    ):
+        # the usual name or address: decided by a few calls instead of a look at each character
+        host = value.partition(":")[0]
+        if host.endswith("."):
+            host = host[:-1]
+        return host.lower() if host else None
     end = len(value)  # where the host ends: at the port's ":", or after an IPv6 literal's "]"
     dot = -2
     in_host, literal = True, value.startswith("[")
