@@ -483,3 +483,44 @@ def test_proxy_redirect_rewrites_location_and_refresh_as_nginx_does() -> None:
     # the default, with nothing set; its result is made absolute, as return's
     assert ("/plain", "http://127.0.0.1:PORT/plain/x", "3; url=/r") in theirs
     assert ("/ret", "http://127.0.0.1:PORT/elsewhere", "-") in theirs
+
+
+ADD_HEADER_LOCATIONS = """
+        add_header X-Http level-http;
+        location /inherit { proxy_pass http://backend; }
+        location /own { add_header X-Own "own $request_method"; add_header X-Empty ""; proxy_pass http://backend; }
+        location /missing { add_header X-Plain p; add_header X-Always a always; return 404; }
+        location /ok { add_header X-Plain p; add_header X-Always a always; return 200 "ok"; }
+        location /moved { add_header X-Plain p; return 301 /elsewhere; }
+        location /upstream-error { add_header X-Plain p; add_header X-Always a always; proxy_pass http://backend; }
+"""
+
+
+def added_header_answers(runner: Runner) -> list[tuple[str, int, list[str]]]:
+    from tests.helpers import RawRequest, ScriptedBackend, ok_response
+
+    def scripted(req: RawRequest) -> tuple[bytes, bool]:
+        if req.path == "/upstream-error":
+            return b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", True
+        return ok_response(b"up"), True
+
+    port = free_port()
+    answers = []
+    with ScriptedBackend(scripted) as backend:
+        text = config(port, f"server 127.0.0.1:{backend.port};").replace(
+            "        location / {", ADD_HEADER_LOCATIONS + "        location / {", 1
+        )
+        with runner(
+            text.replace("access_log off;", "access_log off;\n    add_header X-Top t;"), port
+        ):
+            for path in ("/", "/inherit", "/own", "/missing", "/ok", "/moved", "/upstream-error"):
+                status, headers, _ = request(port, path)
+                names = sorted(f"{k}={v}" for k, v in headers.items() if k.startswith("x-"))
+                answers.append((path, status, names))
+    return answers
+
+
+def test_add_header_is_applied_and_inherited_as_nginx_does() -> None:
+    ours, theirs = added_header_answers(running_upsync), added_header_answers(running_nginx)
+    assert ours == theirs
+    assert ("/missing", 404, ["x-always=a"]) in theirs  # only `always` on an error

@@ -68,6 +68,7 @@ INHERITED = frozenset(
         "access_log",
         "default_type",
         "server_tokens",
+        "add_header",
         "absolute_redirect",
         "port_in_redirect",
         "server_name_in_redirect",
@@ -118,6 +119,16 @@ def _size(node: Node | None, default: int, index: int = 0) -> int:
         return parse_size(node.args[index])
     except UnitError:
         raise node.invalid(node.args[index]) from None
+
+
+def _added_headers(nodes: tuple[Node, ...]) -> tuple[tuple[str, Template, bool], ...]:
+    """add_header NAME VALUE [always], from the level that sets any (as nginx inherits them)."""
+    added = []
+    for node in nodes:
+        if len(node.args) == 3 and node.args[2] != "always":
+            raise node.invalid(node.args[2])
+        added.append((node.args[0], _template(node, node.args[1]), len(node.args) == 3))
+    return tuple(added)
 
 
 def _redirects(nodes: tuple[Node, ...]) -> tuple[tuple[str, str], ...] | None:
@@ -362,6 +373,7 @@ class HttpBuilder:
             absolute_redirect=_flag(scope.one("absolute_redirect"), True),
             port_in_redirect=_flag(scope.one("port_in_redirect"), True),
             server_name_in_redirect=_flag(scope.one("server_name_in_redirect"), False),
+            add_headers=_added_headers(scope.all("add_header")),
         )
 
     def _temp_path(self, node: Node | None) -> str:

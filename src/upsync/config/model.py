@@ -151,6 +151,8 @@ class LocationConfig:
     absolute_redirect: bool = True
     port_in_redirect: bool = True
     server_name_in_redirect: bool = False
+    # add_header NAME VALUE [always], in order: (name, value, always)
+    add_headers: tuple[tuple[str, Template, bool], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

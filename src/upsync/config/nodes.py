@@ -60,6 +60,7 @@ def nodes_from_crossplane(statements: list[dict[str, Any]], file: str) -> tuple[
 ARRAY_GROUPS = {
     "proxy_set_header": "proxy_set_header",
     "proxy_redirect": "proxy_redirect",
+    "add_header": "add_header",
     "allow": "access",
     "deny": "access",
 }

@@ -745,7 +745,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _dispatch(self, req: Request) -> None:
         if req.status:  # a rejected request waiting its turn
-            tokens = self._server_tokens(req)
+            tokens = self._answering_location(req).server_tokens
             self._write_and_close(http1.error_response(req.status, False, False, tokens))
             return
         server = self.table.find(req.host)
@@ -867,7 +867,10 @@ class ClientConnection(asyncio.Protocol):
         req.status = status
         req.bytes_sent = len(body)
         head_only = req.method == b"HEAD"
-        tokens = self._server_tokens(req)
+        location = self._answering_location(req)
+        if location.add_headers:
+            extra += http1.added_headers(location.add_headers, status, req)
+        tokens = location.server_tokens
         self.write(
             http1.simple_response(status, body, content_type, keep, head_only, extra, tokens)
         )
@@ -884,11 +887,17 @@ class ClientConnection(asyncio.Protocol):
         if not req.body_complete:
             self.linger_wanted = True
         req.status = status
-        tokens = self._server_tokens(req)
+        location = self._answering_location(req)
+        tokens = location.server_tokens
+        extra = b""
+        if location.add_headers:
+            extra = http1.added_headers(location.add_headers, status, req)
         body = http1.error_body(status, tokens)
         req.bytes_sent = len(body)
         head_only = req.method == b"HEAD"
-        self.write(http1.simple_response(status, body, b"text/html", keep, head_only, b"", tokens))
+        self.write(
+            http1.simple_response(status, body, b"text/html", keep, head_only, extra, tokens)
+        )
         self.finish_response(keep)
 
     def absolute_location(self, req: Request, location: LocationConfig, path: bytes) -> bytes:
@@ -903,12 +912,12 @@ class ClientConnection(asyncio.Protocol):
             host = f"{host}:{port}"
         return b"http://" + host.encode("latin-1") + path
 
-    def _server_tokens(self, req: Request) -> bool:
-        """The answering location's server_tokens; before one is chosen, the server's."""
+    def _answering_location(self, req: Request) -> LocationConfig:
+        """The location whose settings shape an answer; before one is chosen, the server's."""
         location = req.location
         if location is None:
             location = self.table.default.block.fallback
-        return location.server_tokens
+        return location
 
     def finish_response(self, keep_alive: bool) -> None:
         req = self.active

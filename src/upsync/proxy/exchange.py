@@ -13,6 +13,7 @@ from upsync.proxy.http1 import (
     HOP_BY_HOP,
     NON_IDEMPOTENT,
     HeaderClasses,
+    added_headers,
     common_headers,
     status_has_body,
     status_line,
@@ -423,7 +424,10 @@ class ProxyExchange:
         client_keep = req.keep_alive and self.client.keep_alive_allowed()
         length = conn.length
         chunked = conn.chunked
-        out = [status_line(status), common_headers(self.plan.location.server_tokens), *conn.lines]
+        location = self.plan.location
+        out = [status_line(status), common_headers(location.server_tokens), *conn.lines]
+        if location.add_headers:
+            out.append(added_headers(location.add_headers, status, req))
         no_body = req.method == b"HEAD" or not status_has_body(status)
         self.until_close = not no_body and status != 101 and length is None and not chunked
         if status == 101:
@@ -548,8 +552,7 @@ class ProxyExchange:
 
     def _idempotent_or_allowed(self) -> bool:
         return (
-            self.req.method not in NON_IDEMPOTENT
-            or "non_idempotent" in self.settings.next_upstream
+            self.req.method not in NON_IDEMPOTENT or "non_idempotent" in self.settings.next_upstream
         )
 
     def _failed(

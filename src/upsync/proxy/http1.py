@@ -7,6 +7,7 @@ from http import HTTPStatus
 from typing import Final
 
 from upsync import SERVER_NAME
+from upsync.config.variables import Template, VariableSource
 
 REASONS: Final[dict[int, bytes]] = {s.value: s.phrase.encode() for s in HTTPStatus}
 # nginx's wording where it differs from the RFC's (ngx_http_status_lines), in the status line
@@ -207,3 +208,21 @@ def rewrite_redirect(
         if value.startswith(source, start):
             return value[:start] + target + value[start + len(source) :]
     return value
+
+
+# add_header applies to these unless it says `always` (nginx's headers filter)
+_ADD_HEADER_STATUSES: Final = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
+
+
+def added_headers(
+    added: tuple[tuple[str, Template, bool], ...], status: int, source: VariableSource
+) -> bytes:
+    """The add_header lines for a response of `status`; one whose value is empty is left out."""
+    lines = []
+    plain_status = status in _ADD_HEADER_STATUSES
+    for name, template, always in added:
+        if plain_status or always:
+            value = template.render(source)
+            if value:
+                lines.append(f"{name}: {value}\r\n")
+    return "".join(lines).encode("latin-1", "replace")
