@@ -524,3 +524,41 @@ def test_add_header_is_applied_and_inherited_as_nginx_does() -> None:
     ours, theirs = added_header_answers(running_upsync), added_header_answers(running_nginx)
     assert ours == theirs
     assert ("/missing", 404, ["x-always=a"]) in theirs  # only `always` on an error
+
+
+def hidden_header_answers(runner: Runner) -> list[tuple[str, list[str]]]:
+    from tests.helpers import RawRequest, ScriptedBackend, ok_response
+
+    def scripted(req: RawRequest) -> tuple[bytes, bool]:
+        extra = b"Server: origin\r\nX-Secret: s\r\nX-Pad: p\r\nX-Accel-Charset: c\r\nX-Kept: k\r\n"
+        return ok_response(b"up").replace(b"\r\n", b"\r\n" + extra, 1), True
+
+    locations = """
+        proxy_hide_header X-Secret;
+        location /default { proxy_pass http://backend; }
+        location /own { proxy_hide_header X-Kept; proxy_pass http://backend; }
+        location /passed { proxy_pass_header Server; proxy_pass_header X-Pad; proxy_pass http://backend; }
+"""
+    port = free_port()
+    answers = []
+    with ScriptedBackend(scripted) as backend:
+        text = config(port, f"server 127.0.0.1:{backend.port};").replace(
+            "        location / {", locations + "        location / {", 1
+        )
+        with runner(text, port):
+            for path in ("/default", "/own", "/passed"):
+                _, headers, _ = request(port, path)
+                shown = sorted(
+                    f"{k}={v}" if k != "server" or v == "origin" else "server=PROXY"
+                    for k, v in headers.items()
+                    if k not in ("date", "content-length", "connection", "content-type")
+                )
+                answers.append((path, shown))
+    return answers
+
+
+def test_proxy_hide_and_pass_header_as_nginx_does() -> None:
+    ours, theirs = hidden_header_answers(running_upsync), hidden_header_answers(running_nginx)
+    assert ours == theirs
+    # the upstream's Server instead of the proxy's; X-Secret hidden from the server level
+    assert ("/passed", ["server=origin", "x-kept=k", "x-pad=p"]) in theirs

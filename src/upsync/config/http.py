@@ -58,6 +58,8 @@ INHERITED = frozenset(
         "proxy_buffering",
         "proxy_buffer_size",
         "proxy_redirect",
+        "proxy_hide_header",
+        "proxy_pass_header",
         "allow",
         "deny",
         "client_max_body_size",
@@ -461,6 +463,8 @@ class HttpBuilder:
             buffering=_flag(scope.one("proxy_buffering"), True),
             buffer_size=_size(scope.one("proxy_buffer_size"), 4096),
             redirects=_redirects(scope.all("proxy_redirect")),
+            hide_headers=frozenset(n.args[0].lower() for n in scope.all("proxy_hide_header")),
+            pass_headers=frozenset(n.args[0].lower() for n in scope.all("proxy_pass_header")),
         )
 
     def _access(self, scope: Scope) -> tuple[AccessRule, ...]:

@@ -122,6 +122,8 @@ class ProxySettings:
     # `default` (the proxy_pass URL, worked out per location); None when no level sets it,
     # which is `default` as in nginx
     redirects: tuple[tuple[str, str], ...] | None = None
+    hide_headers: frozenset[str] = frozenset()  # proxy_hide_header, lower case
+    pass_headers: frozenset[str] = frozenset()  # proxy_pass_header, lower case
 
 
 @dataclass(frozen=True, slots=True)

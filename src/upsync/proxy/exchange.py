@@ -15,11 +15,17 @@ from upsync.proxy.http1 import (
     HeaderClasses,
     added_headers,
     common_headers,
+    date_header,
+    server_header,
     status_has_body,
     status_line,
 )
 from upsync.proxy.request import Request
-from upsync.proxy.upstream_conn import UpstreamConnection
+from upsync.proxy.upstream_conn import (
+    RESPONSE_HEADERS,
+    UpstreamConnection,
+    response_header_classes,
+)
 from upsync.upstream.balancer import release
 from upsync.upstream.group import UpstreamGroup
 from upsync.upstream.peer import Peer
@@ -90,8 +96,11 @@ class ProxyPlan:
     __slots__ = (
         "headers",
         "location",
+        "own_date",
+        "own_server",
         "passes",
         "redirects",
+        "response_headers",
         "static",
         "target",
         "upstream",
@@ -136,6 +145,14 @@ class ProxyPlan:
         skipped = _SKIP_REQUEST_HEADERS | {name.encode("latin-1") for name in overridden}
         self.passes = HeaderClasses(dict.fromkeys(skipped, 0), 1)
         self.redirects = _redirects(location, handler)
+        hidden = frozenset(name.encode("latin-1") for name in settings.hide_headers)
+        passed = frozenset(name.encode("latin-1") for name in settings.pass_headers)
+        self.response_headers = (
+            response_header_classes(hidden, passed) if hidden or passed else RESPONSE_HEADERS
+        )
+        # proxy_pass_header Server (or Date): the upstream's stands instead of upsync's
+        self.own_server = b"server" not in passed
+        self.own_date = b"date" not in passed
 
     def request_uri(self, req: Request, uri_override: str | None) -> str:
         if uri_override is not None:
@@ -425,7 +442,14 @@ class ProxyExchange:
         length = conn.length
         chunked = conn.chunked
         location = self.plan.location
-        out = [status_line(status), common_headers(location.server_tokens), *conn.lines]
+        plan = self.plan
+        if plan.own_server and plan.own_date:
+            common = common_headers(location.server_tokens)
+        else:
+            common = (server_header(location.server_tokens) if plan.own_server else b"") + (
+                date_header() if plan.own_date else b""
+            )
+        out = [status_line(status), common, *conn.lines]
         if location.add_headers:
             out.append(added_headers(location.add_headers, status, req))
         no_body = req.method == b"HEAD" or not status_has_body(status)

@@ -96,6 +96,10 @@ def date_header() -> bytes:
     return _this_second().date
 
 
+def server_header(server_tokens: bool = True) -> bytes:
+    return _SERVER_LINE if server_tokens else _PRODUCT_LINE
+
+
 def common_headers(server_tokens: bool = True) -> bytes:
     """`Server` and `Date`, built once per second."""
     second = _this_second()

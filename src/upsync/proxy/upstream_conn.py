@@ -5,7 +5,13 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
-from upsync.proxy.http1 import RESPONSE_DROPPED, UPGRADE_KEPT, HeaderClasses, rewrite_redirect
+from upsync.proxy.http1 import (
+    HOP_BY_HOP,
+    RESPONSE_DROPPED,
+    UPGRADE_KEPT,
+    HeaderClasses,
+    rewrite_redirect,
+)
 from upsync.proxy.timer import Deadline
 from upsync.upstream.peer import Peer
 from upsync.upstream.pool import KeepalivePool, PooledConnection
@@ -22,17 +28,26 @@ _UPGRADE: Final = 3
 _DROP: Final = 4
 _LOCATION: Final = 5  # proxy_redirect applies
 _REFRESH: Final = 6  # proxy_redirect applies after "url="
-_RESPONSE_HEADERS: Final = HeaderClasses(
-    {
-        **dict.fromkeys(RESPONSE_DROPPED, _DROP),
-        **dict.fromkeys(UPGRADE_KEPT, _UPGRADE),
-        b"content-length": _LENGTH,
-        b"transfer-encoding": _ENCODING,
-        b"location": _LOCATION,
-        b"refresh": _REFRESH,
-    },
-    _PASS,
-)
+
+
+def response_header_classes(hidden: frozenset[bytes], passed: frozenset[bytes]) -> HeaderClasses:
+    """What to do with each response header, for a location's proxy_hide_header and
+    proxy_pass_header (nginx's hidden defaults, less the passed ones, plus the hidden ones)."""
+    dropped = (RESPONSE_DROPPED - passed) | hidden | HOP_BY_HOP | {b"content-length"}
+    return HeaderClasses(
+        {
+            **dict.fromkeys(dropped, _DROP),
+            **dict.fromkeys(UPGRADE_KEPT, _UPGRADE),
+            b"content-length": _LENGTH,
+            b"transfer-encoding": _ENCODING,
+            b"location": _LOCATION,
+            b"refresh": _REFRESH,
+        },
+        _PASS,
+    )
+
+
+RESPONSE_HEADERS: Final = response_header_classes(frozenset(), frozenset())
 
 
 class HeadTooBig(Exception):
@@ -49,6 +64,7 @@ class UpstreamConnection(PooledConnection):
         "done",
         "exchange",
         "head_size",
+        "header_classes",
         "interim",
         "keep_alive",
         "length",
@@ -72,6 +88,7 @@ class UpstreamConnection(PooledConnection):
         self.transport: asyncio.Transport | None = None
         self.exchange: ProxyExchange | None = None
         self.parser: httptools.HttpResponseParser | None = None
+        self.header_classes = RESPONSE_HEADERS  # the request's location's
         # the response head as it is parsed: lines to pass on, and what the proxy itself needs
         self.lines: list[bytes] = []
         self.upgrade_lines: list[bytes] = []
@@ -103,6 +120,7 @@ class UpstreamConnection(PooledConnection):
 
     def attach(self, exchange: "ProxyExchange") -> None:
         self.exchange = exchange
+        self.header_classes = exchange.plan.response_headers
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
             # nginx takes a response whose lines end in a bare LF (old servers send them); the
@@ -229,7 +247,7 @@ class UpstreamConnection(PooledConnection):
         self.head_size = size
         if size > self.max_head:
             raise HeadTooBig()
-        kind = _RESPONSE_HEADERS.of(name)
+        kind = self.header_classes.of(name)
         if kind == _PASS:
             self.lines.append(name + b": " + value + b"\r\n")
         elif kind == _LENGTH:
