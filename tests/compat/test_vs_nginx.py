@@ -562,3 +562,27 @@ def test_proxy_hide_and_pass_header_as_nginx_does() -> None:
     assert ours == theirs
     # the upstream's Server instead of the proxy's; X-Secret hidden from the server level
     assert ("/passed", ["server=origin", "x-kept=k", "x-pad=p"]) in theirs
+
+
+@pytest.mark.parametrize(
+    "others",
+    ["down", "dead", "both 404"],
+)
+def test_next_upstream_http_404_passes_the_last_404_on(others: str) -> None:
+    """A `down` server is not counted in the tries (nginx counts only the others), so the 404
+    of the last one tried is passed on, not 502."""
+
+    def upstream(b: dict[str, Backend], dead: list[int]) -> str:
+        if others == "down":
+            return server(b["a"]) + server(b["b"], "down")
+        if others == "dead":
+            return server(b["a"]) + f"server 127.0.0.1:{dead[0]};"
+        return server(b["a"]) + server(b["b"])
+
+    backends: dict[str, dict[str, float | int]] = {"a": {"status": 404}, "b": {"status": 404}}
+    nginx, upsync = both(
+        upstream, "proxy_next_upstream error timeout http_404;", 4, backends, dead=1
+    )
+    assert upsync == nginx
+    if others != "dead":  # a dead next server makes it 502 (the last try failed to connect)
+        assert all(answer.startswith("404") for answer in nginx)

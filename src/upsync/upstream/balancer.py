@@ -79,7 +79,8 @@ class Balancer:
         self.rng = rng or random.Random()
         self.total_weight = sum(p.weight for p in self.primary)
         # how many peers one request may try (proxy_next_upstream_tries 0 means this many)
-        self.tries = len(self.primary) + len(self.backup)
+        # (down ones are not counted, as nginx counts them: their turn is never tried)
+        self.tries = sum(not p.down for p in self.primary) + sum(not p.down for p in self.backup)
 
     def pick(self, tried: set[Peer] | None, now: float, key: bytes = b"") -> Peer | None:
         peer = self._pick_from(self.primary, tried, now)
