@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py | cksum | cut -d' ' -f1)
 SOURCES := $(shell find src -name '*.py')
 
-.PHONY: venv run etcd test lint unit system-deps bench clean
+.PHONY: venv run etcd test lint unit system-deps bench nginx-tests clean
 
 # a regular (not editable) install: the hot path is compiled by mypyc (setup.py), so the package
 # in .venv is rebuilt whenever a source file changes
@@ -48,6 +48,11 @@ bench: system-deps $(STAMP)
 	$(BIN)/python bench/workers_bench.py
 	$(BIN)/python bench/apply_cost.py
 	$(BIN)/python bench/instructions.py
+
+# nginx's regression suite against upsync and Debian's nginx (not part of `make test`); the
+# suite is fetched into .nginx-tests, or NGINX_TESTS points to a checkout (see the README)
+nginx-tests: system-deps $(STAMP)
+	$(BIN)/python tests/nginx_tests/run.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .mypy_cache .ruff_cache .pytest_cache

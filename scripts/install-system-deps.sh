@@ -10,6 +10,9 @@ command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
 command -v curl >/dev/null 2>&1 || missing="$missing curl"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 command -v cc >/dev/null 2>&1 || missing="$missing gcc"
+# perl runs nginx-tests (make nginx-tests), git fetches it
+command -v prove >/dev/null 2>&1 || missing="$missing perl"
+command -v git >/dev/null 2>&1 || missing="$missing git"
 include=$(${PYTHON:-python3} -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$include/Python.h" ] || missing="$missing python3-dev"
 [ -z "$missing" ] && exit 0

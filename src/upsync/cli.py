@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
         "-g", dest="globals", default="", help='global directives, e.g. "pid /tmp/u.pid;"'
     )
     parser.add_argument(
+        "-e",
+        dest="error_log",
+        default="",
+        help="error log file (or stderr) unless the configuration names one, as nginx's -e",
+    )
+    parser.add_argument(
         "-s", dest="signal", choices=sorted(SIGNALS), help="send a signal to the running upsync"
     )
     parser.add_argument(
@@ -73,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace) -> Config | None:
     try:
-        return load_config(args.config, args.prefix, args.globals)
+        return load_config(args.config, args.prefix, args.globals, args.error_log)
     except ConfigError as exc:
         _say(f"[emerg] {exc}")
         return None
@@ -120,6 +126,8 @@ def _send_signal(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.prefix and not os.path.isabs(args.config):
+        args.config = os.path.join(args.prefix, args.config)  # as nginx: -c under -p
     if args.version or args.verbose_version:
         print(f"upsync version: upsync/{__version__}", file=sys.stderr)
         if args.verbose_version:

@@ -296,7 +296,9 @@ class Master:
     async def _reload_once(self) -> None:
         began = time.monotonic()
         try:
-            config = load_config(self.args.config, self.args.prefix, self.args.globals)
+            config = load_config(
+                self.args.config, self.args.prefix, self.args.globals, self.args.error_log
+            )
         except ConfigError as exc:
             log.error("reload failed, the running configuration stays: %s", exc)
             return

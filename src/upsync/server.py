@@ -30,7 +30,7 @@ async def _serve_alone(config: Config, args: argparse.Namespace, pid: PidFile) -
     async def reload() -> None:
         await started.wait()  # a reload asked for during start-up follows it
         try:
-            new_config = load_config(args.config, args.prefix, args.globals)
+            new_config = load_config(args.config, args.prefix, args.globals, args.error_log)
         except ConfigError as exc:
             log.error("reload failed, the running configuration stays: %s", exc)
             return

@@ -14,6 +14,7 @@ import pytest
 from tests.helpers import (
     Backend,
     KeepAliveClient,
+    Process,
     free_port,
     request,
     running_upsync,
@@ -255,3 +256,21 @@ def test_pipelined_requests_across_a_reload_are_all_answered(main: str) -> None:
         assert len(responses) == 3 and all(r.endswith(b"one") for r in responses)
         assert [b"Connection: close" in r for r in responses] == [False, False, True]
         assert request(port, "/")[2] == b"two"
+
+
+def test_c_is_under_p_and_e_names_the_error_log(tmp_path: Path) -> None:
+    """As nginx (and as nginx-tests' Test::Nginx calls it): `-p DIR -c nginx.conf -e error.log`
+    reads DIR/nginx.conf and logs to DIR/error.log unless the configuration names a log."""
+    port = free_port()
+    (tmp_path / "nginx.conf").write_text(
+        f"events {{}}\nhttp {{ server {{ listen 127.0.0.1:{port};"
+        f" location / {{ proxy_pass http://127.0.0.1:{free_port()}; }} }} }}\n"
+    )
+    argv = [sys.executable, "-m", "upsync", "-p", f"{tmp_path}/", "-c", "nginx.conf"]
+    argv += ["-e", "error.log", "-g", f"pid {tmp_path}/u.pid;"]
+    process = Process(argv, port, tmp_path, "upsync").start()
+    try:
+        assert request(port, "/")[0] == 502  # nothing listens upstream: an error is logged
+        wait_until(lambda: "connect() to 127.0.0.1" in (tmp_path / "error.log").read_text())
+    finally:
+        process.stop()

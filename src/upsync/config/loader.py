@@ -50,12 +50,17 @@ def _parse_globals(text: str) -> tuple[Node, ...]:
     return tuple(Node(n.name, n.args, "command line", n.line, n.block) for n in nodes)
 
 
-def load_config(path: str, prefix: str | None = None, global_directives: str = "") -> Config:
+def load_config(
+    path: str, prefix: str | None = None, global_directives: str = "", error_log: str = ""
+) -> Config:
+    """`error_log`: nginx's -e, the error log unless the configuration names one."""
     path = os.path.abspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f'open() "{path}" failed (No such file or directory)')
     prefix = os.path.abspath(prefix or os.path.dirname(path))
     nodes = _parse_file(path)
+    if error_log:
+        nodes = _parse_globals(f'error_log "{error_log}";') + nodes
     if global_directives:
         nodes = nodes + _parse_globals(global_directives)
     return _Builder(path, prefix).build(nodes)
