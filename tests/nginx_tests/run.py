@@ -56,6 +56,10 @@ def suite_directory() -> Path:
 
 def run_file(suite: Path, name: str, binary: str, extra: dict[str, str] | None = None) -> Outcome:
     env = dict(os.environ, TEST_NGINX_BINARY=binary, UPSYNC_PYTHON=sys.executable, **(extra or {}))
+    if os.geteuid() == 0 and "TEST_NGINX_GLOBALS" not in os.environ:
+        # as root, nginx's workers would run as nobody and could not write the test's
+        # directory (cache, temp files): the suite expects a user who owns it
+        env["TEST_NGINX_GLOBALS"] = "user root;"
     try:
         done = subprocess.run(
             ["perl", "-I", str(suite / "lib"), name],
