@@ -359,7 +359,14 @@ def test_a_directive_that_would_change_answers_is_refused_not_ignored(
 
 @pytest.mark.parametrize(
     "directive",
-    ["gzip off;", "charset off;", "proxy_intercept_errors off;", "merge_slashes on;"],
+    [
+        "gzip off;",
+        "charset off;",
+        "proxy_intercept_errors off;",
+        "merge_slashes on;",
+        "connection_pool_size 1024;",  # nginx's memory pools: nothing a client sees
+        "request_pool_size 8k;",
+    ],
 )
 def test_the_same_directives_with_nginx_s_default_are_accepted(
     tmp_path: Path, directive: str

@@ -65,6 +65,8 @@ IGNORED = frozenset(
         "gzip_min_length",
         "gzip_disable",
         "client_header_buffer_size",
+        "connection_pool_size",
+        "request_pool_size",
         "proxy_buffers",
         "proxy_busy_buffers_size",
         "proxy_temp_path",
