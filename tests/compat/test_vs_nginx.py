@@ -2,7 +2,7 @@
 in the same order, including the failure cases."""
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 
 import pytest
@@ -72,7 +72,7 @@ def both(
     for runner in (running_nginx, running_upsync):
         with ExitStack() as stack:
             started = {
-                name: stack.enter_context(Backend(name, ports[name], **opts))  # type: ignore[arg-type]
+                name: stack.enter_context(Backend(name, ports[name], **opts))
                 for name, opts in backends.items()
             }
             results.append(observe(runner, upstream(started, dead_ports), location, count, path))
@@ -317,14 +317,20 @@ def edge_answers(runner: Runner) -> list[tuple[int, str, str | None]]:
     return answers
 
 
-def test_edge_requests_are_answered_and_forwarded_as_nginx_does() -> None:
-    ours, theirs = edge_answers(running_upsync), edge_answers(running_nginx)
-    differing = [
+def differing(
+    inputs: Sequence[bytes], ours: Sequence[object], theirs: Sequence[object]
+) -> list[object]:
+    """Each input (its start) whose answer under upsync is not nginx's, with both answers."""
+    return [
         (raw[:60], mine, nginx)
-        for raw, mine, nginx in zip(EDGE_REQUESTS, ours, theirs, strict=True)
+        for raw, mine, nginx in zip(inputs, ours, theirs, strict=True)
         if mine != nginx
     ]
-    assert differing == []
+
+
+def test_edge_requests_are_answered_and_forwarded_as_nginx_does() -> None:
+    ours, theirs = edge_answers(running_upsync), edge_answers(running_nginx)
+    assert differing(EDGE_REQUESTS, ours, theirs) == []
 
 
 # upstream responses nginx and upsync must relay alike (status, headers, body)
@@ -368,13 +374,7 @@ def response_answers(runner: Runner) -> list[tuple[int, list[str], bytes]]:
 
 def test_upstream_responses_are_relayed_as_nginx_does() -> None:
     ours, theirs = response_answers(running_upsync), response_answers(running_nginx)
-    differing = [
-        (raw[:50], mine, nginx)
-        for raw, mine, nginx in zip(EDGE_RESPONSES, ours, theirs, strict=True)
-        if mine != nginx
-    ]
-
-    assert differing == []
+    assert differing(EDGE_RESPONSES, ours, theirs) == []
 
 
 def test_an_upstream_transfer_coding_other_than_chunked_is_refused() -> None:
