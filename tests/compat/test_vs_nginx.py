@@ -586,3 +586,95 @@ def test_next_upstream_http_404_passes_the_last_404_on(others: str) -> None:
     assert upsync == nginx
     if others != "dead":  # a dead next server makes it 502 (the last try failed to connect)
         assert all(answer.startswith("404") for answer in nginx)
+
+
+LOGGED_VARIABLES = (
+    "upstream_addr",
+    "upstream_status",
+    "upstream_response_length",
+    "upstream_connect_time",
+    "upstream_header_time",
+    "upstream_response_time",
+    "upstream_http_x_backend",
+    "sent_http_content_length",
+    "sent_http_x_backend",
+    "status",
+    "body_bytes_sent",
+    "remote_user",
+    "connection_requests",
+    "pipe",
+    "https",
+    "request_length",
+    "http_referer",
+    "request_id",
+)
+
+
+def logged_variables(runner: Runner, ports: dict[str, int]) -> list[list[str]]:
+    """One access log line per request, each variable of LOGGED_VARIABLES a field; timings
+    shown as T (a number of seconds with milliseconds) and the request id as ID (32 hex)."""
+    import socket
+    from pathlib import Path
+
+    from tests.helpers import KeepAliveClient, wait_until
+
+    port = free_port()
+    fields = "|".join(f"${name}" for name in LOGGED_VARIABLES)
+    with Backend("a", ports["a"]), ExitStack() as stack:
+        workdir = Path(stack.enter_context(__import__("tempfile").TemporaryDirectory()))
+        upstream = f"server 127.0.0.1:{ports['dead']}; server 127.0.0.1:{ports['a']};"
+        text = config(port, upstream).replace(
+            "access_log off;",
+            f"log_format fields '{fields}';\n    access_log {workdir}/access.log fields;",
+        ).replace(
+            "        location / {",
+            "        location /none { proxy_pass http://127.0.0.1:"
+            f"{ports['dead']}; proxy_next_upstream off; }}\n"
+            '        location /own { return 200 "own"; }\n'
+            "        location / {",
+            1,
+        )
+        with runner(text, port):
+            request(port, "/first")  # round robin: the dead server is tried first, then a
+            request(port, "/second", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+            client = KeepAliveClient(port)
+            client.get("/own")
+            client.get("/own", headers={"Referer": "http://r/"})
+            client.close()
+            request(port, "/none")
+            with socket.create_connection(("127.0.0.1", port)) as raw:
+                raw.sendall(b"GET /own HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+                raw.settimeout(5)
+                received = b""
+                while received.count(b"own") < 2:
+                    received += raw.recv(65536)
+            log = workdir / "access.log"
+            wait_until(lambda: len(log.read_text().splitlines()) == 7)
+            lines = log.read_text().splitlines()
+    shown = []
+    for line in lines:
+        values = line.split("|")
+        for index, name in enumerate(LOGGED_VARIABLES):
+            if name == "request_id":
+                values[index] = "ID" if re.fullmatch("[0-9a-f]{32}", values[index]) else "?"
+            elif name.endswith("_time"):
+                values[index] = re.sub(r"\d+\.\d{3}", "T", values[index])
+        shown.append(values)
+    return shown
+
+
+def test_logged_variables_are_nginx_s() -> None:
+    """$upstream_* over a retry, a failed connect and no upstream; $remote_user,
+    $connection_requests, $pipe, $request_length, $sent_http_* and absent values as "-"."""
+    ports = {"a": free_port(), "dead": free_port()}
+    ours, theirs = logged_variables(running_upsync, ports), logged_variables(running_nginx, ports)
+    assert len(ours) == len(theirs)
+    assert [
+        (line, name, mine, nginx)
+        for line, (our_values, their_values) in enumerate(zip(ours, theirs, strict=True))
+        for name, mine, nginx in zip(LOGGED_VARIABLES, our_values, their_values, strict=True)
+        if mine != nginx
+    ] == []
+    first = dict(zip(LOGGED_VARIABLES, theirs[0], strict=True))
+    assert first["upstream_status"] == "502, 200"
+    assert first["upstream_connect_time"] == "-, T"

@@ -44,9 +44,23 @@ KNOWN_VARIABLES = frozenset(
         "connection_requests",
         "pid",
         "time_iso8601",
+        "upstream_connect_time",
+        "upstream_header_time",
+        "upstream_response_length",
+        "request_id",
+        "pipe",
+        "https",
     }
 )
-KNOWN_PREFIXES = ("http_", "arg_", "cookie_")
+KNOWN_PREFIXES = ("http_", "arg_", "cookie_", "upstream_http_", "sent_http_")
+# variables nginx leaves "not found" rather than empty when there is nothing to give (a header
+# the request lacks, a request that went to no upstream): an access log line shows them as "-"
+_ABSENT_WHEN_EMPTY_PREFIXES = ("http_", "arg_", "cookie_", "sent_http_", "upstream_")
+_ABSENT_WHEN_EMPTY = frozenset({"remote_user", "content_length", "content_type"})
+
+
+def _absent_when_empty(name: str) -> bool:
+    return name in _ABSENT_WHEN_EMPTY or name.startswith(_ABSENT_WHEN_EMPTY_PREFIXES)
 
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
 
@@ -108,10 +122,15 @@ class Template:
         return "".join(out)
 
     def render_for_log(self, source: VariableSource) -> str:
-        """As render(), with each variable's value escaped for an access log line."""
+        """As render(), with each variable's value escaped for an access log line, and "-" for
+        one nginx would find absent."""
         out = []
         for index, part in enumerate(self.parts):
-            out.append(log_escape(source.variable(part)) if index & 1 else part)
+            if index & 1:
+                value = source.variable(part)
+                out.append(log_escape(value) if value or not _absent_when_empty(part) else "-")
+            else:
+                out.append(part)
         return "".join(out)
 
 

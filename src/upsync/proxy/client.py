@@ -124,6 +124,7 @@ class ClientConnection(asyncio.Protocol):
         "raw_header_bytes",
         "read_pause_reasons",
         "requests",
+        "serial",
         "site",
         "table",
         "timer",
@@ -160,6 +161,7 @@ class ClientConnection(asyncio.Protocol):
         self.header_size = 0
         self.raw_header_bytes = 0
         self.requests = 0
+        self.serial = 0
         self.closed = False
         self.write_paused = False
         self.read_pause_reasons: set[str] = set()
@@ -223,6 +225,7 @@ class ClientConnection(asyncio.Protocol):
             self.closed = True
             self.transport.abort()
             return
+        self.serial = self.connections.admitted
         self.awaiting_first_bytes = True
         self.connections.awaiting_first_bytes.add(self, self.limits.client_header_timeout)
 
@@ -235,10 +238,10 @@ class ClientConnection(asyncio.Protocol):
         self.connections.closed(self)
         if self.exchange is not None:
             exchange, self.exchange = self.exchange, None
+            exchange.abort()  # first: the upstream try it ends is in the log line
             if self.active is not None and not self.active.response_done:
                 self.active.status = self.active.status or 499
                 self.site.log_access(self.active)
-            exchange.abort()
         if self.tunnel is not None:
             self.tunnel.close()
         # the parser and the timer point back at this object; without them it is freed by
@@ -526,10 +529,14 @@ class ClientConnection(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         self.head_timed = False
-        self.current = Request(self)
+        self.current = req = Request(self)
         self.in_headers = True
         self.header_size = 0
         self.requests += 1
+        req.nth = self.requests
+        # behind another request's bytes in the same read (nginx's $pipe)
+        boundary = self.boundary_requests
+        req.pipelined = boundary < 0 or self.requests > boundary + 1
 
     def on_url(self, url: bytes) -> None:
         req = self.current
@@ -555,6 +562,7 @@ class ClientConnection(asyncio.Protocol):
         assert req is not None
         self.in_headers = False
         self.raw_header_bytes = 0
+        req.head_size = self.header_size
         parser = self.parser
         assert parser is not None
         req.method = parser.get_method()
@@ -865,16 +873,21 @@ class ClientConnection(asyncio.Protocol):
         assert req is not None
         keep = req.keep_alive and self.keep_alive_allowed()
         req.status = status
-        req.bytes_sent = len(body)
         head_only = req.method == b"HEAD"
         location = self._answering_location(req)
         if location.add_headers:
             extra += http1.added_headers(location.add_headers, status, req)
         tokens = location.server_tokens
-        self.write(
-            http1.simple_response(status, body, content_type, keep, head_only, extra, tokens)
+        self._write_response(
+            req, http1.simple_response(status, body, content_type, keep, head_only, extra, tokens),
+            0 if head_only else len(body),
         )
         self.finish_response(keep)
+
+    def _write_response(self, req: Request, response: bytes, body_size: int) -> None:
+        req.sent_head = response[: len(response) - body_size]
+        req.bytes_sent = body_size
+        self.write(response)
 
     def send_error(self, status: int) -> None:
         req = self.active
@@ -893,10 +906,10 @@ class ClientConnection(asyncio.Protocol):
         if location.add_headers:
             extra = http1.added_headers(location.add_headers, status, req)
         body = http1.error_body(status, tokens)
-        req.bytes_sent = len(body)
         head_only = req.method == b"HEAD"
-        self.write(
-            http1.simple_response(status, body, b"text/html", keep, head_only, extra, tokens)
+        self._write_response(
+            req, http1.simple_response(status, body, b"text/html", keep, head_only, extra, tokens),
+            0 if head_only else len(body),
         )
         self.finish_response(keep)
 

@@ -51,6 +51,7 @@ class OpenConnections:
         self.descriptor_limit, self.descriptors_at_start = descriptor_budget()
         self.last_pause_warning = -1.0
         self.last_full_warning = -1.0
+        self.admitted = 0  # a connection's serial number ($connection) is the count at its turn
         self.draining = False
         self.drained = asyncio.Event()  # set when the last connection closes while draining
         # a new connection's client_header_timeout until its first bytes: nearly every client
@@ -78,6 +79,7 @@ class OpenConnections:
                     log.warning("%d worker_connections are not enough", self.limit)
                 return False
         members.add(conn)
+        self.admitted += 1
         if not self.accept_paused and self._near_descriptor_limit():
             self._pause()
         return True

@@ -183,10 +183,12 @@ class ProxyExchange:
         "client",
         "client_keep_alive",
         "conn",
+        "connected_at",
         "connecting",
         "finished",
         "frame",
         "group",
+        "header_at",
         "key",
         "loop",
         "peer",
@@ -202,6 +204,8 @@ class ProxyExchange:
         "streaming",
         "tried",
         "tries_left",
+        "try_peer",
+        "try_started",
         "until_close",
         "uri",
     )
@@ -226,6 +230,9 @@ class ProxyExchange:
         self.tried: set[Peer] | None = None  # peers already tried by this request
         self.tries_left = self.settings.next_upstream_tries or group.balancer.tries
         self.started = self.loop.time()
+        # the current try, for the $upstream_* variables (see Request.tries)
+        self.try_peer = ""
+        self.try_started = self.connected_at = self.header_at = -1.0
         self.request_sent = False
         self.request_written = False  # the whole request, body included, went to the upstream
         self.pumping = False  # a spooled body is being sent
@@ -267,16 +274,21 @@ class ProxyExchange:
     def _try_next(self, now: float) -> None:
         group = self.group
         peer = group.balancer.pick(self.tried, now, self.key)
+        self.try_started = now
+        self.header_at = -1.0
         if peer is None:
             log.error('no live upstreams while connecting to upstream "%s"', group.name)
+            self.try_peer, self.connected_at = group.name, -1.0
+            self._end_try(502, now)
             self._give_up(502)
             return
         peer.conns += 1
         self.peer = peer
-        self.req.upstream_addr = peer.name
+        self.try_peer = peer.name
         conn = group.pool.take(peer, now)
         if conn is not None:
             assert isinstance(conn, UpstreamConnection)
+            self.connected_at = now
             self.reused = True
             self._send(conn)
         else:
@@ -284,6 +296,7 @@ class ProxyExchange:
 
     def _connect(self, peer: Peer) -> None:
         self.reused = False
+        self.connected_at = -1.0
         self.connecting = asyncio.ensure_future(self._open(peer), loop=self.loop)
 
     async def _open(self, peer: Peer) -> None:
@@ -317,6 +330,7 @@ class ProxyExchange:
         if self.finished:
             conn.close()
             return
+        self.connected_at = self.loop.time()
         try:
             self._send(conn)
         except Exception:
@@ -436,7 +450,8 @@ class ProxyExchange:
             self._failed("invalid_header", 502, closing=conn)
             return True
         self.response_started = True
-        req.upstream_status = str(status)
+        self.header_at = self.loop.time()
+        req.upstream_lines = conn.lines
         req.status = status
         client_keep = req.keep_alive and self.client.keep_alive_allowed()
         length = conn.length
@@ -477,7 +492,8 @@ class ProxyExchange:
                 b"Connection: keep-alive\r\n\r\n" if client_keep else b"Connection: close\r\n\r\n"
             )
         self.client_keep_alive = client_keep
-        self.client.write(b"".join(out))
+        req.sent_head = head = b"".join(out)
+        self.client.write(head)
         return no_body
 
     def on_response_body(self, chunk: bytes) -> None:
@@ -494,6 +510,7 @@ class ProxyExchange:
         if self.frame == FRAME_CHUNKED:
             self.client.write(b"0\r\n\r\n")
         now = self.loop.time()
+        self._end_try(self.req.status, now)
         self._finish_peer(failed=False, now=now)
         conn.detach()
         self.conn = None
@@ -506,6 +523,7 @@ class ProxyExchange:
 
     def on_upstream_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
         self._disarm()
+        self._end_try(101, self.loop.time())
         self._finish_peer(failed=False)
         self.conn = None
         self.finished = True
@@ -583,6 +601,7 @@ class ProxyExchange:
         self, condition: str, status: int, closing: UpstreamConnection | None = None
     ) -> None:
         self._disarm()
+        self._end_try(status, self.loop.time())
         conn = closing or self.conn
         self.conn = None
         if conn is not None:
@@ -614,11 +633,28 @@ class ProxyExchange:
                     self.group.name,
                 )
 
+    def _end_try(self, status: int, now: float) -> None:
+        """The current try is over: what it got is kept for the $upstream_* variables."""
+        started = self.try_started
+        if started < 0:
+            return
+        self.try_started = -1.0
+        connected, header = self.connected_at, self.header_at
+        req = self.req
+        req.tries += (
+            (
+                self.try_peer,
+                status,
+                connected - started if connected >= 0 else -1.0,
+                header - started if header >= 0 else -1.0,
+                now - started,
+                req.bytes_sent if header >= 0 else 0,
+            ),
+        )
+
     def _give_up(self, status: int) -> None:
         self.finished = True
         self._disarm()
-        if status >= 500 or status in STATUS_CONDITIONS:
-            self.req.upstream_status = self.req.upstream_status or str(status)
         self.client.send_error(status)
 
     def _on_timeout(self) -> None:
@@ -640,6 +676,7 @@ class ProxyExchange:
     def _abort_client(self) -> None:
         self.finished = True
         self._disarm()
+        self._end_try(self.req.status, self.loop.time())
         self.client.abort()
 
     def abort(self) -> None:
@@ -648,6 +685,7 @@ class ProxyExchange:
             return
         self.finished = True
         self._disarm()
+        self._end_try(self.req.status if self.response_started else 0, self.loop.time())
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None

@@ -1,5 +1,7 @@
 """One client request as the proxy sees it, and the nginx variables it defines."""
 
+import base64
+import binascii
 import os
 import time
 from collections.abc import Callable
@@ -14,6 +16,16 @@ class ConnectionAddresses(Protocol):
 
     @property
     def remote(self) -> tuple[str, int]: ...
+
+    @property
+    def serial(self) -> int: ...
+
+
+# One upstream try of a request, for the $upstream_* variables: the peer's name, the status
+# it answered (0 when none), and seconds from the try's start to its connection, its response
+# head and its end (-1.0: never reached), and the response body bytes it delivered.
+UpstreamTry = tuple[str, int, float, float, float, int]
+NO_TRIES: tuple[UpstreamTry, ...] = ()
 
 
 if TYPE_CHECKING:
@@ -32,22 +44,27 @@ class Request:
         "connection",
         "content_length",
         "expect_continue",
+        "head_size",
         "headers",
         "host",
         "keep_alive",
         "location",
         "method",
+        "nth",
         "path",
+        "pipelined",
         "proxy_host",
         "query",
+        "request_id",
         "response_done",
+        "sent_head",
         "server",
         "start",
         "status",
         "target",
+        "tries",
         "upgrade",
-        "upstream_addr",
-        "upstream_status",
+        "upstream_lines",
         "version",
     )
 
@@ -73,10 +90,15 @@ class Request:
         self.location: LocationConfig | None = None
         self.start = _wall_clock()
         self.status = 0
-        self.bytes_sent = 0
-        self.upstream_addr = ""
-        self.upstream_status = ""
+        self.bytes_sent = 0  # of the response body
         self.proxy_host = ""
+        self.tries = NO_TRIES
+        self.head_size = 0  # of the request line and headers as received
+        self.nth = 0  # of the requests on its connection
+        self.pipelined = False  # read behind another request's bytes
+        self.request_id = ""
+        self.sent_head = b""  # the response head as written to the client
+        self.upstream_lines: list[bytes] | None = None  # the upstream response's header lines
 
     @property
     def remote_addr(self) -> str:
@@ -106,6 +128,11 @@ class Request:
                 if key == wanted:
                     return arg
             return ""
+        if name.startswith("upstream_http_"):
+            return _header_in(self.upstream_lines or (), name[14:])
+        if name.startswith("sent_http_"):
+            head = self.sent_head
+            return _header_in(head[: head.find(b"\r\n\r\n")].split(b"\r\n")[1:], name[10:])
         if name.startswith("cookie_"):
             cookies = self.header(b"cookie")
             if cookies:
@@ -115,6 +142,57 @@ class Request:
                         return cookie
             return ""
         return ""
+
+
+def _header_in(lines: "list[bytes] | tuple[bytes, ...]", variable_name: str) -> str:
+    """A header's value among raw `Name: value` lines, nginx's way: the variable's name with
+    dashes for underscores, matched ignoring case; repeated headers joined (Set-Cookie by ";
+    ", others by ", ")."""
+    wanted = variable_name.replace("_", "-").encode("latin-1")
+    found = []
+    for line in lines:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == wanted:
+            found.append(value.strip())
+    joiner = b"; " if wanted == b"set-cookie" or wanted == b"cookie" else b", "
+    return joiner.join(found).decode("latin-1")
+
+
+def _tries_of(req: Request, render: Callable[[UpstreamTry], str]) -> str:
+    """An $upstream_* value: one entry per try, nginx's ", " between them."""
+    tries = req.tries
+    if len(tries) == 1:
+        return render(tries[0])
+    return ", ".join(render(attempt) for attempt in tries)
+
+
+def _seconds(value: float) -> str:
+    return "-" if value < 0 else f"{value:.3f}"
+
+
+def _remote_user(req: Request) -> str:
+    """The user name of Basic credentials, as nginx's $remote_user (empty without them)."""
+    credentials = req.header(b"authorization")
+    if not credentials or credentials[:6].lower() != b"basic ":
+        return ""
+    try:
+        decoded = base64.b64decode(credentials[6:].strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return ""
+    user, colon, _ = decoded.partition(b":")
+    return user.decode("latin-1") if colon else ""
+
+
+def _request_id(req: Request) -> str:
+    if not req.request_id:
+        req.request_id = os.urandom(16).hex()
+    return req.request_id
+
+
+def _request_length(req: Request) -> str:
+    """Request line, headers and body as received: method, SP, the parsed line and header
+    bytes (names, values and their separators), the version and the blank line."""
+    return str(len(req.method) + req.head_size + 14 + req.body_size)
 
 
 def _forwarded_for(req: Request) -> str:
@@ -151,20 +229,26 @@ _VARIABLES: dict[str, Callable[[Request], str]] = {
     "proxy_port": lambda r: r.proxy_host.rpartition(":")[2] if ":" in r.proxy_host else "80",
     "content_length": lambda r: (r.header(b"content-length") or b"").decode("latin-1"),
     "content_type": lambda r: (r.header(b"content-type") or b"").decode("latin-1"),
-    "upstream_addr": lambda r: r.upstream_addr,
-    "upstream_status": lambda r: r.upstream_status,
+    "upstream_addr": lambda r: _tries_of(r, lambda t: t[0]),
+    "upstream_status": lambda r: _tries_of(r, lambda t: str(t[1]) if t[1] else "-"),
+    "upstream_connect_time": lambda r: _tries_of(r, lambda t: _seconds(t[2])),
+    "upstream_header_time": lambda r: _tries_of(r, lambda t: _seconds(t[3])),
+    "upstream_response_time": lambda r: _tries_of(r, lambda t: _seconds(t[4])),
+    "upstream_response_length": lambda r: _tries_of(r, lambda t: str(t[5])),
     "status": lambda r: str(r.status),
     "request": lambda r: f"{r.method.decode('latin-1')} {r.target} HTTP/{r.version}",
     "time_local": _time_local,
     "time_iso8601": lambda r: time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(r.start)),
     "msec": lambda r: f"{time.time():.3f}",
-    "remote_user": lambda r: "-",
+    "remote_user": _remote_user,
     "body_bytes_sent": lambda r: str(r.bytes_sent),
-    "bytes_sent": lambda r: str(r.bytes_sent),
+    "bytes_sent": lambda r: str(len(r.sent_head) + r.bytes_sent),
     "request_time": lambda r: f"{time.time() - r.start:.3f}",
-    "request_length": lambda r: str(r.body_size),
-    "upstream_response_time": lambda r: "-",
-    "connection": lambda r: "0",
-    "connection_requests": lambda r: "1",
+    "request_length": _request_length,
+    "request_id": _request_id,
+    "connection": lambda r: str(r.connection.serial),
+    "connection_requests": lambda r: str(r.nth),
+    "pipe": lambda r: "p" if r.pipelined else ".",
+    "https": lambda r: "",
     "pid": lambda r: str(os.getpid()),
 }
