@@ -183,12 +183,11 @@ class ProxyExchange:
         "client",
         "client_keep_alive",
         "conn",
-        "connected_at",
         "connecting",
         "finished",
         "frame",
         "group",
-        "header_at",
+        "head_in_read",
         "key",
         "loop",
         "peer",
@@ -204,8 +203,6 @@ class ProxyExchange:
         "streaming",
         "tried",
         "tries_left",
-        "try_peer",
-        "try_started",
         "until_close",
         "uri",
     )
@@ -230,13 +227,13 @@ class ProxyExchange:
         self.tried: set[Peer] | None = None  # peers already tried by this request
         self.tries_left = self.settings.next_upstream_tries or group.balancer.tries
         self.started = self.loop.time()
-        # the current try, for the $upstream_* variables (see Request.tries)
-        self.try_peer = ""
-        self.try_started = self.connected_at = self.header_at = -1.0
         self.request_sent = False
         self.request_written = False  # the whole request, body included, went to the upstream
         self.pumping = False  # a spooled body is being sent
         self.response_started = False
+        # the response head came in the upstream read being handled: its clock reading is
+        # this read's (one reading per read, as nginx caches the time per event loop turn)
+        self.head_in_read = False
         self.frame = FRAME_NONE
         self.until_close = False  # the upstream's body ends when it closes the connection
         self.client_keep_alive = False
@@ -274,21 +271,20 @@ class ProxyExchange:
     def _try_next(self, now: float) -> None:
         group = self.group
         peer = group.balancer.pick(self.tried, now, self.key)
-        self.try_started = now
-        self.header_at = -1.0
+        req = self.req
         if peer is None:
             log.error('no live upstreams while connecting to upstream "%s"', group.name)
-            self.try_peer, self.connected_at = group.name, -1.0
-            self._end_try(502, now)
+            req.begin_try(group.name, now)
+            req.end_try(502, now)
             self._give_up(502)
             return
         peer.conns += 1
         self.peer = peer
-        self.try_peer = peer.name
+        req.begin_try(peer.name, now)
         conn = group.pool.take(peer, now)
         if conn is not None:
             assert isinstance(conn, UpstreamConnection)
-            self.connected_at = now
+            req.try_connected = now
             self.reused = True
             self._send(conn)
         else:
@@ -296,7 +292,6 @@ class ProxyExchange:
 
     def _connect(self, peer: Peer) -> None:
         self.reused = False
-        self.connected_at = -1.0
         self.connecting = asyncio.ensure_future(self._open(peer), loop=self.loop)
 
     async def _open(self, peer: Peer) -> None:
@@ -330,7 +325,7 @@ class ProxyExchange:
         if self.finished:
             conn.close()
             return
-        self.connected_at = self.loop.time()
+        self.req.try_connected = self.loop.time()
         try:
             self._send(conn)
         except Exception:
@@ -450,7 +445,8 @@ class ProxyExchange:
             self._failed("invalid_header", 502, closing=conn)
             return True
         self.response_started = True
-        self.header_at = self.loop.time()
+        req.try_header = self.loop.time()
+        self.head_in_read = True
         req.upstream_lines = conn.lines
         req.status = status
         client_keep = req.keep_alive and self.client.keep_alive_allowed()
@@ -504,13 +500,15 @@ class ProxyExchange:
 
     def on_upstream_read(self) -> None:
         """Bytes came and the response goes on: proxy_read_timeout starts again."""
+        self.head_in_read = False
         self._arm(self.settings.read_timeout)
 
     def on_response_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
         if self.frame == FRAME_CHUNKED:
             self.client.write(b"0\r\n\r\n")
-        now = self.loop.time()
-        self._end_try(self.req.status, now)
+        req = self.req
+        now = req.try_header if self.head_in_read else self.loop.time()
+        req.end_try(req.status, now)
         self._finish_peer(failed=False, now=now)
         conn.detach()
         self.conn = None
@@ -523,7 +521,7 @@ class ProxyExchange:
 
     def on_upstream_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
         self._disarm()
-        self._end_try(101, self.loop.time())
+        self.req.end_try(101, self.loop.time())
         self._finish_peer(failed=False)
         self.conn = None
         self.finished = True
@@ -601,7 +599,7 @@ class ProxyExchange:
         self, condition: str, status: int, closing: UpstreamConnection | None = None
     ) -> None:
         self._disarm()
-        self._end_try(status, self.loop.time())
+        self.req.end_try(status, self.loop.time())
         conn = closing or self.conn
         self.conn = None
         if conn is not None:
@@ -633,25 +631,6 @@ class ProxyExchange:
                     self.group.name,
                 )
 
-    def _end_try(self, status: int, now: float) -> None:
-        """The current try is over: what it got is kept for the $upstream_* variables."""
-        started = self.try_started
-        if started < 0:
-            return
-        self.try_started = -1.0
-        connected, header = self.connected_at, self.header_at
-        req = self.req
-        req.tries += (
-            (
-                self.try_peer,
-                status,
-                connected - started if connected >= 0 else -1.0,
-                header - started if header >= 0 else -1.0,
-                now - started,
-                req.bytes_sent if header >= 0 else 0,
-            ),
-        )
-
     def _give_up(self, status: int) -> None:
         self.finished = True
         self._disarm()
@@ -676,7 +655,7 @@ class ProxyExchange:
     def _abort_client(self) -> None:
         self.finished = True
         self._disarm()
-        self._end_try(self.req.status, self.loop.time())
+        self.req.end_try(self.req.status, self.loop.time())
         self.client.abort()
 
     def abort(self) -> None:
@@ -685,7 +664,7 @@ class ProxyExchange:
             return
         self.finished = True
         self._disarm()
-        self._end_try(self.req.status if self.response_started else 0, self.loop.time())
+        self.req.end_try(self.req.status if self.response_started else 0, self.loop.time())
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None

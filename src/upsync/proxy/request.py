@@ -63,6 +63,12 @@ class Request:
         "status",
         "target",
         "tries",
+        "try_connected",
+        "try_ended",
+        "try_header",
+        "try_peer",
+        "try_started",
+        "try_status",
         "upgrade",
         "upstream_lines",
         "version",
@@ -92,7 +98,12 @@ class Request:
         self.status = 0
         self.bytes_sent = 0  # of the response body
         self.proxy_host = ""
+        # the upstream tries before the current one; the current one's moments (loop time,
+        # -1.0 until reached) are plain fields, so a request tried once builds no record
         self.tries = NO_TRIES
+        self.try_peer = ""
+        self.try_status = 0
+        self.try_started = self.try_connected = self.try_header = self.try_ended = -1.0
         self.head_size = 0  # of the request line and headers as received
         self.nth = 0  # of the requests on its connection
         self.pipelined = False  # read behind another request's bytes
@@ -107,6 +118,35 @@ class Request:
     @property
     def remote_port(self) -> int:
         return self.connection.remote[1]
+
+    def begin_try(self, peer: str, now: float) -> None:
+        """An upstream try starts (the previous one, if any, has ended)."""
+        if self.try_started >= 0:
+            self.tries = self.all_tries()
+        self.try_peer = peer
+        self.try_status = 0
+        self.try_started = now
+        self.try_connected = self.try_header = self.try_ended = -1.0
+
+    def end_try(self, status: int, now: float) -> None:
+        if self.try_started >= 0 and self.try_ended < 0:
+            self.try_status = status
+            self.try_ended = now
+
+    def all_tries(self) -> tuple[UpstreamTry, ...]:
+        started = self.try_started
+        if started < 0:
+            return self.tries
+        connected, header = self.try_connected, self.try_header
+        current = (
+            self.try_peer,
+            self.try_status,
+            connected - started if connected >= 0 else -1.0,
+            header - started if header >= 0 else -1.0,
+            self.try_ended - started if self.try_ended >= 0 else -1.0,
+            self.bytes_sent if header >= 0 else 0,
+        )
+        return (*self.tries, current)
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -160,7 +200,7 @@ def _header_in(lines: "list[bytes] | tuple[bytes, ...]", variable_name: str) -> 
 
 def _tries_of(req: Request, render: Callable[[UpstreamTry], str]) -> str:
     """An $upstream_* value: one entry per try, nginx's ", " between them."""
-    tries = req.tries
+    tries = req.all_tries()
     if len(tries) == 1:
         return render(tries[0])
     return ", ".join(render(attempt) for attempt in tries)
@@ -168,6 +208,30 @@ def _tries_of(req: Request, render: Callable[[UpstreamTry], str]) -> str:
 
 def _seconds(value: float) -> str:
     return "-" if value < 0 else f"{value:.3f}"
+
+
+def _try_peer(attempt: UpstreamTry) -> str:
+    return attempt[0]
+
+
+def _try_status(attempt: UpstreamTry) -> str:
+    return str(attempt[1]) if attempt[1] else "-"
+
+
+def _try_connect_time(attempt: UpstreamTry) -> str:
+    return _seconds(attempt[2])
+
+
+def _try_header_time(attempt: UpstreamTry) -> str:
+    return _seconds(attempt[3])
+
+
+def _try_response_time(attempt: UpstreamTry) -> str:
+    return _seconds(attempt[4])
+
+
+def _try_length(attempt: UpstreamTry) -> str:
+    return str(attempt[5])
 
 
 def _remote_user(req: Request) -> str:
@@ -229,12 +293,12 @@ _VARIABLES: dict[str, Callable[[Request], str]] = {
     "proxy_port": lambda r: r.proxy_host.rpartition(":")[2] if ":" in r.proxy_host else "80",
     "content_length": lambda r: (r.header(b"content-length") or b"").decode("latin-1"),
     "content_type": lambda r: (r.header(b"content-type") or b"").decode("latin-1"),
-    "upstream_addr": lambda r: _tries_of(r, lambda t: t[0]),
-    "upstream_status": lambda r: _tries_of(r, lambda t: str(t[1]) if t[1] else "-"),
-    "upstream_connect_time": lambda r: _tries_of(r, lambda t: _seconds(t[2])),
-    "upstream_header_time": lambda r: _tries_of(r, lambda t: _seconds(t[3])),
-    "upstream_response_time": lambda r: _tries_of(r, lambda t: _seconds(t[4])),
-    "upstream_response_length": lambda r: _tries_of(r, lambda t: str(t[5])),
+    "upstream_addr": lambda r: _tries_of(r, _try_peer),
+    "upstream_status": lambda r: _tries_of(r, _try_status),
+    "upstream_connect_time": lambda r: _tries_of(r, _try_connect_time),
+    "upstream_header_time": lambda r: _tries_of(r, _try_header_time),
+    "upstream_response_time": lambda r: _tries_of(r, _try_response_time),
+    "upstream_response_length": lambda r: _tries_of(r, _try_length),
     "status": lambda r: str(r.status),
     "request": lambda r: f"{r.method.decode('latin-1')} {r.target} HTTP/{r.version}",
     "time_local": _time_local,
