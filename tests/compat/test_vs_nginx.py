@@ -678,3 +678,78 @@ def test_logged_variables_are_nginx_s() -> None:
     first = dict(zip(LOGGED_VARIABLES, theirs[0], strict=True))
     assert first["upstream_status"] == "502, 200"
     assert first["upstream_connect_time"] == "-, T"
+
+
+MAP_CONFIG = r"""
+worker_processes 1;
+events { worker_connections 64; }
+http {
+    access_log off;
+    types { text/plain txt; }
+    map $http_upgrade $connection_upgrade { default upgrade; '' close; }
+    map $http_x_host $zone {
+        hostnames;
+        default none;
+        example.com exact;
+        *.example.com star;
+        .example.net dot;
+        mail.* tail;
+        www.example.* longer-tail;
+        "~^(?<label>[a-z]+)\.regex$" "regex $label";
+        \default escaped;
+    }
+    map $arg_v $chosen {
+        default "default $uri";
+        ABC upper;
+        ~^x(\d+)$ "x $1";
+        ~*^Y(?<num>\d+)$ "y $num";
+        $nested nested-key;
+    }
+    map $http_x_inner $nested { default inner; }
+    server {
+        listen 127.0.0.1:PORT;
+        server_name ~^(?<who>[a-z]+)\.test$ localhost;
+        location /map { return 200 "[$connection_upgrade][$zone][$chosen][$1]\n"; }
+        location ~ ^/re/(?<part>[a-z]+)/(\d+)$ { return 200 "[$part][$1][$2][$who]\n"; }
+    }
+}
+"""
+
+
+def map_answers(runner: Runner) -> list[str]:
+    port = free_port()
+    asked: list[tuple[str, dict[str, str]]] = [
+        ("/map", {}),
+        ("/map", {"Upgrade": "websocket"}),
+        ("/map", {"X-Host": "example.com"}),
+        ("/map", {"X-Host": "EXAMPLE.com."}),
+        ("/map", {"X-Host": "a.b.example.com"}),
+        ("/map", {"X-Host": "example.net"}),
+        ("/map", {"X-Host": "www.example.net"}),
+        ("/map", {"X-Host": "mail.example.org"}),
+        ("/map", {"X-Host": "www.example.org"}),
+        ("/map", {"X-Host": "abc.regex"}),
+        ("/map", {"X-Host": "default"}),
+        ("/map", {"X-Host": "other.org"}),
+        ("/map?v=abc", {}),
+        ("/map?v=x42", {}),
+        ("/map?v=y7", {}),
+        ("/map?v=inner", {}),
+        ("/map?v=zzz", {}),
+        ("/re/abc/12", {"Host": "bob.test"}),
+        ("/re/abc/12", {}),
+    ]
+    answers = []
+    with runner(MAP_CONFIG.replace("PORT", str(port)), port):
+        for path, headers in asked:
+            status, _, body = request(port, path, headers=headers)
+            answers.append(f"{path} {headers} {status} {body.decode()}")
+    return answers
+
+
+def test_map_and_regex_captures_as_nginx_does() -> None:
+    """map with hostnames masks, regexes and their captures, escaped keys, a map as a key and
+    nested maps; named and positional captures of a location and a server name regex."""
+    ours, theirs = map_answers(running_upsync), map_answers(running_nginx)
+    assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
+    assert "200 [upgrade][none][default /map][]" in theirs[1]

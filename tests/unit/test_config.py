@@ -236,6 +236,14 @@ def test_load_module_is_a_notice(tmp_path: Path) -> None:
             4,
             '"ssl_certificate" directive is not supported',
         ),
+        ("map $uri $m {\n default $nope;\n}", 5, 'unknown "nope" variable'),
+        ("map $uri $m {\n ~(unclosed 1;\n}", 5, "invalid regular expression"),
+        ("map $uri $m { a 1; }\nmap $uri $m { b 2; }", 5, 'duplicate "m" variable'),
+        ("map $uri $m {\n a 1;\n a 2;\n}", 6, 'duplicate map value "a"'),
+        ("map $uri $m {\n a 1 2;\n}", 5, "invalid number of the map parameters"),
+        ("map $c $b { default x; }\nmap $b $c { x 1; }", 4, "cycle in map variables: $b -> $c"),
+        ("server { listen 80; map $uri $m { } }", 4, '"map" directive is not allowed here'),
+        ("types { text/html html; }\nserver { listen 80; tpyo 1; }", 5, 'unknown directive "tpyo"'),
     ],
 )
 def test_errors_name_file_line_and_directive(
@@ -383,3 +391,16 @@ def test_server_tokens_is_inherited_and_build_means_on(tmp_path: Path) -> None:
     )
     first, second = config.servers[0].locations
     assert (first.server_tokens, second.server_tokens) == (False, True)
+
+
+def test_data_blocks_are_not_taken_for_directives(tmp_path: Path) -> None:
+    """`include mime.types` (a `types` block) and a `map` parse: their entries are data."""
+    (tmp_path / "mime.types").write_text("types {\n text/html html htm;\n image/png png;\n}\n")
+    config = load(
+        tmp_path,
+        "include mime.types;\nmap $http_upgrade $connection_upgrade { default upgrade; '' close; }"
+        '\nserver { listen 80; location / { return 200 "$connection_upgrade"; } }',
+    )
+    assert set(config.maps) == {"connection_upgrade"}
+    chosen, _ = config.maps["connection_upgrade"].choose("")
+    assert chosen.text == "close"

@@ -20,6 +20,7 @@ from upsync.config.model import (
     UpstreamShow,
 )
 from upsync.config.nodes import Node, Scope
+from upsync.config.regex import compile_regex
 from upsync.config.servers import ServerLineError, split_address
 from upsync.config.variables import Template, VariableError, as_wire_text, compile_template
 from upsync.units import UnitError, parse_size, parse_time
@@ -88,14 +89,6 @@ INHERITED = frozenset(
 # settings upsync reads per server (a connection's), though nginx also takes them per location
 SERVER_LEVEL = frozenset({"lingering_close", "lingering_time", "lingering_timeout"})
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
-
-
-_PCRE_NAMED_GROUP = re.compile(r"\(\?<(?![=!])")
-
-
-def compile_regex(pattern: str, flags: int = 0) -> re.Pattern[str]:
-    """nginx's PCRE patterns in Python's re: `(?<name>...)` is spelled `(?P<name>...)`."""
-    return re.compile(_PCRE_NAMED_GROUP.sub("(?P<", pattern), flags)
 
 
 def _template(node: Node, value: str) -> Template:

@@ -6,26 +6,53 @@ import tempfile
 from typing import Any
 
 import crossplane
+from crossplane import analyzer
 
 from upsync.config import directives
 from upsync.config.http import COMBINED_FORMAT, INHERITED, HttpBuilder, _template
+from upsync.config.maps import VariableMap, build_map, find_cycle, map_names, named_groups
 from upsync.config.model import BalanceMethod, Config, MainConfig, ServerBlock, UpstreamConfig
 from upsync.config.nodes import Node, Scope, nodes_from_crossplane
 from upsync.config.servers import ServerLineError, parse_server_params, resolve
 from upsync.config.upstream import build_upstream
-from upsync.config.variables import Template, compile_template
+from upsync.config.variables import Template, compile_template, declaring
 from upsync.errors import ConfigError
 from upsync.units import parse_time
 
 directives.register()
 
 ERROR_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
+# blocks whose entries are data (`text/html html;`, `example.com 1;`), not directives
+DATA_BLOCKS = frozenset({"map", "types", "geo", "split_clients", "charset_map"})
+
+
+def _unknown_directive(statements: list[dict[str, Any]], file: str) -> dict[str, Any] | None:
+    """crossplane's strict mode, less its one mistake: it takes the entries of a `map` or
+    `types` block for directives."""
+    for stmt in statements:
+        if stmt["directive"] not in analyzer.DIRECTIVES:
+            return {
+                "error": f'unknown directive "{stmt["directive"]}"',
+                "file": stmt.get("file", file),
+                "line": stmt["line"],
+            }
+        block = stmt.get("block")
+        if block and stmt["directive"] not in DATA_BLOCKS:
+            found = _unknown_directive(block, stmt.get("file", file))
+            if found is not None:
+                return found
+    return None
 
 
 def _parse_file(path: str) -> tuple[Node, ...]:
     payload: dict[str, Any] = crossplane.parse(
-        path, strict=True, combine=True, check_ctx=True, check_args=True
+        path, strict=False, combine=True, check_ctx=True, check_args=True
     )
+    if payload["status"] == "ok":
+        config = payload["config"][0]
+        unknown = _unknown_directive(config["parsed"], config["file"])
+        if unknown is not None:
+            payload = {"status": "failed", "errors": [unknown]}
     if payload["status"] != "ok":
         first = payload["errors"][0]
         # crossplane's message already ends with " in FILE:LINE"; keep nginx's wording.
@@ -152,7 +179,7 @@ class _Builder:
                 raise node.error(f'"{node.name}" directive is not supported by upsync')
         if http is None:
             raise ConfigError('no "http" block', self.path)
-        upstreams, servers = self._http(http)
+        upstreams, servers, maps = self._http(http)
         main.setdefault("pid", self._path("logs/upsync.pid"))
         return Config(
             path=self.path,
@@ -160,11 +187,35 @@ class _Builder:
             main=MainConfig(**main),
             upstreams=upstreams,
             servers=servers,
+            maps=maps,
             files=tuple(sorted(self.files)),
             notices=tuple(self.notices),
         )
 
-    def _http(self, http: Node) -> tuple[dict[str, UpstreamConfig], tuple[ServerBlock, ...]]:
+    def _http(
+        self, http: Node
+    ) -> tuple[dict[str, UpstreamConfig], tuple[ServerBlock, ...], dict[str, VariableMap]]:
+        """Built with every variable the block declares known: its maps and its regexes' named
+        captures may be used anywhere in it, before they are written too."""
+        nodes = http.block or ()
+        with declaring(frozenset(_declared_variables(nodes))):
+            maps: dict[str, VariableMap] = {}
+            for name, node in map_names(nodes):
+                if name in maps:
+                    raise node.error(f'duplicate "{name}" variable')
+                maps[name] = build_map(node)
+            cycle = find_cycle(maps)
+            if cycle is not None:
+                node = dict(map_names(nodes))[cycle[0]]
+                raise node.error(
+                    "cycle in map variables: " + " -> ".join(f"${name}" for name in cycle)
+                )
+            upstreams, servers = self._http_blocks(http)
+        return upstreams, servers, maps
+
+    def _http_blocks(
+        self, http: Node
+    ) -> tuple[dict[str, UpstreamConfig], tuple[ServerBlock, ...]]:
         upstreams: dict[str, UpstreamConfig] = {}
         server_nodes: list[Node] = []
         inherited: list[Node] = []
@@ -179,6 +230,8 @@ class _Builder:
                 server_nodes.append(node)
             elif node.name in INHERITED:
                 inherited.append(node)
+            elif node.name == "map":
+                pass  # built first (see _http)
             elif node.name == "log_format":
                 text = "".join(a for a in node.args[1:] if not a.startswith("escape="))
                 log_formats[node.args[0]] = _template(node, text)
@@ -206,3 +259,19 @@ class _Builder:
             where=node.where,
             implicit=True,
         )
+
+
+def _declared_variables(nodes: tuple[Node, ...]) -> list[str]:
+    """Map names, and the named captures of every regex (server names, locations, map keys)."""
+    names = [name for name, _ in map_names(nodes)]
+    for node in nodes:
+        if node.name == "server_name":
+            names += [g for arg in node.args if arg.startswith("~") for g in named_groups(arg)]
+        elif node.name == "location" and node.args and node.args[0].startswith("~"):
+            names += named_groups(node.args[-1])
+        elif node.name == "map":
+            names += [g for entry in node.block or () for g in named_groups(entry.name)]
+            continue
+        if node.block:
+            names += _declared_variables(node.block)
+    return names

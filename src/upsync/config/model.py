@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 from upsync.config.variables import Template
 
 if TYPE_CHECKING:
+    from upsync.config.maps import VariableMap
     from upsync.config.upsync import SyncSpec
 
 BalanceKind = Literal["round_robin", "least_conn", "ip_hash", "hash", "random"]
@@ -202,5 +203,6 @@ class Config:
     main: MainConfig
     upstreams: dict[str, UpstreamConfig]
     servers: tuple[ServerBlock, ...]
+    maps: dict[str, "VariableMap"] = field(default_factory=dict)
     files: tuple[str, ...] = ()
     notices: tuple[str, ...] = ()

@@ -1,6 +1,9 @@
 """nginx variables in directive values ("$host", "${http_x}"): compiled once, rendered often."""
 
+import contextlib
 import re
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -134,12 +137,35 @@ class Template:
         return "".join(out)
 
 
+# the variables the configuration being loaded defines beyond nginx's own (its maps, its
+# regexes' named captures): templates anywhere in it may use them
+_DECLARED: ContextVar[frozenset[str]] = ContextVar("declared variables", default=frozenset())
+
+
+@contextlib.contextmanager
+def declaring(names: frozenset[str]) -> Iterator[None]:
+    token = _DECLARED.set(names)
+    try:
+        yield
+    finally:
+        _DECLARED.reset(token)
+
+
+def is_known(name: str) -> bool:
+    return (
+        name in KNOWN_VARIABLES
+        or name.startswith(KNOWN_PREFIXES)
+        or name.isdigit()  # a regex's positional capture, $1..$9
+        or name in _DECLARED.get()
+    )
+
+
 def compile_template(value: str) -> Template:
     parts: list[str] = []
     pos = 0
     for match in _VARIABLE.finditer(value):
         name = match.group(1) or match.group(2)
-        if name not in KNOWN_VARIABLES and not name.startswith(KNOWN_PREFIXES):
+        if not is_known(name):
             raise VariableError(f'unknown "{name}" variable')
         parts.append(as_wire_text(value[pos : match.start()]))
         parts.append(name)

@@ -30,6 +30,9 @@ from upsync.proxy.routing import ServerTable, normalize_path, request_host
 from upsync.proxy.timer import Deadline
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from upsync.config.maps import VariableMap
     from upsync.generation import Generation
     from upsync.proxy.connections import OpenConnections
     from upsync.proxy.exchange import ProxyExchange
@@ -192,6 +195,10 @@ class ClientConnection(asyncio.Protocol):
             sock = self.transport.get_extra_info("sockname") if self.transport else None
             self._local = (str(sock[0]), int(sock[1])) if sock else ("", 0)
         return self._local
+
+    @property
+    def maps(self) -> "Mapping[str, VariableMap]":
+        return self.site.config.maps
 
     @property
     def remote(self) -> tuple[str, int]:

@@ -3,8 +3,9 @@
 import base64
 import binascii
 import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final, Protocol
 
 _wall_clock: Final = time.time
@@ -20,6 +21,9 @@ class ConnectionAddresses(Protocol):
     @property
     def serial(self) -> int: ...
 
+    @property
+    def maps(self) -> "Mapping[str, VariableMap]": ...
+
 
 # One upstream try of a request, for the $upstream_* variables: the peer's name, the status
 # it answered (0 when none), and seconds from the try's start to its connection, its response
@@ -29,6 +33,7 @@ NO_TRIES: tuple[UpstreamTry, ...] = ()
 
 
 if TYPE_CHECKING:
+    from upsync.config.maps import VariableMap
     from upsync.config.model import LocationConfig
     from upsync.proxy.body import RequestBody
     from upsync.proxy.routing import VirtualServer
@@ -40,6 +45,7 @@ class Request:
         "body_complete",
         "body_size",
         "bytes_sent",
+        "captures",
         "chunked",
         "connection",
         "content_length",
@@ -110,6 +116,7 @@ class Request:
         self.request_id = ""
         self.sent_head = b""  # the response head as written to the client
         self.upstream_lines: list[bytes] | None = None  # the upstream response's header lines
+        self.captures: re.Match[str] | None = None  # of the last map regex that matched
 
     @property
     def remote_addr(self) -> str:
@@ -158,6 +165,12 @@ class Request:
         getter = _VARIABLES.get(name)
         if getter is not None:
             return getter(self)
+        mapping = self.connection.maps.get(name)
+        if mapping is not None:
+            template, match = mapping.choose(mapping.source.render(self))
+            if match is not None:
+                self.captures = match
+            return template.render(self)
         if name.startswith("http_"):
             raw = self.header(name[5:].replace("_", "-").encode())
             return raw.decode("latin-1") if raw is not None else ""
@@ -181,7 +194,28 @@ class Request:
                     if key == name[7:]:
                         return cookie
             return ""
+        return self.capture(name)
+
+    def capture(self, name: str) -> str:
+        """$1..$9 or a named capture: of the last map regex that matched, else of the
+        location's regex, else of the server name's (nginx's order: the later match wins)."""
+        for match in (self.captures, *self._route_matches()):
+            if match is None:
+                continue
+            try:
+                value = match.group(int(name) if name.isdigit() else name)
+            except IndexError:  # no such group in this regex
+                continue
+            return value or ""
         return ""
+
+    def _route_matches(self) -> "tuple[re.Match[str] | None, ...]":
+        location = self.location
+        server = self.server
+        return (
+            location.regex.search(self.path) if location is not None and location.regex else None,
+            server.name_match(self.host) if server is not None else None,
+        )
 
 
 def _header_in(lines: "list[bytes] | tuple[bytes, ...]", variable_name: str) -> str:

@@ -4,8 +4,8 @@ import re
 from collections.abc import Sequence
 from urllib.parse import unquote_to_bytes
 
-from upsync.config.http import compile_regex
 from upsync.config.model import LocationConfig, ServerBlock
+from upsync.config.regex import compile_regex
 
 
 class LocationTable:
@@ -62,6 +62,15 @@ class VirtualServer:
         self.block = block
         self.locations = LocationTable(block.locations, block.fallback)
         self.name: str = block.names[0] if block.names else ""
+        self.name_regexes = [compile_regex(n[1:]) for n in block.names if n.startswith("~")]
+
+    def name_match(self, host: str) -> "re.Match[str] | None":
+        """The server name regex the host matched (its captures are variables)."""
+        for pattern in self.name_regexes:
+            match = pattern.search(host)
+            if match is not None:
+                return match
+        return None
 
 
 class ServerTable:
