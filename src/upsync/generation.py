@@ -107,11 +107,17 @@ class Generation:
 
     def can_stream_body(self, req: Request) -> bool:
         """A chunked body of unknown length can only be streamed to an HTTP/1.1 upstream; for
-        proxy_http_version 1.0 it is read whole first (into a temporary file)."""
-        if req.content_length is not None or req.location is None:
+        proxy_http_version 1.0 it is read whole first (into a temporary file). A body the
+        location does not pass on (proxy_set_body, proxy_pass_request_body off) is read whole
+        and dropped: the request goes when it has been read."""
+        if req.location is None:
             return True
         plan = self.plans.get(id(req.location))
-        return plan is None or plan.version == b"1.1"
+        if plan is None:
+            return True
+        if plan.body is not None:
+            return False
+        return req.content_length is not None or plan.version == b"1.1"
 
     def show_upstreams(self, req: Request, monotonic_now: float) -> tuple[int, bytes, bytes]:
         explicit = [g for g in self.groups.values() if not g.config.implicit]

@@ -61,6 +61,10 @@ INHERITED = frozenset(
         "proxy_redirect",
         "proxy_hide_header",
         "proxy_pass_header",
+        "proxy_method",
+        "proxy_pass_request_headers",
+        "proxy_pass_request_body",
+        "proxy_set_body",
         "allow",
         "deny",
         "client_max_body_size",
@@ -458,7 +462,14 @@ class HttpBuilder:
             redirects=_redirects(scope.all("proxy_redirect")),
             hide_headers=frozenset(n.args[0].lower() for n in scope.all("proxy_hide_header")),
             pass_headers=frozenset(n.args[0].lower() for n in scope.all("proxy_pass_header")),
+            method=self._optional_template(scope.one("proxy_method")),
+            pass_request_headers=_flag(scope.one("proxy_pass_request_headers"), True),
+            pass_request_body=_flag(scope.one("proxy_pass_request_body"), True),
+            set_body=self._optional_template(scope.one("proxy_set_body")),
         )
+
+    def _optional_template(self, node: Node | None) -> Template | None:
+        return None if node is None else _template(node, node.args[0])
 
     def _access(self, scope: Scope) -> tuple[AccessRule, ...]:
         rules = []

@@ -125,6 +125,10 @@ class ProxySettings:
     redirects: tuple[tuple[str, str], ...] | None = None
     hide_headers: frozenset[str] = frozenset()  # proxy_hide_header, lower case
     pass_headers: frozenset[str] = frozenset()  # proxy_pass_header, lower case
+    method: Template | None = None  # proxy_method; None: the client's
+    pass_request_headers: bool = True
+    pass_request_body: bool = True
+    set_body: Template | None = None  # proxy_set_body: sent instead of the client's body
 
 
 @dataclass(frozen=True, slots=True)

@@ -793,7 +793,11 @@ class ClientConnection(asyncio.Protocol):
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             if req.body_complete or not has_body:
                 self._start_proxy(req)
-            elif req.content_length is not None and req.content_length > REPLAYABLE_BODY:
+            elif (
+                req.content_length is not None
+                and req.content_length > REPLAYABLE_BODY
+                and self.site.can_stream_body(req)
+            ):
                 self._start_proxy_streaming(req)
             else:
                 self.timer.set(self.limits.client_body_timeout)

@@ -49,6 +49,7 @@ NOT_FAILURES: Final = frozenset({"http_403", "http_404"})
 _SKIP_REQUEST_HEADERS: Final = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 _HOST_TEMPLATE = compile_template("$proxy_host")
 _CLOSE_TEMPLATE = compile_template("close")
+_NO_BODY = compile_template("")
 
 # What nginx leaves unescaped when it puts a decoded $uri back into a URI (ngx_escape_uri's
 # NGX_ESCAPE_URI): all printable ASCII but space, "#", "%" and "?". A decoded "%2e" must not
@@ -94,8 +95,11 @@ class ProxyPlan:
     """What a location's proxy_pass needs per request, computed once."""
 
     __slots__ = (
+        "body",
         "headers",
+        "length_kept",
         "location",
+        "method",
         "own_date",
         "own_server",
         "passes",
@@ -115,6 +119,18 @@ class ProxyPlan:
         self.upstream = handler.upstream
         self.target = handler.target
         self.uri = handler.uri
+        self.method = settings.method
+        # what is sent instead of the client's body: proxy_set_body, or nothing with
+        # proxy_pass_request_body off (None: the client's body)
+        self.body = settings.set_body
+        if self.body is None and not settings.pass_request_body:
+            self.body = _NO_BODY
+        # proxy_pass_request_body off still sends the client's Content-Length, as nginx does
+        # (its recipe, as for auth_request, adds `proxy_set_header Content-Length "";`)
+        self.length_kept = (
+            settings.set_body is None
+            and "content-length" not in {name.lower() for name, _ in settings.set_headers}
+        )
         self.version = settings.http_version.encode()
         self.version_line = b" HTTP/" + self.version + b"\r\n"
         overridden = {name.lower() for name, _ in settings.set_headers}
@@ -143,7 +159,10 @@ class ProxyPlan:
         self.headers = tuple(dynamic)
         # 1 for a client header passed on, 0 for one dropped or set by the location
         skipped = _SKIP_REQUEST_HEADERS | {name.encode("latin-1") for name in overridden}
-        self.passes = HeaderClasses(dict.fromkeys(skipped, 0), 1)
+        # proxy_pass_request_headers off: only the location's own headers go
+        self.passes = HeaderClasses(
+            dict.fromkeys(skipped, 0), 1 if settings.pass_request_headers else 0
+        )
         self.redirects = _redirects(location, handler)
         hidden = frozenset(name.encode("latin-1") for name in settings.hide_headers)
         passed = frozenset(name.encode("latin-1") for name in settings.pass_headers)
@@ -164,7 +183,8 @@ class ProxyPlan:
         return f"{uri}?{req.query}" if req.query else uri
 
     def head(self, req: Request, uri: str, framing: bytes) -> bytes:
-        parts = [req.method, b" ", uri.encode("latin-1"), self.version_line, self.static]
+        method = req.method if self.method is None else self.method.render(req).encode("latin-1")
+        parts = [method, b" ", uri.encode("latin-1"), self.version_line, self.static]
         for name, template in self.headers:
             rendered = template.render(req)
             if rendered:
@@ -340,6 +360,17 @@ class ProxyExchange:
         transport = conn.transport
         assert transport is not None
         kept = req.body
+        if self.plan.body is not None:
+            body = self.plan.body.render(req).encode("latin-1")
+            framing = b""
+            if self.settings.set_body is not None:
+                framing = b"Content-Length: %d\r\n" % len(body)
+            elif self.plan.length_kept and req.content_length is not None:
+                framing = b"Content-Length: %d\r\n" % req.content_length
+            transport.write(self.plan.head(req, self.uri, framing) + body)
+            self.request_written = self.request_sent = True
+            self._arm(self.settings.read_timeout)
+            return
         if req.body_complete and not self.streaming:
             if kept is not None and kept.spooled:
                 # a body in a temporary file goes out block by block, as the upstream takes it
