@@ -803,3 +803,37 @@ def test_proxy_method_and_request_shaping_as_nginx_does() -> None:
     ours, theirs = shaped_requests(running_upsync), shaped_requests(running_nginx)
     assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
     assert theirs[0][0] == "PUT" and theirs[4][3] == b"name=x"
+
+
+def keepalive_time_answer(runner: Runner) -> tuple[float, int, int]:
+    """On one keep-alive connection, requests until a response says close: after how long,
+    how many, and how many connections the backend saw (pooled upstream: one)."""
+    import time
+
+    from tests.helpers import KeepAliveClient
+
+    port = free_port()
+    with Backend("a") as backend:
+        text = config(port, server(backend)).replace(
+            "access_log off;", "access_log off;\n    keepalive_time 1s;"
+        )
+        with runner(text, port):
+            client = KeepAliveClient(port)
+            started = time.monotonic()
+            count = 0
+            while True:
+                count += 1
+                status, headers, _ = client.get("/")
+                assert status == 200
+                if headers.get("connection") == "close":
+                    break
+                assert time.monotonic() - started < 5, "keepalive_time never closed"
+            client.close()
+            return time.monotonic() - started, count, status
+
+
+def test_keepalive_time_ends_a_long_lived_connection_as_nginx_does() -> None:
+    for runner in (running_nginx, running_upsync):
+        elapsed, count, _ = keepalive_time_answer(runner)
+        assert 0.5 <= elapsed < 3.0, (runner.__name__, elapsed)  # nginx: its cached clock
+        assert count > 1

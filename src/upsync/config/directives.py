@@ -21,7 +21,16 @@ UPSYNC_DIRECTIVES: dict[str, list[int]] = {
 }
 
 
+# nginx directives newer than crossplane's table (nginx 1.19.10: keepalive_time)
+_HTTP_ANY_LEVEL = analyzer.NGX_HTTP_MAIN_CONF | analyzer.NGX_HTTP_SRV_CONF | _LOC
+NEWER_NGINX_DIRECTIVES: dict[str, list[int]] = {
+    "keepalive_time": [_HTTP_ANY_LEVEL | analyzer.NGX_CONF_TAKE1],
+}
+
+
 def register() -> None:
+    for name, masks in NEWER_NGINX_DIRECTIVES.items():
+        analyzer.DIRECTIVES.setdefault(name, masks)
     for name, masks in UPSYNC_DIRECTIVES.items():
         analyzer.DIRECTIVES[name] = masks
 

@@ -149,6 +149,7 @@ class LocationConfig:
     client_body_buffer_size: int  # a body past it waits in a file in client_body_temp_path
     client_body_temp_path: str
     keepalive_timeout: float
+    keepalive_time: float  # a connection's longest life: the response after it says close
     default_type: str
     access_log: AccessLog
     where: tuple[str, int] = ("", 0)

@@ -101,6 +101,7 @@ class ClientConnection(asyncio.Protocol):
         "active",
         "awaiting_first_bytes",
         "body_sink",
+        "born",
         "boundary_requests",
         "closed",
         "connections",
@@ -113,6 +114,7 @@ class ClientConnection(asyncio.Protocol):
         "header_size",
         "http09",
         "in_headers",
+        "keepalive_time",
         "keepalive_timeout",
         "last_chunk_open",
         "last_host",
@@ -185,6 +187,8 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: asyncio.Transport | None = None
         self.timer = Deadline(self.loop, self._on_timeout)
         self.keepalive_timeout = 75.0
+        self.keepalive_time = 3600.0
+        self.born = 0.0  # loop time of the connection's start, for keepalive_time
         self.corked: list[bytes] | None = None
 
     @property
@@ -234,7 +238,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self.serial = self.connections.admitted
         self.awaiting_first_bytes = True
-        self.connections.awaiting_first_bytes.add(self, self.limits.client_header_timeout)
+        now = self.connections.awaiting_first_bytes.add(self, self.limits.client_header_timeout)
+        self.born = now if now >= 0 else self.loop.time()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -768,6 +773,7 @@ class ClientConnection(asyncio.Protocol):
         location = server.locations.match(req.path)
         req.location = location
         self.keepalive_timeout = location.keepalive_timeout
+        self.keepalive_time = location.keepalive_time
         if location.access_log.path:
             # the access log line may be written after the client has gone (499), when the
             # socket can no longer tell its peer
@@ -848,9 +854,12 @@ class ClientConnection(asyncio.Protocol):
         self.resume_reading_for("connecting")
 
     # responses
-    def keep_alive_allowed(self) -> bool:
+    def keep_alive_allowed(self, now: float = -1.0) -> bool:
+        """`now`: the loop time, when the caller has read it."""
         if self.keepalive_timeout <= 0:
             return False
+        if (self.loop.time() if now < 0 else now) - self.born >= self.keepalive_time:
+            return False  # keepalive_time: the connection's last response says close
         # a connection of a configuration that was reloaded away (or of a process that quits)
         # answers what it has already received, and closes after the last of it: no request it
         # sent is left unanswered

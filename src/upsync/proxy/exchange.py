@@ -480,7 +480,7 @@ class ProxyExchange:
         self.head_in_read = True
         req.upstream_lines = conn.lines
         req.status = status
-        client_keep = req.keep_alive and self.client.keep_alive_allowed()
+        client_keep = req.keep_alive and self.client.keep_alive_allowed(req.try_header)
         length = conn.length
         chunked = conn.chunked
         location = self.plan.location

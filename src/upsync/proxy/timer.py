@@ -83,12 +83,16 @@ class CoarseTimeouts(Generic[K]):
         self._pending: dict[K, float] = {}
         self._ticker: asyncio.TimerHandle | None = None
 
-    def add(self, key: K, timeout: float) -> None:
+    def add(self, key: K, timeout: float) -> float:
+        """The loop time it read (a caller that needs "now" too need not read it again), or
+        -1.0 for no timeout."""
         if timeout <= 0:
-            return
-        self._pending[key] = self._loop.time() + timeout
+            return -1.0
+        now = self._loop.time()
+        self._pending[key] = now + timeout
         if self._ticker is None:
             self._ticker = self._loop.call_later(self._resolution, self._tick)
+        return now
 
     def discard(self, key: K) -> None:
         self._pending.pop(key, None)
