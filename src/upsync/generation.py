@@ -63,7 +63,7 @@ class Generation:
         }
         self.plans: dict[int, ProxyPlan] = {}
         for server in config.servers:
-            for location in (*server.locations, server.fallback):
+            for location in (*server.locations, server.fallback, *server.named.values()):
                 if isinstance(location.handler, ProxyPass):
                     self.plans[id(location)] = ProxyPlan(location, location.handler)
 

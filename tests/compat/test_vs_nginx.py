@@ -837,3 +837,88 @@ def test_keepalive_time_ends_a_long_lived_connection_as_nginx_does() -> None:
         elapsed, count, _ = keepalive_time_answer(runner)
         assert 0.5 <= elapsed < 3.0, (runner.__name__, elapsed)  # nginx: its cached clock
         assert count > 1
+
+
+ERROR_PAGE_SERVER = """
+    server {
+        listen 127.0.0.1:PORT;
+        error_page 404 /404.html;
+        location = /404.html { return 200 "custom 404 $uri $request_uri $request_method\\n"; }
+        location /dead {
+            error_page 502 504 = @fallback;
+            proxy_pass http://127.0.0.1:DEAD;
+        }
+        location @fallback { return 200 "fallback $request_method $uri\\n"; }
+        location /denied { deny all; error_page 403 =418 /teapot; }
+        location = /teapot { return 200 "tea\\n"; }
+        location /intercepted {
+            proxy_intercept_errors on;
+            error_page 500 503 /oops;
+            error_page 404 = @upstream;
+            proxy_pass http://127.0.0.1:BACKEND;
+        }
+        location /passed { error_page 500 /oops; proxy_pass http://127.0.0.1:BACKEND; }
+        location = /oops { proxy_pass http://127.0.0.1:BACKEND/fine; }
+        location @upstream { proxy_pass http://127.0.0.1:BACKEND; }
+        location /away { error_page 404 http://example.com/nf; return 404; }
+        location /moved { error_page 404 =301 http://example.com/moved?x=1; return 404; }
+        location /twice { error_page 404 /nowhere; return 404; }
+        location /args { error_page 404 /404.html?from=args; return 404; }
+    }
+"""
+
+
+def error_page_answers(runner: Runner, ports: dict[str, int]) -> list[str]:
+    from tests.helpers import RawRequest, ScriptedBackend, ok_response
+
+    def scripted(req: RawRequest) -> tuple[bytes, bool]:
+        if req.path.startswith("/intercepted/500"):
+            return b"HTTP/1.1 500 Broken\r\nContent-Length: 6\r\n\r\nbroken", True
+        if req.path.startswith(("/intercepted/404", "/passed")):
+            code = b"404 Not Found" if "404" in req.path else b"500 Broken"
+            return b"HTTP/1.1 " + code + b"\r\nContent-Length: 4\r\n\r\nnone", True
+        return ok_response(f"up {req.method} {req.path}".encode()), True
+
+    port = free_port()
+    answers = []
+    with ScriptedBackend(scripted) as backend:
+        servers = (
+            ERROR_PAGE_SERVER.replace("PORT", str(port))
+            .replace("DEAD", str(ports["dead"]))
+            .replace("BACKEND", str(backend.port))
+        )
+        text = (
+            "worker_processes 1;\nevents { worker_connections 64; }\n"
+            f"http {{\n    access_log off;\n{servers}}}\n"
+        )
+        with runner(text, port):
+            for method, path in (
+                ("GET", "/missing"),
+                ("HEAD", "/missing"),
+                ("POST", "/dead/x"),
+                ("GET", "/denied"),
+                ("GET", "/intercepted/500"),
+                ("POST", "/intercepted/404"),
+                ("GET", "/intercepted/ok"),
+                ("GET", "/passed"),
+                ("GET", "/away"),
+                ("GET", "/moved"),
+                ("GET", "/twice"),
+                ("GET", "/args"),
+            ):
+                status, headers, body = request(port, path, method=method, body=b"")
+                shown = body.decode() if status == 200 or b"nginx" not in body else "<page>"
+                if b"<center>" in body:
+                    shown = "<page>"  # the built-in page: the server's name differs
+                answers.append(f"{method} {path} {status} {headers.get('location', '-')} {shown}")
+    return answers
+
+
+def test_error_page_and_proxy_intercept_errors_as_nginx_does() -> None:
+    """error_page to a URI, a named location, an absolute URL, with =, =CODE; a failing error
+    page (no recursion); proxy_intercept_errors on and off."""
+    ports = {"dead": free_port()}
+    ours = error_page_answers(running_upsync, ports)
+    theirs = error_page_answers(running_nginx, ports)
+    assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
+    assert theirs[0] == "GET /missing 404 - custom 404 /404.html /missing GET\n"

@@ -243,6 +243,10 @@ def test_load_module_is_a_notice(tmp_path: Path) -> None:
         ("map $uri $m {\n a 1 2;\n}", 5, "invalid number of the map parameters"),
         ("map $c $b { default x; }\nmap $b $c { x 1; }", 4, "cycle in map variables: $b -> $c"),
         ("server { listen 80; map $uri $m { } }", 4, '"map" directive is not allowed here'),
+        ("server { listen 80; error_page 404; }", 4, 'invalid number of arguments in "error_page"'),
+        ("server { listen 80; error_page 200 /x; }", 4, 'value "200" must be between 300 and 599'),
+        ("server { listen 80; error_page 404 =abc /x; }", 4, 'invalid value "abc"'),
+        ("server { listen 80; error_page 404 /$nope; }", 4, 'unknown "nope" variable'),
         ("types { text/html html; }\nserver { listen 80; tpyo 1; }", 5, 'unknown directive "tpyo"'),
     ],
 )
@@ -342,8 +346,6 @@ def test_zone_is_accepted_with_a_notice_of_what_it_shares(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("directive", "words"),
     [
-        ("error_page 502 /50x.html;", "error_page is not supported"),
-        ("proxy_intercept_errors on;", "proxy_intercept_errors on is not supported"),
         ("resolver 127.0.0.1;", "no run-time resolver"),
         ("resolver_timeout 5s;", "no run-time resolver"),
         ("gzip on;", "does not compress"),
@@ -370,7 +372,6 @@ def test_a_directive_that_would_change_answers_is_refused_not_ignored(
     [
         "gzip off;",
         "charset off;",
-        "proxy_intercept_errors off;",
         "merge_slashes on;",
         "connection_pool_size 1024;",  # nginx's memory pools: nothing a client sees
         "request_pool_size 8k;",

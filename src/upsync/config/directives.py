@@ -82,7 +82,6 @@ IGNORED = frozenset(
         "proxy_temp_file_write_size",
         "proxy_max_temp_file_size",
         "proxy_request_buffering",
-        "proxy_intercept_errors",
         "proxy_ignore_client_abort",
         "open_file_cache",
         "open_file_cache_valid",
@@ -93,7 +92,6 @@ IGNORED = frozenset(
         "resolver_timeout",
         "root",
         "index",
-        "error_page",
         "log_not_found",
         "output_buffers",
         "postpone_output",
@@ -111,10 +109,6 @@ IGNORED = frozenset(
 # serve something other than what the config says, so upsync refuses them, naming what it does
 # not do. (name, value that changes behaviour or None for any) -> why
 _NOT_DONE: dict[tuple[str, str | None], str] = {
-    ("error_page", None): "upsync answers errors with its built-in pages; error_page is not "
-    "supported yet",
-    ("proxy_intercept_errors", "on"): "upsync passes upstream errors on as they are; "
-    "proxy_intercept_errors on is not supported yet",
     ("resolver", None): "upsync resolves upstream names when it loads the configuration and "
     "has no run-time resolver",
     ("resolver_timeout", None): "upsync resolves upstream names when it loads the "

@@ -4,12 +4,14 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable
+from typing import Literal
 
 from upsync.config.directives import IGNORED
 from upsync.config.model import (
     AccessLog,
     AccessRule,
     ClientLimits,
+    ErrorPage,
     Handler,
     Listen,
     LocationConfig,
@@ -77,6 +79,9 @@ INHERITED = frozenset(
         "default_type",
         "server_tokens",
         "add_header",
+        "error_page",
+        "proxy_intercept_errors",
+        "recursive_error_pages",
         "absolute_redirect",
         "port_in_redirect",
         "server_name_in_redirect",
@@ -129,6 +134,36 @@ def _added_headers(nodes: tuple[Node, ...]) -> tuple[tuple[str, Template, bool],
             raise node.invalid(node.args[2])
         added.append((node.args[0], _template(node, node.args[1]), len(node.args) == 3))
     return tuple(added)
+
+
+def _error_pages(nodes: tuple[Node, ...]) -> tuple[ErrorPage, ...]:
+    """error_page CODE... [=[RESPONSE]] URI, nginx's checks."""
+    pages = []
+    for node in nodes:
+        if len(node.args) < 2:
+            raise node.error('invalid number of arguments in "error_page" directive')
+        *codes_written, target = node.args
+        status: int | Literal["="] | None = None
+        if codes_written[-1].startswith("="):
+            answer = codes_written.pop()[1:]
+            if not answer:
+                status = "="
+            elif answer.isdigit() and 100 <= int(answer) <= 999:
+                status = int(answer)
+            else:
+                raise node.invalid(answer)
+            if not codes_written:
+                raise node.error('invalid number of arguments in "error_page" directive')
+        codes = set()
+        for written in codes_written:
+            if not written.isdigit():
+                raise node.invalid(written)
+            code = int(written)
+            if not 300 <= code <= 599 or code == 499:
+                raise node.error(f'value "{written}" must be between 300 and 599')
+            codes.add(code)
+        pages.append(ErrorPage(frozenset(codes), _template(node, target), status))
+    return tuple(pages)
 
 
 def _redirects(nodes: tuple[Node, ...]) -> tuple[tuple[str, str], ...] | None:
@@ -226,7 +261,16 @@ class HttpBuilder:
             else:
                 raise child.error(f'"{child.name}" directive is not supported in server by upsync')
         scope = http_scope.child(inherited)
-        built = [self.location(child, scope) for child in locations]
+        named = {
+            child.args[0]: self.location(child, scope)
+            for child in locations
+            if len(child.args) == 1 and child.args[0].startswith("@")
+        }
+        built = [
+            self.location(child, scope)
+            for child in locations
+            if not (len(child.args) == 1 and child.args[0].startswith("@"))
+        ]
         if server_return is not None:
             # A server-level `return` answers every request before any location is chosen: one
             # prefix "/" location covers every path (paths are normalised to start with "/").
@@ -252,6 +296,7 @@ class HttpBuilder:
             fallback=self._location_from(node, "", "", None, None, scope),
             limits=limits,
             where=node.where,
+            named=named,
         )
 
     def _lingering_close(self, node: Node | None) -> str:
@@ -375,6 +420,9 @@ class HttpBuilder:
             port_in_redirect=_flag(scope.one("port_in_redirect"), True),
             server_name_in_redirect=_flag(scope.one("server_name_in_redirect"), False),
             add_headers=_added_headers(scope.all("add_header")),
+            error_pages=_error_pages(scope.all("error_page")),
+            intercept_errors=_flag(scope.one("proxy_intercept_errors"), False),
+            recursive_error_pages=_flag(scope.one("recursive_error_pages"), False),
         )
 
     def _temp_path(self, node: Node | None) -> str:

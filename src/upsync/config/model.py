@@ -132,6 +132,17 @@ class ProxySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ErrorPage:
+    """error_page CODE... [=[RESPONSE]] URI: a response with one of the codes is replaced by
+    what URI (a path, "@named" location, or an absolute URL to redirect to) answers."""
+
+    codes: frozenset[int]
+    target: Template
+    # the final status: the original code (None), the error page's own ("="), or this one
+    status: int | Literal["="] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AccessLog:
     path: str  # "" when off
     format: Template | None = None
@@ -161,6 +172,9 @@ class LocationConfig:
     server_name_in_redirect: bool = False
     # add_header NAME VALUE [always], in order: (name, value, always)
     add_headers: tuple[tuple[str, Template, bool], ...] = ()
+    error_pages: tuple[ErrorPage, ...] = ()
+    intercept_errors: bool = False  # proxy_intercept_errors: error_page for upstream answers
+    recursive_error_pages: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +200,7 @@ class ServerBlock:
     fallback: LocationConfig  # answers 404 when no location matches, with the server's settings
     limits: ClientLimits
     where: tuple[str, int] = ("", 0)
+    named: dict[str, LocationConfig] = field(default_factory=dict)  # `location @name`
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,7 @@ ARRAY_GROUPS = {
     "proxy_set_header": "proxy_set_header",
     "proxy_redirect": "proxy_redirect",
     "add_header": "add_header",
+    "error_page": "error_page",
     "proxy_hide_header": "proxy_hide_header",
     "proxy_pass_header": "proxy_pass_header",
     "allow": "access",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 
 from upsync.config.model import AccessRule, LocationConfig, ProxyPass, Return, UpstreamShow
-from upsync.proxy import http1
+from upsync.proxy import error_pages, http1
 from upsync.proxy.body import RequestBody
 from upsync.proxy.exchange import REPLAYABLE_BODY
 from upsync.proxy.intake import (
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from upsync.config.maps import VariableMap
+    from upsync.config.model import ErrorPage
     from upsync.generation import Generation
     from upsync.proxy.connections import OpenConnections
     from upsync.proxy.exchange import ProxyExchange
@@ -622,12 +623,13 @@ class ClientConnection(asyncio.Protocol):
                 and location.client_max_body_size
                 and req.body_size > location.client_max_body_size
                 and not req.response_done
+                and not req.body_dropped
             ):
                 raise BadRequest(413)
         sink = self.body_sink
         if sink is not None and self.active is req:
             sink.on_request_body(body)
-        elif not req.response_done:
+        elif not req.response_done and not req.body_dropped:
             kept = req.body
             if kept is None:
                 location = req.location or self.table.default.block.fallback
@@ -774,12 +776,16 @@ class ClientConnection(asyncio.Protocol):
         req.location = location
         self.keepalive_timeout = location.keepalive_timeout
         self.keepalive_time = location.keepalive_time
+        if self.requests >= self.limits.keepalive_requests:
+            req.keep_alive = False
+        self._serve_location(req, location)
+
+    def _serve_location(self, req: Request, location: LocationConfig) -> None:
+        """The location's access rules, body limit and handler; again for an error page."""
         if location.access_log.path:
             # the access log line may be written after the client has gone (499), when the
             # socket can no longer tell its peer
             _ = self.remote
-        if self.requests >= self.limits.keepalive_requests:
-            req.keep_alive = False
         if location.access and not access_allowed(location.access, req.remote_addr):
             log.error(
                 'access forbidden by rule, client: %s, request: "%s"', req.remote_addr, req.target
@@ -787,14 +793,19 @@ class ClientConnection(asyncio.Protocol):
             self.send_error(403)
             return
         limit = location.client_max_body_size
-        if limit and req.content_length is not None and req.content_length > limit:
+        if (
+            limit
+            and req.content_length is not None
+            and req.content_length > limit
+            and not req.body_dropped
+        ):
             req.keep_alive = False
             self.send_error(413)
             return
         handler = location.handler
         if isinstance(handler, ProxyPass):
-            has_body = req.chunked or bool(req.content_length)
-            if req.expect_continue and req.version == "1.1":
+            has_body = (req.chunked or bool(req.content_length)) and not req.body_dropped
+            if req.expect_continue and req.version == "1.1" and not req.redirects:
                 # as nginx, whenever the body is to be read: with none (Content-Length: 0) too
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             if req.body_complete or not has_body:
@@ -892,6 +903,7 @@ class ClientConnection(asyncio.Protocol):
         req = self.active
         assert req is not None
         keep = req.keep_alive and self.keep_alive_allowed()
+        status = req.status_override or status
         req.status = status
         head_only = req.method == b"HEAD"
         location = self._answering_location(req)
@@ -915,6 +927,10 @@ class ClientConnection(asyncio.Protocol):
             return
         self.exchange = None
         self.body_sink = None
+        if not self.closed and self.error_page_for(req, status) is not None:
+            self._to_error_page(req, status)
+            return
+        status = req.status_override or status
         # an unread body would be taken for the next request: close instead
         keep = req.keep_alive and self.keep_alive_allowed() and req.body_complete
         if not req.body_complete:
@@ -932,6 +948,53 @@ class ClientConnection(asyncio.Protocol):
             0 if head_only else len(body),
         )
         self.finish_response(keep)
+
+    # error_page
+    def error_page_for(self, req: Request, status: int) -> "ErrorPage | None":
+        """The error page replacing this answer; only once the request has its location (an
+        error found while reading the request gets the built-in page)."""
+        location = req.location
+        if location is None or req.status:
+            return None
+        return error_pages.page_for(location, status, req.redirects)
+
+    def _to_error_page(self, req: Request, status: int) -> None:
+        location = req.location
+        assert location is not None and req.server is not None
+        page = error_pages.page_for(location, status, req.redirects)
+        assert page is not None
+        target = page.target.render(req)
+        req.redirects += 1
+        req.status_override = error_pages.final_status(page, status)
+        if not target.startswith(("/", "@")):
+            code = error_pages.external_redirect_code(page)
+            req.status_override = 0
+            body = http1.error_body(code, location.server_tokens)
+            location_line = b"Location: " + target.encode("latin-1") + b"\r\n"
+            self.send_simple(code, body, b"text/html", extra=location_line)
+            return
+        if target.startswith("@"):
+            named = req.server.block.named.get(target)
+            if named is None:
+                log.error('could not find named location "%s"', target)
+                req.status_override = 0
+                self.send_error(500)
+                return
+            chosen = named
+        else:
+            path, _, query = target.partition("?")
+            req.path, req.query = path, query
+            if req.method != b"HEAD":
+                req.method = b"GET"
+            chosen = req.server.locations.match(path)
+        req.location = chosen
+        req.captures = None
+        if not req.body_complete or req.body is not None:
+            req.body_dropped = True  # what is left of it is read and dropped
+        # a body that was being streamed held reading back; what is left is now dropped
+        self.resume_reading_for("upstream")
+        self.resume_reading_for("connecting")
+        self._serve_location(req, chosen)
 
     def absolute_location(self, req: Request, location: LocationConfig, path: bytes) -> bytes:
         """A redirect upsync writes to "/path", made http://host[:port]/path as nginx's header

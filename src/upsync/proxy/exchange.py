@@ -360,12 +360,13 @@ class ProxyExchange:
         transport = conn.transport
         assert transport is not None
         kept = req.body
-        if self.plan.body is not None:
-            body = self.plan.body.render(req).encode("latin-1")
+        if self.plan.body is not None or req.body_dropped:
+            override = self.plan.body
+            body = override.render(req).encode("latin-1") if override is not None else b""
             framing = b""
             if self.settings.set_body is not None:
                 framing = b"Content-Length: %d\r\n" % len(body)
-            elif self.plan.length_kept and req.content_length is not None:
+            elif self.plan.length_kept and req.content_length is not None and not req.body_dropped:
                 framing = b"Content-Length: %d\r\n" % req.content_length
             transport.write(self.plan.head(req, self.uri, framing) + body)
             self.request_written = self.request_sent = True
@@ -475,15 +476,23 @@ class ProxyExchange:
             conn.exchange = None
             self._failed("invalid_header", 502, closing=conn)
             return True
+        location = self.plan.location
+        if status >= 300 and location.intercept_errors and self.client.error_page_for(req, status):
+            # proxy_intercept_errors: the error page answers instead; the upstream's body is
+            # not read (its connection is closed)
+            conn.exchange = None
+            self._intercepted(conn, status)
+            return True
         self.response_started = True
         req.try_header = self.loop.time()
         self.head_in_read = True
         req.upstream_lines = conn.lines
         req.status = status
         client_keep = req.keep_alive and self.client.keep_alive_allowed(req.try_header)
+        if req.status_override:
+            status = req.status = req.status_override  # an error page's answer
         length = conn.length
         chunked = conn.chunked
-        location = self.plan.location
         plan = self.plan
         if plan.own_server and plan.own_date:
             common = common_headers(location.server_tokens)
@@ -522,6 +531,16 @@ class ProxyExchange:
         req.sent_head = head = b"".join(out)
         self.client.write(head)
         return no_body
+
+    def _intercepted(self, conn: UpstreamConnection, status: int) -> None:
+        self._disarm()
+        self.req.end_try(status, self.loop.time())
+        conn.detach()
+        conn.abort()
+        self.conn = None
+        self._finish_peer(failed=False)
+        self.finished = True
+        self.client.send_error(status)
 
     def on_response_body(self, chunk: bytes) -> None:
         if self.frame == FRAME_CHUNKED:

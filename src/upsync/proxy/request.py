@@ -43,6 +43,7 @@ class Request:
     __slots__ = (
         "body",
         "body_complete",
+        "body_dropped",
         "body_size",
         "bytes_sent",
         "captures",
@@ -61,12 +62,14 @@ class Request:
         "pipelined",
         "proxy_host",
         "query",
+        "redirects",
         "request_id",
         "response_done",
         "sent_head",
         "server",
         "start",
         "status",
+        "status_override",
         "target",
         "tries",
         "try_connected",
@@ -117,6 +120,9 @@ class Request:
         self.sent_head = b""  # the response head as written to the client
         self.upstream_lines: list[bytes] | None = None  # the upstream response's header lines
         self.captures: re.Match[str] | None = None  # of the last map regex that matched
+        self.redirects = 0  # to error pages
+        self.status_override = 0  # the status an error page's answer is sent with (0: its own)
+        self.body_dropped = False  # an error page's request goes without the client's body
 
     @property
     def remote_addr(self) -> str:
