@@ -21,10 +21,10 @@ UPSYNC_DIRECTIVES: dict[str, list[int]] = {
 }
 
 
-# nginx directives newer than crossplane's table (nginx 1.19.10: keepalive_time)
+# nginx directives newer than crossplane's table (keepalive_time: upstream 1.15.3, http 1.19.10)
 _HTTP_ANY_LEVEL = analyzer.NGX_HTTP_MAIN_CONF | analyzer.NGX_HTTP_SRV_CONF | _LOC
 NEWER_NGINX_DIRECTIVES: dict[str, list[int]] = {
-    "keepalive_time": [_HTTP_ANY_LEVEL | analyzer.NGX_CONF_TAKE1],
+    "keepalive_time": [(_HTTP_ANY_LEVEL | _UPS) | analyzer.NGX_CONF_TAKE1],
 }
 
 

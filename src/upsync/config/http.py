@@ -241,7 +241,7 @@ class HttpBuilder:
             if child.name in INHERITED:
                 inherited.append(child)
             elif child.name == "listen":
-                listens.append(self._listen(child))
+                listens.extend(self._listen(child))
             elif child.name == "server_name":
                 for name in child.args:
                     if name.startswith("~"):
@@ -316,8 +316,24 @@ class HttpBuilder:
         count = _int(node, 4)
         return count * _size(node, 8192, index=1)
 
-    def _listen(self, node: Node) -> Listen:
+    def _listen(self, node: Node) -> list[Listen]:
+        """One address, or a port range ("127.0.0.1:8000-8009", nginx 1.27.3): one each."""
         address = node.args[0]
+        host_part, colon, ports = address.rpartition(":")
+        if not colon:
+            host_part, ports = "", address
+        first, dash, last = ports.partition("-")
+        if dash and first.isdigit() and last.isdigit():
+            if not 0 < int(first) <= int(last) < 65536:
+                raise node.error(f'invalid port range in "{address}" of the "listen" directive')
+            prefix = host_part + ":" if colon else ""
+            return [
+                self._listen_one(node, prefix + str(port))
+                for port in range(int(first), int(last) + 1)
+            ]
+        return [self._listen_one(node, address)]
+
+    def _listen_one(self, node: Node, address: str) -> Listen:
         default_server = False
         for param in node.args[1:]:
             if param in ("default_server", "default"):

@@ -63,6 +63,7 @@ class UpstreamConfig:
     keepalive: int = 0  # idle connections cached per upstream; 0 disables the cache
     keepalive_timeout: float = 60.0
     keepalive_requests: int = 1000
+    keepalive_time: float = 3600.0  # a cached connection older than this is closed, not reused
     sync: UpsyncDirectives = field(default_factory=UpsyncDirectives)
     where: tuple[str, int] = ("", 0)
     implicit: bool = False  # made by `proxy_pass http://host:port`, not an `upstream` block

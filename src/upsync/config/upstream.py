@@ -26,6 +26,7 @@ def build_upstream(
     keepalive = 0
     keepalive_timeout = 60.0
     keepalive_requests = 1000
+    keepalive_time = 3600.0
     upsync: tuple[str, ...] | None = None
     upsync_node: Node | None = None
     dump_path: str | None = None
@@ -45,6 +46,8 @@ def build_upstream(
             keepalive_timeout = _time(child)
         elif child.name == "keepalive_requests":
             keepalive_requests = _count(child, minimum=1)
+        elif child.name == "keepalive_time":
+            keepalive_time = _time(child)
         elif child.name == "upsync":
             if upsync_node is not None:
                 raise child.error('"upsync" directive is duplicate')
@@ -92,6 +95,7 @@ def build_upstream(
         keepalive=keepalive,
         keepalive_timeout=keepalive_timeout,
         keepalive_requests=keepalive_requests,
+        keepalive_time=keepalive_time,
         sync=sync,
         sync_spec=spec,
         where=node.where,

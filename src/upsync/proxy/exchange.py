@@ -345,7 +345,7 @@ class ProxyExchange:
         if self.finished:
             conn.close()
             return
-        self.req.try_connected = self.loop.time()
+        self.req.try_connected = conn.born = self.loop.time()
         try:
             self._send(conn)
         except Exception:

@@ -24,7 +24,10 @@ class UpstreamGroup:
         self.config = config
         self.rng = rng
         self.pool = KeepalivePool(
-            config.keepalive, config.keepalive_timeout, config.keepalive_requests
+            config.keepalive,
+            config.keepalive_timeout,
+            config.keepalive_requests,
+            config.keepalive_time,
         )
         self.peers: list[Peer] = []
         self._peers: dict[str, Peer] = {}
@@ -39,6 +42,7 @@ class UpstreamGroup:
     def reconfigure(self, config: UpstreamConfig) -> None:
         """A reload with the same balancing method: new keep-alive settings, same peers."""
         self.config = config
+        self.pool.max_age = config.keepalive_time
         self.pool.capacity = config.keepalive
         self.pool.timeout = config.keepalive_timeout
         self.pool.max_requests = config.keepalive_requests

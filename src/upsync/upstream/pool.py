@@ -1,5 +1,6 @@
 """nginx's `keepalive N` cache: at most N idle upstream connections per upstream, least recently
-used evicted first, each dropped after `keepalive_timeout` idle or `keepalive_requests` uses."""
+used evicted first, each dropped after `keepalive_timeout` idle, `keepalive_requests` uses or
+`keepalive_time` of life."""
 
 import asyncio
 
@@ -10,11 +11,12 @@ class PooledConnection(asyncio.Protocol):
     """What the pool keeps: a connection to one peer. A base class rather than a structural
     protocol, so the compiled pool reads these fields directly."""
 
-    __slots__ = ("idle_since", "peer", "requests")
+    __slots__ = ("born", "idle_since", "peer", "requests")
 
     def __init__(self, peer: Peer) -> None:
         self.peer = peer
         self.idle_since = 0.0
+        self.born = 0.0  # loop time of its connect, set by whoever connected it
         self.requests = 0
 
     def close(self) -> None:
@@ -22,10 +24,13 @@ class PooledConnection(asyncio.Protocol):
 
 
 class KeepalivePool:
-    def __init__(self, capacity: int, timeout: float, max_requests: int) -> None:
+    def __init__(
+        self, capacity: int, timeout: float, max_requests: int, max_age: float = 3600.0
+    ) -> None:
         self.capacity = capacity
         self.timeout = timeout
         self.max_requests = max_requests
+        self.max_age = max_age
         self.idle: list[PooledConnection] = []
 
     def take(self, peer: Peer, now: float) -> PooledConnection | None:
@@ -43,7 +48,12 @@ class KeepalivePool:
 
     def put(self, conn: PooledConnection, now: float) -> bool:
         """Keep an idle connection; False when the caller must close it instead."""
-        if not self.capacity or conn.requests >= self.max_requests or conn.peer.retired:
+        if (
+            not self.capacity
+            or conn.requests >= self.max_requests
+            or conn.peer.retired
+            or now - conn.born >= self.max_age
+        ):
             return False
         conn.idle_since = now
         self.idle.append(conn)
