@@ -607,6 +607,9 @@ LOGGED_VARIABLES = (
     "request_length",
     "http_referer",
     "request_id",
+    "upstream_bytes_received",
+    "upstream_bytes_sent",
+    "connection_time",
 )
 
 
@@ -922,3 +925,31 @@ def test_error_page_and_proxy_intercept_errors_as_nginx_does() -> None:
     theirs = error_page_answers(running_nginx, ports)
     assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
     assert theirs[0] == "GET /missing 404 - custom 404 /404.html /missing GET\n"
+
+
+def cookie_and_body_headers(runner: Runner) -> list[tuple[int, list[str]]]:
+    """$upstream_cookie_NAME and $request_body, shown through add_header."""
+    from tests.helpers import RawRequest, ScriptedBackend, ok_response
+
+    def scripted(req: RawRequest) -> tuple[bytes, bool]:
+        cookies = b"Set-Cookie: a=1; Path=/\r\nSet-Cookie: tc=xyz; HttpOnly\r\n"
+        return ok_response(b"up", cookies), True
+
+    location = (
+        "add_header X-Cookie-Tc $upstream_cookie_tc; add_header X-Cookie-None "
+        "$upstream_cookie_none; add_header X-Body $request_body;"
+    )
+    port = free_port()
+    answers = []
+    with ScriptedBackend(scripted) as backend:
+        with runner(config(port, f"server 127.0.0.1:{backend.port};", location), port):
+            for body in (b"", b"name=value"):
+                status, headers, _ = request(port, "/", method="POST", body=body)
+                answers.append((status, sorted(f"{k}={v}" for k, v in headers.items() if k.startswith("x-"))))
+    return answers
+
+
+def test_upstream_cookie_and_request_body_variables_as_nginx_does() -> None:
+    ours, theirs = cookie_and_body_headers(running_upsync), cookie_and_body_headers(running_nginx)
+    assert ours == theirs
+    assert "x-cookie-tc=xyz" in theirs[0][1] and "x-body=name=value" in theirs[1][1]

@@ -53,9 +53,20 @@ KNOWN_VARIABLES = frozenset(
         "request_id",
         "pipe",
         "https",
+        "upstream_bytes_received",
+        "upstream_bytes_sent",
+        "request_body",
+        "connection_time",
     }
 )
-KNOWN_PREFIXES = ("http_", "arg_", "cookie_", "upstream_http_", "sent_http_")
+KNOWN_PREFIXES = (
+    "http_",
+    "arg_",
+    "cookie_",
+    "upstream_http_",
+    "upstream_cookie_",
+    "sent_http_",
+)
 # variables nginx leaves "not found" rather than empty when there is nothing to give (a header
 # the request lacks, a request that went to no upstream): an access log line shows them as "-"
 _ABSENT_WHEN_EMPTY_PREFIXES = ("http_", "arg_", "cookie_", "sent_http_", "upstream_")

@@ -205,6 +205,10 @@ class ClientConnection(asyncio.Protocol):
     def maps(self) -> "Mapping[str, VariableMap]":
         return self.site.config.maps
 
+    def age(self) -> float:
+        """Seconds since the connection was accepted ($connection_time)."""
+        return self.loop.time() - self.born
+
     @property
     def remote(self) -> tuple[str, int]:
         """The client's address, asked of the socket when something first needs it (a log line,

@@ -368,16 +368,18 @@ class ProxyExchange:
                 framing = b"Content-Length: %d\r\n" % len(body)
             elif self.plan.length_kept and req.content_length is not None and not req.body_dropped:
                 framing = b"Content-Length: %d\r\n" % req.content_length
-            transport.write(self.plan.head(req, self.uri, framing) + body)
+            data = self.plan.head(req, self.uri, framing) + body
+            transport.write(data)
+            req.try_sent += len(data)
             self.request_written = self.request_sent = True
             self._arm(self.settings.read_timeout)
             return
         if req.body_complete and not self.streaming:
             if kept is not None and kept.spooled:
                 # a body in a temporary file goes out block by block, as the upstream takes it
-                transport.write(
-                    self.plan.head(req, self.uri, b"Content-Length: %d\r\n" % kept.size)
-                )
+                data = self.plan.head(req, self.uri, b"Content-Length: %d\r\n" % kept.size)
+                transport.write(data)
+                req.try_sent += len(data)
                 kept.rewind()
                 self.request_sent = True
                 self._pump()
@@ -388,7 +390,9 @@ class ProxyExchange:
                 if (body or req.content_length is not None)
                 else b""
             )
-            transport.write(self.plan.head(req, self.uri, framing) + body)
+            data = self.plan.head(req, self.uri, framing) + body
+            transport.write(data)
+            req.try_sent += len(data)
             self.request_written = True
             self._arm(self.settings.read_timeout)
         else:
@@ -397,7 +401,9 @@ class ProxyExchange:
                 framing = b"Content-Length: %d\r\n" % req.content_length
             else:
                 framing = b"Transfer-Encoding: chunked\r\n"
-            transport.write(self.plan.head(req, self.uri, framing))
+            data = self.plan.head(req, self.uri, framing)
+            transport.write(data)
+            req.try_sent += len(data)
             if kept is not None:
                 held = kept.take()  # at most REPLAYABLE_BODY: streaming starts past it
                 if held:
@@ -424,6 +430,7 @@ class ProxyExchange:
                 self._arm(self.settings.read_timeout)
                 return
             transport.write(block)
+            self.req.try_sent += len(block)
         self.pumping = True
         self._arm(self.settings.send_timeout)
 
@@ -437,9 +444,9 @@ class ProxyExchange:
         if conn is None or conn.transport is None:
             return
         if self.req.content_length is None:
-            conn.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-        else:
-            conn.transport.write(chunk)
+            chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+        conn.transport.write(chunk)
+        self.req.try_sent += len(chunk)
 
     def on_request_body(self, chunk: bytes) -> None:
         self._write_body(chunk)
@@ -449,6 +456,7 @@ class ProxyExchange:
         conn = self.conn
         if self.req.content_length is None and conn is not None and conn.transport is not None:
             conn.transport.write(b"0\r\n\r\n")
+            self.req.try_sent += 5
         self.request_written = True
         self._arm(self.settings.read_timeout)
 

@@ -24,11 +24,14 @@ class ConnectionAddresses(Protocol):
     @property
     def maps(self) -> "Mapping[str, VariableMap]": ...
 
+    def age(self) -> float: ...
+
 
 # One upstream try of a request, for the $upstream_* variables: the peer's name, the status
 # it answered (0 when none), and seconds from the try's start to its connection, its response
-# head and its end (-1.0: never reached), and the response body bytes it delivered.
-UpstreamTry = tuple[str, int, float, float, float, int]
+# head and its end (-1.0: never reached), the response body bytes it delivered, and the bytes
+# received from and sent to the upstream.
+UpstreamTry = tuple[str, int, float, float, float, int, int, int]
 NO_TRIES: tuple[UpstreamTry, ...] = ()
 
 
@@ -76,6 +79,8 @@ class Request:
         "try_ended",
         "try_header",
         "try_peer",
+        "try_received",
+        "try_sent",
         "try_started",
         "try_status",
         "upgrade",
@@ -113,6 +118,7 @@ class Request:
         self.try_peer = ""
         self.try_status = 0
         self.try_started = self.try_connected = self.try_header = self.try_ended = -1.0
+        self.try_received = self.try_sent = 0
         self.head_size = 0  # of the request line and headers as received
         self.nth = 0  # of the requests on its connection
         self.pipelined = False  # read behind another request's bytes
@@ -140,6 +146,7 @@ class Request:
         self.try_status = 0
         self.try_started = now
         self.try_connected = self.try_header = self.try_ended = -1.0
+        self.try_received = self.try_sent = 0
 
     def end_try(self, status: int, now: float) -> None:
         if self.try_started >= 0 and self.try_ended < 0:
@@ -158,6 +165,8 @@ class Request:
             header - started if header >= 0 else -1.0,
             self.try_ended - started if self.try_ended >= 0 else -1.0,
             self.bytes_sent if header >= 0 else 0,
+            self.try_received,
+            self.try_sent,
         )
         return (*self.tries, current)
 
@@ -189,6 +198,8 @@ class Request:
             return ""
         if name.startswith("upstream_http_"):
             return _header_in(self.upstream_lines or (), name[14:])
+        if name.startswith("upstream_cookie_"):
+            return _cookie_in(self.upstream_lines or (), name[16:])
         if name.startswith("sent_http_"):
             head = self.sent_head
             return _header_in(head[: head.find(b"\r\n\r\n")].split(b"\r\n")[1:], name[10:])
@@ -238,6 +249,26 @@ def _header_in(lines: "list[bytes] | tuple[bytes, ...]", variable_name: str) -> 
     return joiner.join(found).decode("latin-1")
 
 
+def _cookie_in(lines: "list[bytes] | tuple[bytes, ...]", wanted: str) -> str:
+    """A cookie's value among the Set-Cookie headers of a response ($upstream_cookie_NAME)."""
+    for line in lines:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() != b"set-cookie":
+            continue
+        key, equals, rest = value.strip().partition(b"=")
+        if equals and key.strip().decode("latin-1") == wanted:
+            return rest.split(b";", 1)[0].strip().decode("latin-1")
+    return ""
+
+
+def _request_body(req: Request) -> str:
+    """The body, once read whole into memory (nginx: "in a memory buffer"), else empty."""
+    body = req.body
+    if body is None or not req.body_complete or body.spooled or req.body_dropped:
+        return ""
+    return body.in_memory().decode("latin-1")
+
+
 def _tries_of(req: Request, render: Callable[[UpstreamTry], str]) -> str:
     """An $upstream_* value: one entry per try, nginx's ", " between them."""
     tries = req.all_tries()
@@ -272,6 +303,14 @@ def _try_response_time(attempt: UpstreamTry) -> str:
 
 def _try_length(attempt: UpstreamTry) -> str:
     return str(attempt[5])
+
+
+def _try_received(attempt: UpstreamTry) -> str:
+    return str(attempt[6])
+
+
+def _try_sent(attempt: UpstreamTry) -> str:
+    return str(attempt[7])
 
 
 def _remote_user(req: Request) -> str:
@@ -339,6 +378,10 @@ _VARIABLES: dict[str, Callable[[Request], str]] = {
     "upstream_header_time": lambda r: _tries_of(r, _try_header_time),
     "upstream_response_time": lambda r: _tries_of(r, _try_response_time),
     "upstream_response_length": lambda r: _tries_of(r, _try_length),
+    "upstream_bytes_received": lambda r: _tries_of(r, _try_received),
+    "upstream_bytes_sent": lambda r: _tries_of(r, _try_sent),
+    "request_body": _request_body,
+    "connection_time": lambda r: f"{r.connection.age():.3f}",
     "status": lambda r: str(r.status),
     "request": lambda r: f"{r.method.decode('latin-1')} {r.target} HTTP/{r.version}",
     "time_local": _time_local,

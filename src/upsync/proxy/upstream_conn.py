@@ -207,6 +207,7 @@ class UpstreamConnection(PooledConnection):
             self.abort()
             return
         self.received_any = True
+        exchange.req.try_received += len(data)
         client = exchange.client
         client.cork()  # the response head, body and end leave in one send()
         try:
