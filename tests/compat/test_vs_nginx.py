@@ -953,3 +953,51 @@ def test_upstream_cookie_and_request_body_variables_as_nginx_does() -> None:
     ours, theirs = cookie_and_body_headers(running_upsync), cookie_and_body_headers(running_nginx)
     assert ours == theirs
     assert "x-cookie-tc=xyz" in theirs[0][1] and "x-body=name=value" in theirs[1][1]
+
+
+def expires_answers(runner: Runner) -> list[tuple[str, int, str, str]]:
+    """Cache-Control and Expires (as seconds after Date when not a fixed date) per location."""
+    from email.utils import parsedate_to_datetime
+
+    from tests.helpers import RawRequest, ScriptedBackend, ok_response
+
+    def scripted(req: RawRequest) -> tuple[bytes, bool]:
+        extra = b"Cache-Control: private\r\nCache-Control: x=1\r\nExpires: 0\r\n"
+        return ok_response(b"up", extra), True
+
+    locations = """
+        location /hour { expires 1h; proxy_pass http://backend; }
+        location /past { expires -1; proxy_pass http://backend; }
+        location /epoch { expires epoch; return 200 "e"; }
+        location /max { expires max; return 200 "m"; }
+        location /zero { expires 0; return 200 "z"; }
+        location /missing { expires 1h; return 404; }
+        location /off { expires off; proxy_pass http://backend; }
+"""
+    port = free_port()
+    answers = []
+    with ScriptedBackend(scripted) as backend:
+        text = config(port, f"server 127.0.0.1:{backend.port};").replace(
+            "        location / {", locations + "        location / {", 1
+        )
+        with runner(text, port):
+            for path in ("/hour", "/past", "/epoch", "/max", "/zero", "/missing", "/off", "/"):
+                conn = __import__("http.client").client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", path)
+                response = conn.getresponse()
+                response.read()
+                controls = ",".join(response.headers.get_all("Cache-Control") or [])
+                expires = response.headers.get("Expires", "-")
+                fixed = expires in ("-", "0") or expires.startswith("Thu, 01 Jan 1970")
+                if not fixed and "2037" not in expires:
+                    date = parsedate_to_datetime(response.headers["Date"])
+                    expires = str(round((parsedate_to_datetime(expires) - date).total_seconds()))
+                answers.append((path, response.status, controls, expires))
+                conn.close()
+    return answers
+
+
+def test_expires_as_nginx_does() -> None:
+    ours, theirs = expires_answers(running_upsync), expires_answers(running_nginx)
+    assert ours == theirs
+    assert ("/hour", 200, "max-age=3600", "3600") in theirs

@@ -247,6 +247,8 @@ def test_load_module_is_a_notice(tmp_path: Path) -> None:
         ("server { listen 80; error_page 200 /x; }", 4, 'value "200" must be between 300 and 599'),
         ("server { listen 80; error_page 404 =abc /x; }", 4, 'invalid value "abc"'),
         ("server { listen 80; error_page 404 /$nope; }", 4, 'unknown "nope" variable'),
+        ("server { listen 80; expires modified 1h; }", 4, 'does not support "modified"'),
+        ("server { listen 80; expires soon; }", 4, 'invalid value "soon" in "expires"'),
         ("types { text/html html; }\nserver { listen 80; tpyo 1; }", 5, 'unknown directive "tpyo"'),
     ],
 )

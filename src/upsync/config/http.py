@@ -80,6 +80,7 @@ INHERITED = frozenset(
         "server_tokens",
         "add_header",
         "error_page",
+        "expires",
         "proxy_intercept_errors",
         "recursive_error_pages",
         "absolute_redirect",
@@ -188,6 +189,30 @@ def _redirects(nodes: tuple[Node, ...]) -> tuple[tuple[str, str], ...] | None:
             raise node.error("proxy_redirect with variables is not supported yet")
         pairs.append((source, target))
     return tuple(pairs)
+
+
+def _expires(node: Node | None) -> Literal["epoch", "max"] | float | None:
+    """expires off | epoch | max | [-]TIME; `modified`, `@time of day` and variables are
+    refused (upsync does not do them)."""
+    if node is None:
+        return None
+    args = node.args
+    if args[0] == "modified" or args[-1].startswith("@") or "$" in args[-1]:
+        raise node.error(
+            '"expires" directive: upsync does not support "modified", "@" times of day or '
+            "variables"
+        )
+    if len(args) != 1:
+        raise node.error('invalid number of arguments in "expires" directive')
+    value = args[0]
+    if value in ("off", "epoch", "max"):
+        return None if value == "off" else value  # type: ignore[return-value]
+    negative = value.startswith("-")
+    try:
+        seconds = parse_time(value[1:] if negative or value.startswith("+") else value)
+    except UnitError:
+        raise node.invalid(value) from None
+    return -seconds if negative else seconds
 
 
 def _server_tokens(node: Node | None) -> bool:
@@ -437,6 +462,7 @@ class HttpBuilder:
             server_name_in_redirect=_flag(scope.one("server_name_in_redirect"), False),
             add_headers=_added_headers(scope.all("add_header")),
             error_pages=_error_pages(scope.all("error_page")),
+            expires=_expires(scope.one("expires")),
             intercept_errors=_flag(scope.one("proxy_intercept_errors"), False),
             recursive_error_pages=_flag(scope.one("recursive_error_pages"), False),
         )

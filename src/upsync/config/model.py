@@ -174,6 +174,8 @@ class LocationConfig:
     # add_header NAME VALUE [always], in order: (name, value, always)
     add_headers: tuple[tuple[str, Template, bool], ...] = ()
     error_pages: tuple[ErrorPage, ...] = ()
+    # expires: None (off), or "epoch", "max", or seconds from the response's time
+    expires: Literal["epoch", "max"] | float | None = None
     intercept_errors: bool = False  # proxy_intercept_errors: error_page for upstream answers
     recursive_error_pages: bool = False
 

@@ -7,6 +7,7 @@ when small and streamed otherwise; response bodies flow with back-pressure both 
 import asyncio
 import ipaddress
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Final, cast
 
@@ -911,6 +912,8 @@ class ClientConnection(asyncio.Protocol):
         req.status = status
         head_only = req.method == b"HEAD"
         location = self._answering_location(req)
+        if location.expires is not None and status in http1.EXPIRES_STATUSES:
+            extra += http1.expires_headers(location.expires, time.time())
         if location.add_headers:
             extra += http1.added_headers(location.add_headers, status, req)
         tokens = location.server_tokens

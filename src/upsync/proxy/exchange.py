@@ -4,21 +4,25 @@
 import asyncio
 import errno
 import logging
+import time
 from typing import TYPE_CHECKING, Final
 from urllib.parse import quote
 
 from upsync.config.model import LocationConfig, ProxyPass, ProxySettings
 from upsync.config.variables import Template, compile_template
 from upsync.proxy.http1 import (
+    EXPIRES_STATUSES,
     HOP_BY_HOP,
     NON_IDEMPOTENT,
     HeaderClasses,
     added_headers,
     common_headers,
     date_header,
+    expires_headers,
     server_header,
     status_has_body,
     status_line,
+    without_cache_headers,
 )
 from upsync.proxy.request import Request
 from upsync.proxy.upstream_conn import (
@@ -509,6 +513,9 @@ class ProxyExchange:
                 date_header() if plan.own_date else b""
             )
         out = [status_line(status), common, *conn.lines]
+        if location.expires is not None and status in EXPIRES_STATUSES:
+            kept = without_cache_headers(conn.lines)
+            out[2:] = [*kept, expires_headers(location.expires, time.time())]
         if location.add_headers:
             out.append(added_headers(location.add_headers, status, req))
         no_body = req.method == b"HEAD" or not status_has_body(status)

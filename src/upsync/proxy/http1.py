@@ -218,6 +218,30 @@ def rewrite_redirect(
 _ADD_HEADER_STATUSES: Final = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
 
 
+EXPIRES_STATUSES: Final = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
+_EPOCH: Final = b"Expires: Thu, 01 Jan 1970 00:00:01 GMT\r\nCache-Control: no-cache\r\n"
+_MAX: Final = b"Expires: Thu, 31 Dec 2037 23:55:55 GMT\r\nCache-Control: max-age=315360000\r\n"
+
+
+def expires_headers(expires: "str | float", now: float) -> bytes:
+    """The Expires and Cache-Control lines of `expires` (nginx's headers filter)."""
+    if expires == "epoch":
+        return _EPOCH
+    if expires == "max":
+        return _MAX
+    assert isinstance(expires, float)
+    stamp = formatdate(int(now) + int(expires), usegmt=True).encode()
+    control = b"no-cache" if expires < 0 else b"max-age=%d" % int(expires)
+    return b"Expires: " + stamp + b"\r\nCache-Control: " + control + b"\r\n"
+
+
+def without_cache_headers(lines: list[bytes]) -> list[bytes]:
+    """An upstream's Expires and Cache-Control lines, which `expires` replaces."""
+    return [
+        line for line in lines if not line[:14].lower().startswith((b"expires:", b"cache-control:"))
+    ]
+
+
 def added_headers(
     added: tuple[tuple[str, Template, bool], ...], status: int, source: VariableSource
 ) -> bytes:
