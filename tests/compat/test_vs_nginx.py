@@ -1001,3 +1001,88 @@ def test_expires_as_nginx_does() -> None:
     ours, theirs = expires_answers(running_upsync), expires_answers(running_nginx)
     assert ours == theirs
     assert ("/hour", 200, "max-age=3600", "3600") in theirs
+
+
+REWRITE_SERVER = r"""
+    server {
+        listen 127.0.0.1:PORT;
+        set $tier gold;
+        if ($http_x_block) { return 403; }
+        rewrite ^/old/(.*)$ /new/$1;
+        rewrite ^/gone$ /elsewhere permanent;
+        location /new/ { return 200 "new $uri $args $tier\n"; }
+        location /last/ { rewrite ^/last/(\w+)$ /target/$1 last; return 500; }
+        location /target/ { return 200 "target $uri $request_uri\n"; }
+        location /break/ {
+            rewrite ^/break/(.*)$ /upstream/$1 break;
+            proxy_pass http://127.0.0.1:BACKEND/ignored/;
+        }
+        location /args/ {
+            rewrite ^/args/keep$ /new/keep?a=1;
+            rewrite ^/args/drop$ /new/drop? last;
+            rewrite ^/args/redirect$ /new/redirect?b=2 redirect;
+            rewrite ^/args/absolute$ http://example.com/x;
+        }
+        location /cond/ {
+            set $who "$arg_who";
+            if ($who = "") { set $who anonymous; }
+            if ($http_user_agent ~* "^curl/(?<ver>[0-9.]+)") { return 200 "curl $ver $1\n"; }
+            if ($request_method != GET) { return 405; }
+            if (-f /etc/hostname) { set $file yes; }
+            if (!-d /no/such/dir) { set $dir no; }
+            return 200 "cond $who $file $dir\n";
+        }
+        location /stop/ { set $a 1; break; set $a 2; return 200 "stop $a\n"; }
+        location /loop/ { rewrite ^ /loop/again; }
+        location /proxied/ { rewrite ^/proxied/(.*)$ /seen/$1?x=y break; proxy_pass http://127.0.0.1:BACKEND; }
+    }
+"""
+
+
+def rewrite_answers(runner: Runner) -> list[str]:
+    from tests.helpers import RawRequest, ScriptedBackend, ok_response
+
+    def scripted(req: RawRequest) -> tuple[bytes, bool]:
+        return ok_response(f"upstream {req.path}".encode()), True
+
+    port = free_port()
+    answers = []
+    with ScriptedBackend(scripted) as backend:
+        servers = REWRITE_SERVER.replace("PORT", str(port)).replace("BACKEND", str(backend.port))
+        text = (
+            "worker_processes 1;\nevents { worker_connections 64; }\n"
+            f"http {{\n    access_log off;\n{servers}}}\n"
+        )
+        with runner(text, port):
+            for method, path, headers in (
+                ("GET", "/old/page?q=1", {}),
+                ("GET", "/gone?q=1", {}),
+                ("GET", "/last/abc", {}),
+                ("GET", "/break/x%20y?z=1", {}),
+                ("GET", "/args/keep?o=1", {}),
+                ("GET", "/args/drop?o=1", {}),
+                ("GET", "/args/redirect?o=1", {}),
+                ("GET", "/args/absolute?o=1", {}),
+                ("GET", "/cond/?who=me", {}),
+                ("GET", "/cond/", {}),
+                ("GET", "/cond/", {"User-Agent": "curl/8.1.2"}),
+                ("POST", "/cond/", {}),
+                ("GET", "/stop/", {}),
+                ("GET", "/loop/", {}),
+                ("GET", "/proxied/a/b", {}),
+                ("GET", "/new/x", {"X-Block": "1"}),
+            ):
+                status, got, body = request(port, path, method=method, headers=headers, body=b"")
+                shown = "<page>" if b"<center>" in body else body.decode()
+                location = got.get("location", "-").replace(f":{port}/", ":PORT/")
+                answers.append(f"{method} {path} {status} {location} {shown}")
+    return answers
+
+
+def test_rewrite_module_as_nginx_does() -> None:
+    """set, rewrite (no flag, last, break, redirect, permanent, absolute URL, arguments kept,
+    added or dropped), break, return and if (=, !=, ~*, captures, -f, !-d, a variable) at
+    server and location level, with the cycle limit."""
+    ours, theirs = rewrite_answers(running_upsync), rewrite_answers(running_nginx)
+    assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
+    assert theirs[0] == "GET /old/page?q=1 200 - new /new/page q=1 gold\n"

@@ -249,6 +249,11 @@ def test_load_module_is_a_notice(tmp_path: Path) -> None:
         ("server { listen 80; error_page 404 /$nope; }", 4, 'unknown "nope" variable'),
         ("server { listen 80; expires modified 1h; }", 4, 'does not support "modified"'),
         ("server { listen 80; expires soon; }", 4, 'invalid value "soon" in "expires"'),
+        ("server { listen 80; location / { if ($uri) { add_header X y; } } }", 4, '"add_header" directive inside "if" is not supported'),
+        ("server { listen 80; rewrite ^/( /x; }", 4, "invalid regular expression"),
+        ("server { listen 80; rewrite ^/ /x sometimes; }", 4, 'invalid parameter "sometimes"'),
+        ("server { listen 80; if ($uri ?? b) { return 404; } }", 4, 'unexpected "??" in condition'),
+        ("server { listen 80; set $x $undefined; }", 4, 'unknown "undefined" variable'),
         ("types { text/html html; }\nserver { listen 80; tpyo 1; }", 5, 'unknown directive "tpyo"'),
     ],
 )

@@ -23,6 +23,7 @@ from upsync.config.model import (
 )
 from upsync.config.nodes import Node, Scope
 from upsync.config.regex import compile_regex
+from upsync.config.rewrite import REWRITE_DIRECTIVES, REWRITE_LOGGING, Step, build_step
 from upsync.config.servers import ServerLineError, split_address
 from upsync.config.variables import Template, VariableError, as_wire_text, compile_template
 from upsync.units import UnitError, parse_size, parse_time
@@ -135,6 +136,14 @@ def _added_headers(nodes: tuple[Node, ...]) -> tuple[tuple[str, Template, bool],
             raise node.invalid(node.args[2])
         added.append((node.args[0], _template(node, node.args[1]), len(node.args) == 3))
     return tuple(added)
+
+
+def _steps(nodes: list[Node]) -> tuple[Step, ...]:
+    """The rewrite phase of a level; none when it has only `return`s (a location's `return`
+    alone is its handler: the common case stays the plain one)."""
+    if all(node.name == "return" for node in nodes):
+        return ()
+    return tuple(build_step(node) for node in nodes)
 
 
 def _error_pages(nodes: tuple[Node, ...]) -> tuple[ErrorPage, ...]:
@@ -262,8 +271,13 @@ class HttpBuilder:
         names: list[str] = []
         locations: list[Node] = []
         server_return: Node | None = None
+        rewrites: list[Node] = []
         for child in node.block or ():
-            if child.name in INHERITED:
+            if child.name in REWRITE_DIRECTIVES:
+                rewrites.append(child)
+            if child.name in REWRITE_LOGGING:
+                pass
+            elif child.name in INHERITED:
                 inherited.append(child)
             elif child.name == "listen":
                 listens.extend(self._listen(child))
@@ -281,10 +295,15 @@ class HttpBuilder:
                 locations.append(child)
             elif child.name == "return":
                 server_return = child
+            elif child.name in REWRITE_DIRECTIVES:
+                pass
             elif child.name in IGNORED:
                 self.notice(child)
             else:
                 raise child.error(f'"{child.name}" directive is not supported in server by upsync')
+        steps = _steps(rewrites)
+        if steps:
+            server_return = None  # one of the steps, in the order written
         scope = http_scope.child(inherited)
         named = {
             child.args[0]: self.location(child, scope)
@@ -322,6 +341,7 @@ class HttpBuilder:
             limits=limits,
             where=node.where,
             named=named,
+            rewrites=steps,
         )
 
     def _lingering_close(self, node: Node | None) -> str:
@@ -402,7 +422,14 @@ class HttpBuilder:
                 raise node.error(f'invalid regular expression "{path}": {exc}') from None
         inherited: list[Node] = []
         handler_node: Node | None = None
+        rewrites: list[Node] = []
         for child in node.block or ():
+            if child.name in REWRITE_DIRECTIVES:
+                rewrites.append(child)
+                if child.name != "return":
+                    continue
+            if child.name in REWRITE_LOGGING:
+                continue
             if child.name in SERVER_LEVEL:
                 # nginx takes these per location too; upsync applies them per connection
                 raise child.error(
@@ -426,9 +453,12 @@ class HttpBuilder:
                 )
         scope = server_scope.child(inherited)
         handler: Handler = None
+        steps = _steps(rewrites)
+        if steps and handler_node is not None and handler_node.name == "return":
+            handler_node = None  # the return is one of the steps, in the order written
         if handler_node is not None:
             handler = self._handler(handler_node, regex is not None)
-        return self._location_from(node, modifier, path, regex, handler, scope)
+        return self._location_from(node, modifier, path, regex, handler, scope, steps)
 
     def _location_from(
         self,
@@ -438,6 +468,7 @@ class HttpBuilder:
         regex: re.Pattern[str] | None,
         handler: Handler,
         scope: Scope,
+        rewrites: "tuple[Step, ...]" = (),
     ) -> LocationConfig:
         keepalive = scope.one("keepalive_timeout")
         default_type = scope.one("default_type")
@@ -462,6 +493,7 @@ class HttpBuilder:
             server_name_in_redirect=_flag(scope.one("server_name_in_redirect"), False),
             add_headers=_added_headers(scope.all("add_header")),
             error_pages=_error_pages(scope.all("error_page")),
+            rewrites=rewrites,
             expires=_expires(scope.one("expires")),
             intercept_errors=_flag(scope.one("proxy_intercept_errors"), False),
             recursive_error_pages=_flag(scope.one("recursive_error_pages"), False),

@@ -269,6 +269,12 @@ def _declared_variables(nodes: tuple[Node, ...]) -> list[str]:
             names += [g for arg in node.args if arg.startswith("~") for g in named_groups(arg)]
         elif node.name == "location" and node.args and node.args[0].startswith("~"):
             names += named_groups(node.args[-1])
+        elif node.name == "set" and node.args and node.args[0].startswith("$"):
+            names.append(node.args[0][1:])
+        elif node.name == "rewrite" and node.args:
+            names += named_groups(node.args[0])
+        elif node.name == "if" and len(node.args) == 3 and "~" in node.args[1]:
+            names += named_groups(node.args[2])
         elif node.name == "map":
             names += [g for entry in node.block or () for g in named_groups(entry.name)]
             continue

@@ -8,6 +8,7 @@ from upsync.config.variables import Template
 
 if TYPE_CHECKING:
     from upsync.config.maps import VariableMap
+    from upsync.config.rewrite import Step
     from upsync.config.upsync import SyncSpec
 
 BalanceKind = Literal["round_robin", "least_conn", "ip_hash", "hash", "random"]
@@ -174,6 +175,7 @@ class LocationConfig:
     # add_header NAME VALUE [always], in order: (name, value, always)
     add_headers: tuple[tuple[str, Template, bool], ...] = ()
     error_pages: tuple[ErrorPage, ...] = ()
+    rewrites: "tuple[Step, ...]" = ()  # set, rewrite, break, return, if: run in order
     # expires: None (off), or "epoch", "max", or seconds from the response's time
     expires: Literal["epoch", "max"] | float | None = None
     intercept_errors: bool = False  # proxy_intercept_errors: error_page for upstream answers
@@ -204,6 +206,7 @@ class ServerBlock:
     limits: ClientLimits
     where: tuple[str, int] = ("", 0)
     named: dict[str, LocationConfig] = field(default_factory=dict)  # `location @name`
+    rewrites: "tuple[Step, ...]" = ()  # the server's rewrite phase, before a location is chosen
 
 
 @dataclass(frozen=True, slots=True)

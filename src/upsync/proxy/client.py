@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final, cast
 import httptools
 
 from upsync.config.model import AccessRule, LocationConfig, ProxyPass, Return, UpstreamShow
-from upsync.proxy import error_pages, http1
+from upsync.proxy import error_pages, http1, rewriting
 from upsync.proxy.body import RequestBody
 from upsync.proxy.exchange import REPLAYABLE_BODY
 from upsync.proxy.intake import (
@@ -777,13 +777,54 @@ class ClientConnection(asyncio.Protocol):
             return
         server = self.table.find(req.host)
         req.server = server
+        if server.block.rewrites:
+            outcome = rewriting.run(server.block.rewrites, req)
+            if outcome[0] == rewriting.ANSWER:
+                req.location = server.block.fallback
+                self._answer(req, server.block.fallback, outcome[1], outcome[2])
+                return
         location = server.locations.match(req.path)
+        if location.rewrites:
+            chosen = self._location_rewrites(req, location)
+            if chosen is None:
+                return  # answered
+            location = chosen
         req.location = location
         self.keepalive_timeout = location.keepalive_timeout
         self.keepalive_time = location.keepalive_time
         if self.requests >= self.limits.keepalive_requests:
             req.keep_alive = False
         self._serve_location(req, location)
+
+    def _location_rewrites(self, req: Request, location: LocationConfig) -> LocationConfig | None:
+        """The location's rewrite phase; the location that serves the request, or None when
+        the phase answered it. A changed URI chooses the location again (`last`, or a rewrite
+        without a flag), at most MAX_URI_CHANGES times."""
+        server = req.server
+        assert server is not None
+        for _ in range(rewriting.MAX_URI_CHANGES):
+            before = req.rewritten
+            req.rewritten = 0
+            outcome = rewriting.run(location.rewrites, req)
+            changed, req.rewritten = req.rewritten, req.rewritten or before
+            kind = outcome[0]
+            if kind == rewriting.ANSWER:
+                req.location = location
+                self._answer(req, location, outcome[1], outcome[2])
+                return None
+            if kind == rewriting.BREAK:
+                if changed:
+                    req.rewritten = 2
+                return location
+            if kind == rewriting.NEXT and not changed:
+                return location
+            location = server.locations.match(req.path)
+            if not location.rewrites:
+                return location
+        log.error('rewrite or internal redirection cycle while processing "%s"', req.path)
+        req.location = location
+        self.send_error(500)
+        return None
 
     def _serve_location(self, req: Request, location: LocationConfig) -> None:
         """The location's access rules, body limit and handler; again for an error page."""
@@ -833,13 +874,16 @@ class ClientConnection(asyncio.Protocol):
             self.send_error(404)
 
     def _send_return(self, req: Request, location: LocationConfig, handler: Return) -> None:
-        code = handler.code
+        text = handler.text.render(req) if handler.text is not None else None
+        self._answer(req, location, handler.code, text)
+
+    def _answer(self, req: Request, location: LocationConfig, code: int, text: str | None) -> None:
+        """What `return CODE [TEXT|URL]` (or a rewrite's redirect) sends."""
         if code == 444:
             req.status = 444
             self.site.log_access(req)
             self.abort()
             return
-        text = handler.text.render(req) if handler.text is not None else None
         if code in (301, 302, 303, 307, 308) and text is not None:
             body = http1.error_body(code, location.server_tokens)
             target = self.absolute_location(req, location, text.encode("latin-1"))

@@ -180,6 +180,10 @@ class ProxyPlan:
     def request_uri(self, req: Request, uri_override: str | None) -> str:
         if uri_override is not None:
             return uri_override
+        rewritten = req.rewritten
+        if rewritten and (self.uri is None or rewritten == 2):
+            uri = quote(req.path, safe=_URI_SAFE, encoding="latin-1")
+            return f"{uri}?{req.query}" if req.query else uri
         if self.uri is None:
             return req.target
         rest = req.path[len(self.location.path) :] if self.location.regex is None else ""

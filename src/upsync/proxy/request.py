@@ -68,6 +68,7 @@ class Request:
         "redirects",
         "request_id",
         "response_done",
+        "rewritten",
         "sent_head",
         "server",
         "start",
@@ -85,6 +86,7 @@ class Request:
         "try_status",
         "upgrade",
         "upstream_lines",
+        "vars",
         "version",
     )
 
@@ -129,6 +131,10 @@ class Request:
         self.redirects = 0  # to error pages
         self.status_override = 0  # the status an error page's answer is sent with (0: its own)
         self.body_dropped = False  # an error page's request goes without the client's body
+        self.vars: dict[str, str] | None = None  # set by `set`
+        # a rewrite changed the URI: 1, the location chosen again; 2, kept by a `break` (the
+        # changed URI then goes upstream whole, proxy_pass's URI part aside, as in nginx)
+        self.rewritten = 0
 
     @property
     def remote_addr(self) -> str:
@@ -180,6 +186,9 @@ class Request:
         getter = _VARIABLES.get(name)
         if getter is not None:
             return getter(self)
+        variables = self.vars
+        if variables is not None and name in variables:
+            return variables[name]
         mapping = self.connection.maps.get(name)
         if mapping is not None:
             template, match = mapping.choose(mapping.source.render(self))

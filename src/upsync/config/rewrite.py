@@ -1,0 +1,156 @@
+"""The rewrite module's directives (`set`, `rewrite`, `break`, `return`, `if`) as steps run in
+order at a server's or a location's rewrite phase, built from the parsed block."""
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from upsync.config.nodes import Node
+from upsync.config.regex import compile_regex
+from upsync.config.variables import Template, VariableError, as_wire_text, compile_template
+
+REWRITE_DIRECTIVES = frozenset({"set", "rewrite", "break", "if", "return"})
+# accepted and without effect on answers: they only choose what is logged
+REWRITE_LOGGING = frozenset({"rewrite_log", "uninitialized_variable_warn"})
+RewriteFlag = Literal["", "last", "break", "redirect", "permanent"]
+
+
+@dataclass(frozen=True, slots=True)
+class SetVariable:
+    name: str
+    value: Template
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    regex: re.Pattern[str]
+    replacement: Template
+    flag: RewriteFlag
+    # the replacement is an absolute URL: a redirect whatever the flag (302 unless permanent)
+    redirects: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """`break`: the rest of this rewrite phase is skipped."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnStep:
+    code: int
+    text: Template | None
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """if (...): `$var`; `$var = s`, `!=`; `~ re`, `~*`, `!~`, `!~*`; `-f -d -e -x` (and `!`)."""
+
+    kind: Literal["value", "equal", "regex", "file"]
+    subject: Template
+    negate: bool = False
+    text: str = ""  # what `=` compares with; the test letter for `file`
+    regex: re.Pattern[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IfBlock:
+    condition: Condition
+    steps: tuple["Step", ...]
+
+
+Step = SetVariable | Rewrite | Stop | ReturnStep | IfBlock
+
+
+def _template(node: Node, value: str) -> Template:
+    try:
+        return compile_template(value)
+    except VariableError as exc:
+        raise node.error(f'{exc} in "{node.name}" directive') from None
+
+
+def _regex(node: Node, pattern: str, flags: int = 0) -> re.Pattern[str]:
+    try:
+        return compile_regex(as_wire_text(pattern), flags)
+    except re.error as exc:
+        raise node.error(f'invalid regular expression "{pattern}": {exc}') from None
+
+
+def _condition(node: Node) -> Condition:
+    args = node.args
+    if not args:
+        raise node.error('invalid condition in "if" directive')
+    first = args[0]
+    if first in ("-f", "!-f", "-d", "!-d", "-e", "!-e", "-x", "!-x"):
+        if len(args) != 2:
+            raise node.error(f'invalid condition "{" ".join(args)}" in "if" directive')
+        return Condition("file", _template(node, args[1]), first.startswith("!"), first[-1])
+    if not first.startswith("$"):
+        raise node.error(f'invalid condition "{first}" in "if" directive')
+    subject = _template(node, first)
+    if len(args) == 1:
+        return Condition("value", subject)
+    if len(args) != 3:
+        raise node.error(f'invalid condition "{" ".join(args)}" in "if" directive')
+    operator, operand = args[1], args[2]
+    if operator in ("=", "!="):
+        return Condition("equal", subject, operator == "!=", as_wire_text(operand))
+    if operator in ("~", "~*", "!~", "!~*"):
+        flags = re.IGNORECASE if operator.endswith("*") else 0
+        regex = _regex(node, operand, flags)
+        return Condition("regex", subject, operator.startswith("!"), regex=regex)
+    raise node.error(f'unexpected "{operator}" in condition')
+
+
+def _return(node: Node) -> ReturnStep:
+    args = node.args
+    if len(args) > 2:
+        raise node.error('invalid number of arguments in "return" directive')
+    if not args[0].isdigit():
+        if len(args) == 1 and args[0].startswith(("http://", "https://", "$scheme")):
+            return ReturnStep(302, _template(node, args[0]))
+        raise node.error(f'invalid return code "{args[0]}"')
+    code = int(args[0])
+    if code > 999:
+        raise node.error(f'invalid return code "{args[0]}"')
+    return ReturnStep(code, _template(node, args[1]) if len(args) == 2 else None)
+
+
+def build_step(node: Node, in_if: bool = False) -> Step:
+    name, args = node.name, node.args
+    if name == "set":
+        if len(args) != 2 or not args[0].startswith("$") or len(args[0]) < 2:
+            raise node.error(f'invalid variable name "{args[0]}"')
+        return SetVariable(args[0][1:], _template(node, args[1]))
+    if name == "rewrite":
+        if len(args) not in (2, 3):
+            raise node.error('invalid number of arguments in "rewrite" directive')
+        flag = args[2] if len(args) == 3 else ""
+        if flag not in ("", "last", "break", "redirect", "permanent"):
+            raise node.error(f'invalid parameter "{flag}"')
+        replacement = args[1]
+        redirects = replacement.startswith(("http://", "https://", "$scheme"))
+        return Rewrite(
+            _regex(node, args[0]),
+            _template(node, replacement),
+            flag,  # type: ignore[arg-type]
+            redirects or flag in ("redirect", "permanent"),
+        )
+    if name == "break":
+        return Stop()
+    if name == "return":
+        return _return(node)
+    if name == "if":
+        if in_if:
+            raise node.error('"if" directive is not allowed here')
+        steps = []
+        for child in node.block or ():
+            if child.name in REWRITE_LOGGING:
+                continue
+            if child.name not in REWRITE_DIRECTIVES:
+                raise child.error(
+                    f'"{child.name}" directive inside "if" is not supported by upsync (only '
+                    "set, rewrite, return and break are)"
+                )
+            steps.append(build_step(child, in_if=True))
+        return IfBlock(_condition(node), tuple(steps))
+    raise node.error(f'"{name}" is not a rewrite directive')
