@@ -4,6 +4,7 @@ in the same order, including the failure cases."""
 import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
+from pathlib import Path
 
 import pytest
 
@@ -1086,3 +1087,80 @@ def test_rewrite_module_as_nginx_does() -> None:
     ours, theirs = rewrite_answers(running_upsync), rewrite_answers(running_nginx)
     assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
     assert theirs[0] == "GET /old/page?q=1 200 - new /new/page q=1 gold\n"
+
+
+def static_answers(runner: Runner, root: str) -> list[str]:
+    import hashlib
+    import http.client
+
+    port = free_port()
+    text = f"""
+worker_processes 1;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    types {{ application/json json; text/html html; }}
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location / {{ }}
+        location /alias/ {{ alias {root}/sub/; }}
+        location /custom/ {{ index first.html second.html; }}
+    }}
+}}
+"""
+    answers = []
+    with runner(text, port):
+        first = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        first.request("GET", "/x.json")
+        response = first.getresponse()
+        response.read()
+        tag, modified = response.headers["ETag"], response.headers["Last-Modified"]
+        first.close()
+        for method, path, headers in (
+            ("GET", "/", {}),
+            ("GET", "/x.json", {}),
+            ("HEAD", "/x.json", {}),
+            ("GET", "/x.json", {"If-None-Match": tag}),
+            ("GET", "/x.json", {"If-Modified-Since": modified}),
+            ("GET", "/sub", {}),
+            ("GET", "/sub?a=1", {}),
+            ("GET", "/sub/", {}),
+            ("GET", "/alias/", {}),
+            ("GET", "/empty/", {}),
+            ("GET", "/nope", {}),
+            ("POST", "/x.json", {}),
+            ("GET", "/big.bin", {}),
+            ("GET", "/custom/", {}),
+            ("GET", "/plain", {}),
+        ):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request(method, path, headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+            conn.close()
+            shown = "<page>" if b"<center>" in body else hashlib.sha1(body).hexdigest()[:8]
+            fields = [
+                response.headers.get(name, "-").replace(f":{port}/", ":PORT/")
+                for name in ("Content-Type", "Content-Length", "Location", "ETag")
+            ]
+            answers.append(f"{method} {path} {response.status} {' '.join(fields)} {shown}")
+    return answers
+
+
+def test_static_files_as_nginx_does(tmp_path: Path) -> None:
+    """root, alias, index (the default and a list), a directory's redirect to its slash,
+    types and default_type, conditional GETs, HEAD, a large file, 403/404/405."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "custom").mkdir()
+    (tmp_path / "index.html").write_text("hello\n")
+    (tmp_path / "sub" / "index.html").write_text("sub\n")
+    (tmp_path / "custom" / "second.html").write_text("second\n")
+    (tmp_path / "x.json").write_text('{"a": 1}\n')
+    (tmp_path / "plain").write_text("plain\n")
+    (tmp_path / "big.bin").write_bytes(bytes(range(256)) * 4000)
+    ours = static_answers(running_upsync, str(tmp_path))
+    theirs = static_answers(running_nginx, str(tmp_path))
+    assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
+    assert theirs[5].startswith("GET /sub 301 text/html")

@@ -254,6 +254,7 @@ def test_load_module_is_a_notice(tmp_path: Path) -> None:
         ("server { listen 80; rewrite ^/ /x sometimes; }", 4, 'invalid parameter "sometimes"'),
         ("server { listen 80; if ($uri ?? b) { return 404; } }", 4, 'unexpected "??" in condition'),
         ("server { listen 80; set $x $undefined; }", 4, 'unknown "undefined" variable'),
+        ("server { listen 80; root /srv/$host; }", 4, '"root" with variables is not supported'),
         ("types { text/html html; }\nserver { listen 80; tpyo 1; }", 5, 'unknown directive "tpyo"'),
     ],
 )

@@ -19,6 +19,7 @@ from upsync.config.model import (
     ProxySettings,
     Return,
     ServerBlock,
+    StaticFiles,
     UpstreamShow,
 )
 from upsync.config.nodes import Node, Scope
@@ -78,6 +79,9 @@ INHERITED = frozenset(
         "keepalive_requests",
         "access_log",
         "default_type",
+        "root",
+        "index",
+        "types",
         "server_tokens",
         "add_header",
         "error_page",
@@ -101,6 +105,7 @@ INHERITED = frozenset(
 # settings upsync reads per server (a connection's), though nginx also takes them per location
 SERVER_LEVEL = frozenset({"lingering_close", "lingering_time", "lingering_timeout"})
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+DEFAULT_TYPES = {"html": "text/html", "gif": "image/gif", "jpg": "image/jpeg"}
 
 
 def _template(node: Node, value: str) -> Template:
@@ -264,6 +269,7 @@ class HttpBuilder:
         self.prefix = prefix
         self.notice = notice
         self.implicit_upstreams: dict[str, Node] = {}
+        self._built_types: dict[int, dict[str, str]] = {}
 
     def server(self, node: Node, http_scope: Scope) -> ServerBlock:
         inherited: list[Node] = []
@@ -423,7 +429,13 @@ class HttpBuilder:
         inherited: list[Node] = []
         handler_node: Node | None = None
         rewrites: list[Node] = []
+        alias: Node | None = None
         for child in node.block or ():
+            if child.name == "alias":
+                if alias is not None:
+                    raise child.error('"alias" directive is duplicate')
+                alias = child
+                continue
             if child.name in REWRITE_DIRECTIVES:
                 rewrites.append(child)
                 if child.name != "return":
@@ -458,8 +470,38 @@ class HttpBuilder:
             handler_node = None  # the return is one of the steps, in the order written
         if handler_node is not None:
             handler = self._handler(handler_node, regex is not None)
+        if alias is not None:
+            if scope.one("root") is not None and any(n.name == "root" for n in inherited):
+                raise alias.error(
+                    '"alias" directive is duplicate, "root" directive was specified earlier'
+                )
+            if handler is not None:
+                raise alias.error('"alias" with a handler other than files is not supported')
+            handler = StaticFiles(self._path(alias.args[0], alias), True, self._index(scope))
         return self._location_from(node, modifier, path, regex, handler, scope, steps)
 
+    def _path(self, value: str, node: Node | None = None) -> str:
+        if "$" in value and node is not None:
+            raise node.error(f'"{node.name}" with variables is not supported by upsync')
+        return value if os.path.isabs(value) else os.path.join(self.prefix, value)
+
+    def _index(self, scope: Scope) -> tuple[str, ...]:
+        node = scope.one("index")
+        return tuple(node.args) if node is not None else ("index.html",)
+
+    def _types(self, node: Node | None) -> dict[str, str]:
+        """A `types` block (`include mime.types`), built once however many levels share it;
+        nginx's own three when none is given."""
+        if node is None:
+            return DEFAULT_TYPES
+        built = self._built_types.get(id(node))
+        if built is None:
+            built = {}
+            for entry in node.block or ():
+                for extension in entry.args:
+                    built[extension.lower()] = entry.name
+            self._built_types[id(node)] = built
+        return built
     def _location_from(
         self,
         node: Node,
@@ -472,6 +514,10 @@ class HttpBuilder:
     ) -> LocationConfig:
         keepalive = scope.one("keepalive_timeout")
         default_type = scope.one("default_type")
+        if handler is None and not path.startswith("@"):
+            root = scope.one("root")
+            directory = self._path(root.args[0], root) if root is not None else self._path("html")
+            handler = StaticFiles(directory, False, self._index(scope))
         return LocationConfig(
             modifier=modifier,
             path=path,
@@ -494,6 +540,7 @@ class HttpBuilder:
             add_headers=_added_headers(scope.all("add_header")),
             error_pages=_error_pages(scope.all("error_page")),
             rewrites=rewrites,
+            types=self._types(scope.one("types")),
             expires=_expires(scope.one("expires")),
             intercept_errors=_flag(scope.one("proxy_intercept_errors"), False),
             recursive_error_pages=_flag(scope.one("recursive_error_pages"), False),

@@ -106,7 +106,16 @@ class UpstreamShow:
     pass
 
 
-Handler = ProxyPass | Return | UpstreamShow | None
+@dataclass(frozen=True, slots=True)
+class StaticFiles:
+    """A location without proxy_pass or return serves files, as nginx's static module."""
+
+    root: str  # absolute; with `alias`, what replaces the location's prefix
+    alias: bool
+    index: tuple[str, ...] = ("index.html",)
+
+
+Handler = ProxyPass | Return | UpstreamShow | StaticFiles | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +185,8 @@ class LocationConfig:
     add_headers: tuple[tuple[str, Template, bool], ...] = ()
     error_pages: tuple[ErrorPage, ...] = ()
     rewrites: "tuple[Step, ...]" = ()  # set, rewrite, break, return, if: run in order
+    # `types`: file extension (lower case) to Content-Type, for files a location serves
+    types: dict[str, str] = field(default_factory=dict)
     # expires: None (off), or "epoch", "max", or seconds from the response's time
     expires: Literal["epoch", "max"] | float | None = None
     intercept_errors: bool = False  # proxy_intercept_errors: error_page for upstream answers

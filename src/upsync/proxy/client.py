@@ -10,13 +10,21 @@ import logging
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Final, cast
+from urllib.parse import quote
 
 import httptools
 
-from upsync.config.model import AccessRule, LocationConfig, ProxyPass, Return, UpstreamShow
-from upsync.proxy import error_pages, http1, rewriting
+from upsync.config.model import (
+    AccessRule,
+    LocationConfig,
+    ProxyPass,
+    Return,
+    StaticFiles,
+    UpstreamShow,
+)
+from upsync.proxy import error_pages, http1, rewriting, static
 from upsync.proxy.body import RequestBody
-from upsync.proxy.exchange import REPLAYABLE_BODY
+from upsync.proxy.exchange import REPLAYABLE_BODY, URI_SAFE
 from upsync.proxy.intake import (
     NAME_INVALID,
     NAME_UNDERSCORED,
@@ -131,6 +139,7 @@ class ClientConnection(asyncio.Protocol):
         "raw_header_bytes",
         "read_pause_reasons",
         "requests",
+        "sending",
         "serial",
         "site",
         "table",
@@ -139,6 +148,7 @@ class ClientConnection(asyncio.Protocol):
         "tunnel",
         "upgrade_buffer",
         "version_hint",
+        "writable",
         "write_paused",
     )
 
@@ -192,6 +202,8 @@ class ClientConnection(asyncio.Protocol):
         self.keepalive_time = 3600.0
         self.born = 0.0  # loop time of the connection's start, for keepalive_time
         self.corked: list[bytes] | None = None
+        self.writable: asyncio.Future[None] | None = None  # a file being sent waits on it
+        self.sending: asyncio.Future[None] | None = None  # a large file being sent
 
     @property
     def local(self) -> tuple[str, int]:
@@ -249,6 +261,8 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)  # a file being sent stops
         self.timer.cancel()
         if self.awaiting_first_bytes:
             self.awaiting_first_bytes = False
@@ -340,6 +354,8 @@ class ClientConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
         if self.tunnel is not None:
             self.tunnel.resume_reading()
         elif self.exchange is not None and self.exchange.conn is not None:
@@ -870,8 +886,98 @@ class ClientConnection(asyncio.Protocol):
         elif isinstance(handler, UpstreamShow):
             status, content_type, body = self.site.show_upstreams(req, self.loop.time())
             self.send_simple(status, body, content_type)
+        elif isinstance(handler, StaticFiles):
+            self._serve_file(req, location, handler)
         else:
             self.send_error(404)
+
+    # files
+    def _serve_file(self, req: Request, location: LocationConfig, handler: StaticFiles) -> None:
+        found = static.find(handler, location, req.path, req.method)
+        if found.index_uri:
+            # nginx's index module: the index file's URI is served as an internal redirect
+            if req.redirects >= error_pages.MAX_REDIRECTS:
+                log.error('rewrite or internal redirection cycle while "%s"', req.path)
+                self.send_error(500)
+                return
+            req.redirects += 1
+            req.path, req.rewritten = found.index_uri, req.rewritten or 1
+            assert req.server is not None
+            chosen: LocationConfig | None = req.server.locations.match(req.path)
+            if chosen is not None and chosen.rewrites:
+                chosen = self._location_rewrites(req, chosen)
+            if chosen is not None:
+                req.location = chosen
+                self._serve_location(req, chosen)
+            return
+        if found.redirect_slash:
+            target = quote(req.path, safe=URI_SAFE, encoding="latin-1") + "/"
+            self._answer(req, location, 301, target + ("?" + req.query if req.query else ""))
+            return
+        if found.status != 200:
+            if found.status == 404:
+                log.error('open() "%s" failed (No such file or directory)', req.path)
+            self.send_error(found.status)
+            return
+        keep = req.keep_alive and self.keep_alive_allowed()
+        unchanged = static.not_modified(
+            found, req.header(b"if-modified-since"), req.header(b"if-none-match")
+        )
+        status = 304 if unchanged else (req.status_override or 200)
+        req.status = status
+        extra = static.validators(found)
+        if location.expires is not None and status in http1.EXPIRES_STATUSES:
+            extra += http1.expires_headers(location.expires, time.time())
+        if location.add_headers:
+            extra += http1.added_headers(location.add_headers, status, req)
+        described = b"Content-Type: %s\r\nContent-Length: %d\r\n" % (
+            static.content_type(location, found.path).encode("latin-1"),
+            found.size,
+        )
+        head = (
+            http1.status_line(status)
+            + http1.common_headers(location.server_tokens)
+            + (b"" if unchanged else described)
+            + extra
+            + (b"Connection: keep-alive\r\n\r\n" if keep else b"Connection: close\r\n\r\n")
+        )
+        if unchanged or req.method == b"HEAD":
+            self._write_response(req, head, 0)
+            self.finish_response(keep)
+            return
+        try:
+            with open(found.path, "rb") as handle:
+                if found.size <= static.WHOLE_FILE:
+                    body = handle.read()
+                    self._write_response(req, head + body, len(body))
+                    self.finish_response(keep)
+                    return
+        except OSError as exc:
+            log.error('open() "%s" failed (%s)', found.path, exc.strerror or exc)
+            self.send_error(403 if isinstance(exc, PermissionError) else 404)
+            return
+        self._write_response(req, head, 0)
+        self.sending = asyncio.ensure_future(self._send_file(req, found.path, keep))
+
+    async def _send_file(self, req: Request, path: str, keep: bool) -> None:
+        """A large file, block by block as the client takes it."""
+        try:
+            with open(path, "rb") as handle:
+                while not self.closed:
+                    block = handle.read(static.BLOCK)
+                    if not block:
+                        break
+                    self.write(block, body=len(block))
+                    if self.write_paused:
+                        self.writable = self.loop.create_future()
+                        await self.writable
+                        self.writable = None
+        except OSError as exc:
+            log.error('read() "%s" failed (%s)', path, exc.strerror or exc)
+            self.abort()
+            return
+        if not self.closed and self.active is req:
+            self.finish_response(keep)
 
     def _send_return(self, req: Request, location: LocationConfig, handler: Return) -> None:
         text = handler.text.render(req) if handler.text is not None else None

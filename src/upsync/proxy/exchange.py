@@ -58,7 +58,7 @@ _NO_BODY = compile_template("")
 # What nginx leaves unescaped when it puts a decoded $uri back into a URI (ngx_escape_uri's
 # NGX_ESCAPE_URI): all printable ASCII but space, "#", "%" and "?". A decoded "%2e" must not
 # reach the upstream as "%2e" again, or "/static/%252e%252e/" would climb out of its prefix.
-_URI_SAFE: Final = "".join(
+URI_SAFE: Final = "".join(
     chr(c) for c in range(0x21, 0x7F) if chr(c) not in "#%?" and not chr(c).isalnum()
 )
 
@@ -182,12 +182,12 @@ class ProxyPlan:
             return uri_override
         rewritten = req.rewritten
         if rewritten and (self.uri is None or rewritten == 2):
-            uri = quote(req.path, safe=_URI_SAFE, encoding="latin-1")
+            uri = quote(req.path, safe=URI_SAFE, encoding="latin-1")
             return f"{uri}?{req.query}" if req.query else uri
         if self.uri is None:
             return req.target
         rest = req.path[len(self.location.path) :] if self.location.regex is None else ""
-        uri = self.uri + quote(rest, safe=_URI_SAFE, encoding="latin-1")
+        uri = self.uri + quote(rest, safe=URI_SAFE, encoding="latin-1")
         return f"{uri}?{req.query}" if req.query else uri
 
     def head(self, req: Request, uri: str, framing: bytes) -> bytes:
