@@ -8,7 +8,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from upsync.admin.show import show_answer
-from upsync.config.model import Config, ProxyPass
+from upsync.config.model import Config, LocationConfig, ProxyPass, ServerBlock
 from upsync.logs import AccessLogFiles
 from upsync.proxy.exchange import ProxyExchange, ProxyPlan
 from upsync.proxy.request import Request
@@ -63,7 +63,7 @@ class Generation:
         }
         self.plans: dict[int, ProxyPlan] = {}
         for server in config.servers:
-            for location in (*server.locations, server.fallback, *server.named.values()):
+            for location in _every_location(server):
                 if isinstance(location.handler, ProxyPass):
                     self.plans[id(location)] = ProxyPlan(location, location.handler)
 
@@ -135,3 +135,13 @@ class Generation:
             self.access_logs.get(access_log.path).write(line + "\n")
         except OSError as exc:
             log.error("cannot write access log %s: %s", access_log.path, exc)
+
+
+def _every_location(server: ServerBlock) -> list[LocationConfig]:
+    found: list[LocationConfig] = [server.fallback, *server.named.values()]
+    pending = list(server.locations)
+    while pending:
+        location = pending.pop()
+        found.append(location)
+        pending.extend(location.locations)
+    return found

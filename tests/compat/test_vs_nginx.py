@@ -1164,3 +1164,47 @@ def test_static_files_as_nginx_does(tmp_path: Path) -> None:
     theirs = static_answers(running_nginx, str(tmp_path))
     assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
     assert theirs[5].startswith("GET /sub 301 text/html")
+
+
+NESTED_SERVER = r"""
+    server {
+        listen 127.0.0.1:PORT;
+        location /a/ {
+            location /a/b/ { return 200 "ab\n"; }
+            location ~ \.txt$ { return 200 "a-txt\n"; }
+            location /a/c/ { location ~ \.c$ { return 200 "ac-c\n"; } return 200 "ac\n"; }
+            location = /a/exact { return 200 "a-exact\n"; }
+            return 200 "a\n";
+        }
+        location ^~ /n/ { location ~ \.txt$ { return 200 "n-txt\n"; } return 200 "n\n"; }
+        location ~ \.txt$ { return 200 "top-txt\n"; }
+        location ~ ^/r/ { location ~ \.x$ { return 200 "r-x\n"; } return 200 "r\n"; }
+        location /inherit/ {
+            add_header X-Parent p;
+            location /inherit/child/ { return 200 "child\n"; }
+        }
+    }
+"""
+
+
+def nested_answers(runner: Runner) -> list[str]:
+    port = free_port()
+    text = (
+        "worker_processes 1;\nevents { worker_connections 64; }\n"
+        f"http {{\n    access_log off;\n{NESTED_SERVER.replace('PORT', str(port))}}}\n"
+    )
+    answers = []
+    with runner(text, port):
+        for path in (
+            "/a/", "/a/b/", "/a/b/f.txt", "/a/x.txt", "/a/c/f.c", "/a/c/f.txt", "/a/c/",
+            "/a/exact", "/n/x.txt", "/n/y", "/other.txt", "/r/z.x", "/r/z", "/inherit/child/",
+        ):
+            status, headers, body = request(port, path)
+            answers.append(f"{path} {status} {headers.get('x-parent', '-')} {body.decode()}")
+    return answers
+
+
+def test_nested_locations_are_matched_and_inherit_as_nginx_does() -> None:
+    ours, theirs = nested_answers(running_upsync), nested_answers(running_nginx)
+    assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
+    assert "/a/c/f.txt 200 - a-txt\n" in theirs

@@ -255,6 +255,9 @@ def test_load_module_is_a_notice(tmp_path: Path) -> None:
         ("server { listen 80; if ($uri ?? b) { return 404; } }", 4, 'unexpected "??" in condition'),
         ("server { listen 80; set $x $undefined; }", 4, 'unknown "undefined" variable'),
         ("server { listen 80; root /srv/$host; }", 4, '"root" with variables is not supported'),
+        ("server { listen 80; location = /x { location /x/y { } } }", 4, 'cannot be inside the exact location "/x"'),
+        ("server { listen 80; location /x { location /y { } } }", 4, 'location "/y" is outside location "/x"'),
+        ("server { listen 80; location /x { location @n { } } }", 4, "can be on the server level only"),
         ("types { text/html html; }\nserver { listen 80; tpyo 1; }", 5, 'unknown directive "tpyo"'),
     ],
 )

@@ -1,5 +1,6 @@
 """`http { server { location { ... } } }` into ServerBlock and LocationConfig values."""
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -430,6 +431,7 @@ class HttpBuilder:
         handler_node: Node | None = None
         rewrites: list[Node] = []
         alias: Node | None = None
+        nested: list[Node] = []
         for child in node.block or ():
             if child.name == "alias":
                 if alias is not None:
@@ -456,7 +458,7 @@ class HttpBuilder:
                 if handler_node is None or handler_node.name != "return":
                     handler_node = child
             elif child.name == "location":
-                raise child.error("nested locations are not supported by upsync")
+                nested.append(child)
             elif child.name in IGNORED:
                 self.notice(child)
             else:
@@ -478,7 +480,31 @@ class HttpBuilder:
             if handler is not None:
                 raise alias.error('"alias" with a handler other than files is not supported')
             handler = StaticFiles(self._path(alias.args[0], alias), True, self._index(scope))
-        return self._location_from(node, modifier, path, regex, handler, scope, steps)
+        built = self._location_from(node, modifier, path, regex, handler, scope, steps)
+        if nested:
+            built = dataclasses.replace(
+                built, locations=tuple(self._nested(child, built, scope) for child in nested)
+            )
+        return built
+
+    def _nested(self, node: Node, parent: LocationConfig, scope: Scope) -> LocationConfig:
+        """A location inside another, with nginx's checks: none in an exact or a named one,
+        none named, and a prefix one within its prefix parent's prefix."""
+        written = node.args[-1] if node.args else ""
+        if parent.modifier == "=":
+            raise node.error(
+                f'location "{written}" cannot be inside the exact location "{parent.path}"'
+            )
+        if parent.path.startswith("@"):
+            raise node.error(
+                f'location "{written}" cannot be inside the named location "{parent.path}"'
+            )
+        if written.startswith("@"):
+            raise node.error(f'named location "{written}" can be on the server level only')
+        child = self.location(node, scope)
+        if child.regex is None and not child.path.startswith(parent.path):
+            raise node.error(f'location "{child.path}" is outside location "{parent.path}"')
+        return child
 
     def _path(self, value: str, node: Node | None = None) -> str:
         if "$" in value and node is not None:

@@ -187,6 +187,7 @@ class LocationConfig:
     rewrites: "tuple[Step, ...]" = ()  # set, rewrite, break, return, if: run in order
     # `types`: file extension (lower case) to Content-Type, for files a location serves
     types: dict[str, str] = field(default_factory=dict)
+    locations: tuple["LocationConfig", ...] = ()  # nested in this one
     # expires: None (off), or "epoch", "max", or seconds from the response's time
     expires: Literal["epoch", "max"] | float | None = None
     intercept_errors: bool = False  # proxy_intercept_errors: error_page for upstream answers

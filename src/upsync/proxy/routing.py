@@ -7,12 +7,17 @@ from urllib.parse import unquote_to_bytes
 from upsync.config.model import LocationConfig, ServerBlock
 from upsync.config.regex import compile_regex
 
+_FINAL, _PREFIX, _NONE = 0, 1, 2  # what one level's search found (ngx_http_core_find_location)
+
 
 class LocationTable:
-    """nginx's order: `=` exact; else the longest prefix, final if `^~`; else the first matching
-    regex in config order; else that longest prefix."""
+    """nginx's order: `=` exact; else the longest prefix, whose nested locations are searched
+    the same way; unless that prefix is `^~` (or a nested search was final), the first matching
+    regex in config order (then its nested locations); else the deepest prefix found."""
 
-    def __init__(self, locations: Sequence[LocationConfig], fallback: LocationConfig) -> None:
+    def __init__(
+        self, locations: Sequence[LocationConfig], fallback: LocationConfig | None = None
+    ) -> None:
         self.exact = {loc.path: loc for loc in locations if loc.modifier == "="}
         self.prefixes = sorted(
             (
@@ -26,6 +31,9 @@ class LocationTable:
         self.regexes = [loc for loc in locations if loc.regex is not None]
         self.fallback = fallback
         self._cache: dict[str, LocationConfig] = {}
+        self.nested = {
+            id(loc): LocationTable(loc.locations) for loc in locations if loc.locations
+        }
 
     def match(self, path: str) -> LocationConfig:
         """The location for a path; results are remembered (bounded), as matching is a pure
@@ -38,21 +46,45 @@ class LocationTable:
         return location
 
     def _match(self, path: str) -> LocationConfig:
+        found, _ = self._search(path)
+        if found is not None:
+            return found
+        assert self.fallback is not None
+        return self.fallback
+
+    def _search(self, path: str) -> tuple[LocationConfig | None, int]:
         exact = self.exact.get(path)
         if exact is not None:
-            return exact
-        longest: LocationConfig | None = None
+            return exact, _FINAL
+        found: LocationConfig | None = None
+        state = _NONE
+        no_regex = False
         for loc in self.prefixes:
             if path.startswith(loc.path):
-                longest = loc
+                found, no_regex = loc, loc.modifier == "^~"
+                nested = self.nested.get(id(loc))
+                if nested is not None:
+                    deeper, state = nested._search(path)
+                    if deeper is not None:
+                        found = deeper
+                    if state == _FINAL:
+                        return found, _FINAL
+                    if state == _NONE:
+                        state = _PREFIX
+                else:
+                    state = _PREFIX
                 break
-        if longest is not None and longest.modifier == "^~":
-            return longest
-        for loc in self.regexes:
-            assert loc.regex is not None
-            if loc.regex.search(path):
-                return loc
-        return longest if longest is not None else self.fallback
+        if not no_regex:
+            for loc in self.regexes:
+                assert loc.regex is not None
+                if loc.regex.search(path):
+                    nested = self.nested.get(id(loc))
+                    if nested is not None:
+                        deeper, _ = nested._search(path)
+                        if deeper is not None:
+                            return deeper, _FINAL
+                    return loc, _FINAL
+        return found, state
 
 
 class VirtualServer:
