@@ -1208,3 +1208,48 @@ def test_nested_locations_are_matched_and_inherit_as_nginx_does() -> None:
     ours, theirs = nested_answers(running_upsync), nested_answers(running_nginx)
     assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
     assert "/a/c/f.txt 200 - a-txt\n" in theirs
+
+
+def try_files_answers(runner: Runner, root: str) -> list[str]:
+    from tests.helpers import RawRequest, ScriptedBackend, ok_response
+
+    def scripted(req: RawRequest) -> tuple[bytes, bool]:
+        return ok_response(f"upstream {req.path}".encode()), True
+
+    port = free_port()
+    answers = []
+    with ScriptedBackend(scripted) as backend:
+        text = f"""
+worker_processes 1;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location / {{ try_files $uri $uri/ @fallback; }}
+        location @fallback {{ proxy_pass http://127.0.0.1:{backend.port}; }}
+        location /code/ {{ try_files $uri =418; }}
+        location /uri/ {{ try_files /nope /page.html?from=uri; }}
+        location /kept/ {{ try_files /page.html @fallback; proxy_pass http://127.0.0.1:{backend.port}; }}
+    }}
+}}
+"""
+        with runner(text, port):
+            for path in ("/page.html", "/dir", "/dir/", "/missing?a=1", "/code/x", "/uri/y",
+                         "/kept/z"):
+                status, headers, body = request(port, path)
+                shown = "<page>" if b"<center>" in body else body.decode()
+                location = headers.get("location", "-").replace(f":{port}/", ":PORT/")
+                answers.append(f"{path} {status} {location} {shown}")
+    return answers
+
+
+def test_try_files_as_nginx_does(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "index.html").write_text("dir index\n")
+    (tmp_path / "page.html").write_text("page\n")
+    ours = try_files_answers(running_upsync, str(tmp_path))
+    theirs = try_files_answers(running_nginx, str(tmp_path))
+    assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
+    assert "/missing?a=1 200 - upstream /missing?a=1" in theirs

@@ -83,6 +83,7 @@ INHERITED = frozenset(
         "root",
         "index",
         "types",
+        "try_files",
         "server_tokens",
         "add_header",
         "error_page",
@@ -472,6 +473,7 @@ class HttpBuilder:
             handler_node = None  # the return is one of the steps, in the order written
         if handler_node is not None:
             handler = self._handler(handler_node, regex is not None)
+        files: StaticFiles | None = None
         if alias is not None:
             if scope.one("root") is not None and any(n.name == "root" for n in inherited):
                 raise alias.error(
@@ -479,8 +481,10 @@ class HttpBuilder:
                 )
             if handler is not None:
                 raise alias.error('"alias" with a handler other than files is not supported')
-            handler = StaticFiles(self._path(alias.args[0], alias), True, self._index(scope))
-        built = self._location_from(node, modifier, path, regex, handler, scope, steps)
+            handler = files = StaticFiles(
+                self._path(alias.args[0], alias), True, self._index(scope)
+            )
+        built = self._location_from(node, modifier, path, regex, handler, scope, steps, files)
         if nested:
             built = dataclasses.replace(
                 built, locations=tuple(self._nested(child, built, scope) for child in nested)
@@ -537,13 +541,23 @@ class HttpBuilder:
         handler: Handler,
         scope: Scope,
         rewrites: "tuple[Step, ...]" = (),
+        files: StaticFiles | None = None,
     ) -> LocationConfig:
         keepalive = scope.one("keepalive_timeout")
         default_type = scope.one("default_type")
-        if handler is None and not path.startswith("@"):
+        if files is None:
             root = scope.one("root")
             directory = self._path(root.args[0], root) if root is not None else self._path("html")
-            handler = StaticFiles(directory, False, self._index(scope))
+            files = StaticFiles(directory, False, self._index(scope))
+        if handler is None and not path.startswith("@"):
+            handler = files
+        # try_files is not inherited (nginx does not merge it): a location's own, or for the
+        # server's fallback the server's
+        try_node = scope.one("try_files")
+        if try_node is not None and node.name == "location" and try_node not in (node.block or ()):
+            try_node = None
+        if try_node is not None and len(try_node.args) < 2:
+            raise try_node.error('invalid number of arguments in "try_files" directive')
         return LocationConfig(
             modifier=modifier,
             path=path,
@@ -567,6 +581,8 @@ class HttpBuilder:
             error_pages=_error_pages(scope.all("error_page")),
             rewrites=rewrites,
             types=self._types(scope.one("types")),
+            files=files,
+            try_files=tuple(_template(try_node, a) for a in try_node.args) if try_node else (),
             expires=_expires(scope.one("expires")),
             intercept_errors=_flag(scope.one("proxy_intercept_errors"), False),
             recursive_error_pages=_flag(scope.one("recursive_error_pages"), False),

@@ -188,6 +188,9 @@ class LocationConfig:
     # `types`: file extension (lower case) to Content-Type, for files a location serves
     types: dict[str, str] = field(default_factory=dict)
     locations: tuple["LocationConfig", ...] = ()  # nested in this one
+    # try_files FILE... URI|=CODE: the files (relative to `files`' root) and the last resort
+    try_files: tuple[Template, ...] = ()
+    files: StaticFiles | None = None  # where this location's files are (root or alias)
     # expires: None (off), or "epoch", "max", or seconds from the response's time
     expires: Literal["epoch", "max"] | float | None = None
     intercept_errors: bool = False  # proxy_intercept_errors: error_page for upstream answers

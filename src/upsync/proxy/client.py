@@ -7,6 +7,7 @@ when small and streamed otherwise; response bodies flow with back-pressure both 
 import asyncio
 import ipaddress
 import logging
+import os
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Final, cast
@@ -864,6 +865,8 @@ class ClientConnection(asyncio.Protocol):
             req.keep_alive = False
             self.send_error(413)
             return
+        if location.try_files and not self._tried_files(req, location):
+            return  # the last resort answered
         handler = location.handler
         if isinstance(handler, ProxyPass):
             has_body = (req.chunked or bool(req.content_length)) and not req.body_dropped
@@ -892,6 +895,51 @@ class ClientConnection(asyncio.Protocol):
             self.send_error(404)
 
     # files
+    def _tried_files(self, req: Request, location: LocationConfig) -> bool:
+        """try_files: True when one of the files exists (the request goes on in this location
+        with that URI); else its last resort answers (a URI, a named location, =CODE)."""
+        files = location.files
+        assert files is not None
+        *candidates, last = location.try_files
+        for candidate in candidates:
+            uri = candidate.render(req)
+            path = static.file_path(files, location, uri)
+            directory = candidate.parts[-1].endswith("/")  # as written: "$uri/"
+            if os.path.isdir(path) if directory else os.path.isfile(path):
+                # the request goes on with this URI (a directory's without its slash, as
+                # nginx); what goes upstream stays the request's own
+                req.path = uri[:-1] if directory and len(uri) > 1 else uri
+                return True
+        target = last.render(req)
+        if target.startswith("="):
+            code = int(target[1:]) if target[1:].isdigit() else 500
+            self._answer(req, location, code, None)
+            return False
+        if req.redirects >= error_pages.MAX_REDIRECTS:
+            log.error('rewrite or internal redirection cycle while "%s"', req.path)
+            self.send_error(500)
+            return False
+        req.redirects += 1
+        assert req.server is not None
+        if target.startswith("@"):
+            chosen: LocationConfig | None = req.server.block.named.get(target)
+            if chosen is None:
+                log.error('could not find named location "%s"', target)
+                self.send_error(500)
+                return False
+        else:
+            req.path, _, query = target.partition("?")
+            if query:
+                req.query = query
+            req.rewritten = 1
+            chosen = req.server.locations.match(req.path)
+            if chosen.rewrites:
+                chosen = self._location_rewrites(req, chosen)
+        if chosen is not None:
+            req.location = chosen
+            self._serve_location(req, chosen)
+        return False
+
     def _serve_file(self, req: Request, location: LocationConfig, handler: StaticFiles) -> None:
         found = static.find(handler, location, req.path, req.method)
         if found.index_uri:
@@ -1098,8 +1146,20 @@ class ClientConnection(asyncio.Protocol):
         extra = b""
         if location.add_headers:
             extra = http1.added_headers(location.add_headers, status, req)
-        body = http1.error_body(status, tokens)
         head_only = req.method == b"HEAD"
+        if status not in http1.PAGED_CODES:
+            # as nginx: no page of its own for this code, an empty answer
+            response = (
+                http1.status_line(status)
+                + http1.common_headers(tokens)
+                + b"Content-Length: 0\r\n"
+                + extra
+                + (b"Connection: keep-alive\r\n\r\n" if keep else b"Connection: close\r\n\r\n")
+            )
+            self._write_response(req, response, 0)
+            self.finish_response(keep)
+            return
+        body = http1.error_body(status, tokens)
         self._write_response(
             req, http1.simple_response(status, body, b"text/html", keep, head_only, extra, tokens),
             0 if head_only else len(body),

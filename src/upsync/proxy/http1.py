@@ -150,6 +150,14 @@ def status_line(code: int) -> bytes:
     return line
 
 
+# the codes nginx has an error page for (ngx_http_error_pages); any other error it answers
+# with an empty body
+PAGED_CODES: Final = frozenset(
+    {301, 302, 303, 307, 308, *range(400, 417), 421, 429, 494, 495, 496, 497, 498}
+    | {500, 501, 502, 503, 504, 505, 507}
+) - {407}
+
+
 def error_body(code: int, server_tokens: bool = True) -> bytes:
     """nginx's built-in error page, signed upsync (with its version unless server_tokens off)."""
     title = b"%d %s" % (code, REASONS.get(code, b"Unknown"))
