@@ -1,6 +1,7 @@
 """The same config under Debian's nginx and under upsync: the same statuses, the same peers,
 in the same order, including the failure cases."""
 
+import http.client
 import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
@@ -46,6 +47,21 @@ http {{
     }}
 }}
 """
+
+
+def with_locations(port: int, backend_port: int, locations: str) -> str:
+    """config() with more locations before `location /`, proxying to one backend."""
+    return config(port, f"server 127.0.0.1:{backend_port};").replace(
+        "        location / {", locations + "        location / {", 1
+    )
+
+
+def http_config(servers: str) -> str:
+    """A whole configuration around server blocks, access log off."""
+    return (
+        "worker_processes 1;\nevents { worker_connections 64; }\n"
+        f"http {{\n    access_log off;\n{servers}}}\n"
+    )
 
 
 def observe(runner: Runner, upstream: str, location: str, count: int, path: str = "/") -> list[str]:
@@ -508,9 +524,7 @@ def added_header_answers(runner: Runner) -> list[tuple[str, int, list[str]]]:
     port = free_port()
     answers = []
     with ScriptedBackend(scripted) as backend:
-        text = config(port, f"server 127.0.0.1:{backend.port};").replace(
-            "        location / {", ADD_HEADER_LOCATIONS + "        location / {", 1
-        )
+        text = with_locations(port, backend.port, ADD_HEADER_LOCATIONS)
         with runner(
             text.replace("access_log off;", "access_log off;\n    add_header X-Top t;"), port
         ):
@@ -543,9 +557,7 @@ def hidden_header_answers(runner: Runner) -> list[tuple[str, list[str]]]:
     port = free_port()
     answers = []
     with ScriptedBackend(scripted) as backend:
-        text = config(port, f"server 127.0.0.1:{backend.port};").replace(
-            "        location / {", locations + "        location / {", 1
-        )
+        text = with_locations(port, backend.port, locations)
         with runner(text, port):
             for path in ("/default", "/own", "/passed"):
                 _, headers, _ = request(port, path)
@@ -780,9 +792,7 @@ def shaped_requests(runner: Runner) -> list[tuple[str, str, list[str], bytes]]:
 
     port = free_port()
     with ScriptedBackend(scripted) as backend:
-        text = config(port, f"server 127.0.0.1:{backend.port};").replace(
-            "        location / {", SHAPING_LOCATIONS + "        location / {", 1
-        )
+        text = with_locations(port, backend.port, SHAPING_LOCATIONS)
         with runner(text, port):
             for path in ("/method", "/method-var?m=PATCH", "/no-headers", "/no-body",
                          "/set-body?n=x", "/empty-body", "/no-length"):
@@ -891,10 +901,7 @@ def error_page_answers(runner: Runner, ports: dict[str, int]) -> list[str]:
             .replace("DEAD", str(ports["dead"]))
             .replace("BACKEND", str(backend.port))
         )
-        text = (
-            "worker_processes 1;\nevents { worker_connections 64; }\n"
-            f"http {{\n    access_log off;\n{servers}}}\n"
-        )
+        text = http_config(servers)
         with runner(text, port):
             for method, path in (
                 ("GET", "/missing"),
@@ -978,12 +985,10 @@ def expires_answers(runner: Runner) -> list[tuple[str, int, str, str]]:
     port = free_port()
     answers = []
     with ScriptedBackend(scripted) as backend:
-        text = config(port, f"server 127.0.0.1:{backend.port};").replace(
-            "        location / {", locations + "        location / {", 1
-        )
+        text = with_locations(port, backend.port, locations)
         with runner(text, port):
             for path in ("/hour", "/past", "/epoch", "/max", "/zero", "/missing", "/off", "/"):
-                conn = __import__("http.client").client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
                 conn.request("GET", path)
                 response = conn.getresponse()
                 response.read()
@@ -1050,10 +1055,7 @@ def rewrite_answers(runner: Runner) -> list[str]:
     answers = []
     with ScriptedBackend(scripted) as backend:
         servers = REWRITE_SERVER.replace("PORT", str(port)).replace("BACKEND", str(backend.port))
-        text = (
-            "worker_processes 1;\nevents { worker_connections 64; }\n"
-            f"http {{\n    access_log off;\n{servers}}}\n"
-        )
+        text = http_config(servers)
         with runner(text, port):
             for method, path, headers in (
                 ("GET", "/old/page?q=1", {}),
@@ -1091,7 +1093,6 @@ def test_rewrite_module_as_nginx_does() -> None:
 
 def static_answers(runner: Runner, root: str) -> list[str]:
     import hashlib
-    import http.client
 
     port = free_port()
     text = f"""
@@ -1189,10 +1190,7 @@ NESTED_SERVER = r"""
 
 def nested_answers(runner: Runner) -> list[str]:
     port = free_port()
-    text = (
-        "worker_processes 1;\nevents { worker_connections 64; }\n"
-        f"http {{\n    access_log off;\n{NESTED_SERVER.replace('PORT', str(port))}}}\n"
-    )
+    text = http_config(NESTED_SERVER.replace('PORT', str(port)))
     answers = []
     with runner(text, port):
         for path in (
