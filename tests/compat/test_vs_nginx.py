@@ -1251,3 +1251,53 @@ def test_try_files_as_nginx_does(tmp_path: Path) -> None:
     theirs = try_files_answers(running_nginx, str(tmp_path))
     assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
     assert "/missing?a=1 200 - upstream /missing?a=1" in theirs
+
+
+def cookie_rewrites(runner: Runner) -> list[str]:
+    """Set-Cookie as the client gets it, for Domain and Path values the upstream sends."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from tests.helpers import RawRequest, ScriptedBackend, ok_response
+
+    def scripted(req: RawRequest) -> tuple[bytes, bool]:
+        query = parse_qs(urlsplit(req.path).query)
+        cookie = "c=1"
+        if "d" in query:
+            cookie += "; Domain=" + query["d"][0]
+        if "p" in query:
+            cookie += ";path=" + query["p"][0]
+        cookie += "; HttpOnly"
+        return ok_response(b"up", f"Set-Cookie: {cookie}\r\n".encode()), True
+
+    locations = r"""
+        location /c/ {
+            proxy_cookie_domain app.internal .public.example;
+            proxy_cookie_domain .$server_name.lan $server_name.example;
+            proxy_cookie_domain ~^(\w+)\.svc$ $1.example;
+            proxy_cookie_path /app/ /;
+            proxy_cookie_path ~*^/Legacy/(.*)$ /new/$1;
+            proxy_pass http://backend;
+            location /c/off/ { proxy_cookie_domain off; proxy_cookie_path off; proxy_pass http://backend; }
+        }
+"""
+    port = free_port()
+    answers = []
+    with ScriptedBackend(scripted) as backend:
+        text = with_locations(port, backend.port, locations).replace(
+            f"listen 127.0.0.1:{port};", f"listen 127.0.0.1:{port}; server_name localhost;"
+        )
+        with runner(text, port):
+            for query in (
+                "d=App.Internal", "d=.app.internal", "d=.localhost.lan", "d=api.SVC",
+                "d=other.org", "p=/app/x", "p=/apps", "p=/legacy/a/b", "d=app.internal&p=/app/",
+            ):
+                for prefix in ("/c/", "/c/off/"):
+                    _, headers, _ = request(port, f"{prefix}?{query}")
+                    answers.append(f"{prefix}?{query} {headers.get('set-cookie')}")
+    return answers
+
+
+def test_proxy_cookie_domain_and_path_as_nginx_does() -> None:
+    ours, theirs = cookie_rewrites(running_upsync), cookie_rewrites(running_nginx)
+    assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
+    assert "/c/?d=App.Internal c=1; Domain=public.example; HttpOnly" in theirs

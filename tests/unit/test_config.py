@@ -258,6 +258,8 @@ def test_load_module_is_a_notice(tmp_path: Path) -> None:
         ("server { listen 80; location = /x { location /x/y { } } }", 4, 'cannot be inside the exact location "/x"'),
         ("server { listen 80; location /x { location /y { } } }", 4, 'location "/y" is outside location "/x"'),
         ("server { listen 80; location /x { location @n { } } }", 4, "can be on the server level only"),
+        ("server { listen 80; proxy_cookie_path ~( /x; }", 4, "invalid regular expression"),
+        ("server { listen 80; proxy_cookie_domain a; }", 4, 'invalid number of arguments in "proxy_cookie_domain"'),
         ("types { text/html html; }\nserver { listen 80; tpyo 1; }", 5, 'unknown directive "tpyo"'),
     ],
 )

@@ -12,6 +12,7 @@ from upsync.config.model import (
     AccessLog,
     AccessRule,
     ClientLimits,
+    CookieRule,
     ErrorPage,
     Handler,
     Listen,
@@ -70,6 +71,8 @@ INHERITED = frozenset(
         "proxy_pass_request_headers",
         "proxy_pass_request_body",
         "proxy_set_body",
+        "proxy_cookie_domain",
+        "proxy_cookie_path",
         "allow",
         "deny",
         "client_max_body_size",
@@ -151,6 +154,33 @@ def _steps(nodes: list[Node]) -> tuple[Step, ...]:
     if all(node.name == "return" for node in nodes):
         return ()
     return tuple(build_step(node) for node in nodes)
+
+
+def _cookie_rules(nodes: tuple[Node, ...], domain: bool) -> tuple[CookieRule, ...]:
+    """proxy_cookie_domain|path off | FROM TO, as many as the level that sets any has; a
+    domain regex ignores case whatever it is written with (as nginx)."""
+    rules = []
+    for node in nodes:
+        if node.args == ("off",):
+            if len(nodes) > 1:
+                raise node.error(f'"off" cannot be combined with other "{node.name}" directives')
+            return ()
+        if len(node.args) != 2:
+            raise node.error(f'invalid number of arguments in "{node.name}" directive')
+        written, replacement = node.args
+        regex = None
+        match: Template | None = None
+        if written.startswith("~"):
+            caseless = domain or written.startswith("~*")
+            pattern = written[2:] if written.startswith("~*") else written[1:]
+            try:
+                regex = compile_regex(pattern, re.IGNORECASE if caseless else 0)
+            except re.error as exc:
+                raise node.error(f'invalid regular expression "{pattern}": {exc}') from None
+        else:
+            match = _template(node, written)
+        rules.append(CookieRule(match, regex, _template(node, replacement)))
+    return tuple(rules)
 
 
 def _error_pages(nodes: tuple[Node, ...]) -> tuple[ErrorPage, ...]:
@@ -679,6 +709,8 @@ class HttpBuilder:
             pass_request_headers=_flag(scope.one("proxy_pass_request_headers"), True),
             pass_request_body=_flag(scope.one("proxy_pass_request_body"), True),
             set_body=self._optional_template(scope.one("proxy_set_body")),
+            cookie_domains=_cookie_rules(scope.all("proxy_cookie_domain"), domain=True),
+            cookie_paths=_cookie_rules(scope.all("proxy_cookie_path"), domain=False),
         )
 
     def _optional_template(self, node: Node | None) -> Template | None:

@@ -119,6 +119,17 @@ Handler = ProxyPass | Return | UpstreamShow | StaticFiles | None
 
 
 @dataclass(frozen=True, slots=True)
+class CookieRule:
+    """proxy_cookie_domain / proxy_cookie_path FROM TO: a string to match (domain: the whole
+    value, ignoring case and a leading dot; path: a prefix), or a regex (domain: always
+    ignoring case); and what replaces it."""
+
+    match: Template | None
+    regex: re.Pattern[str] | None
+    replacement: Template
+
+
+@dataclass(frozen=True, slots=True)
 class ProxySettings:
     set_headers: tuple[tuple[str, Template], ...]
     http_version: str = "1.0"
@@ -140,6 +151,9 @@ class ProxySettings:
     pass_request_headers: bool = True
     pass_request_body: bool = True
     set_body: Template | None = None  # proxy_set_body: sent instead of the client's body
+    # proxy_cookie_domain, proxy_cookie_path: Set-Cookie rewrites, in order (CookieRule)
+    cookie_domains: tuple[CookieRule, ...] = ()
+    cookie_paths: tuple[CookieRule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

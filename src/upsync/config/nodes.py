@@ -62,6 +62,8 @@ ARRAY_GROUPS = {
     "proxy_redirect": "proxy_redirect",
     "add_header": "add_header",
     "error_page": "error_page",
+    "proxy_cookie_domain": "proxy_cookie_domain",
+    "proxy_cookie_path": "proxy_cookie_path",
     "proxy_hide_header": "proxy_hide_header",
     "proxy_pass_header": "proxy_pass_header",
     "allow": "access",

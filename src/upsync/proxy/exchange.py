@@ -170,8 +170,11 @@ class ProxyPlan:
         self.redirects = _redirects(location, handler)
         hidden = frozenset(name.encode("latin-1") for name in settings.hide_headers)
         passed = frozenset(name.encode("latin-1") for name in settings.pass_headers)
+        cookies = bool(settings.cookie_domains or settings.cookie_paths)
         self.response_headers = (
-            response_header_classes(hidden, passed) if hidden or passed else RESPONSE_HEADERS
+            response_header_classes(hidden, passed, cookies)
+            if hidden or passed or cookies
+            else RESPONSE_HEADERS
         )
         # proxy_pass_header Server (or Date): the upstream's stands instead of upsync's
         self.own_server = b"server" not in passed

@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
+from upsync.proxy.cookies import rewrite_cookie
 from upsync.proxy.http1 import (
     HOP_BY_HOP,
     RESPONSE_DROPPED,
@@ -28,23 +29,27 @@ _UPGRADE: Final = 3
 _DROP: Final = 4
 _LOCATION: Final = 5  # proxy_redirect applies
 _REFRESH: Final = 6  # proxy_redirect applies after "url="
+_COOKIE: Final = 7  # proxy_cookie_domain, proxy_cookie_path apply
 
 
-def response_header_classes(hidden: frozenset[bytes], passed: frozenset[bytes]) -> HeaderClasses:
+def response_header_classes(
+    hidden: frozenset[bytes], passed: frozenset[bytes], cookies: bool = False
+) -> HeaderClasses:
     """What to do with each response header, for a location's proxy_hide_header and
-    proxy_pass_header (nginx's hidden defaults, less the passed ones, plus the hidden ones)."""
+    proxy_pass_header (nginx's hidden defaults, less the passed ones, plus the hidden ones),
+    and whether its Set-Cookie headers are rewritten."""
     dropped = (RESPONSE_DROPPED - passed) | hidden | HOP_BY_HOP | {b"content-length"}
-    return HeaderClasses(
-        {
-            **dict.fromkeys(dropped, _DROP),
-            **dict.fromkeys(UPGRADE_KEPT, _UPGRADE),
-            b"content-length": _LENGTH,
-            b"transfer-encoding": _ENCODING,
-            b"location": _LOCATION,
-            b"refresh": _REFRESH,
-        },
-        _PASS,
-    )
+    classes = {
+        **dict.fromkeys(dropped, _DROP),
+        **dict.fromkeys(UPGRADE_KEPT, _UPGRADE),
+        b"content-length": _LENGTH,
+        b"transfer-encoding": _ENCODING,
+        b"location": _LOCATION,
+        b"refresh": _REFRESH,
+    }
+    if cookies and b"set-cookie" not in dropped:
+        classes[b"set-cookie"] = _COOKIE
+    return HeaderClasses(classes, _PASS)
 
 
 RESPONSE_HEADERS: Final = response_header_classes(frozenset(), frozenset())
@@ -257,6 +262,14 @@ class UpstreamConnection(PooledConnection):
             self.chunked = b"chunked" in value.lower()
         elif kind == _UPGRADE:
             self.upgrade_lines.append(name + b": " + value + b"\r\n")
+        elif kind == _COOKIE:
+            exchange = self.exchange
+            assert exchange is not None
+            settings = exchange.settings
+            value = rewrite_cookie(
+                value, settings.cookie_domains, settings.cookie_paths, exchange.req
+            )
+            self.lines.append(name + b": " + value + b"\r\n")
         elif kind in (_LOCATION, _REFRESH):
             exchange = self.exchange
             assert exchange is not None
