@@ -1095,11 +1095,7 @@ def static_answers(runner: Runner, root: str) -> list[str]:
     import hashlib
 
     port = free_port()
-    text = f"""
-worker_processes 1;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
+    text = http_config(f"""
     types {{ application/json json; text/html html; }}
     server {{
         listen 127.0.0.1:{port};
@@ -1108,8 +1104,7 @@ http {{
         location /alias/ {{ alias {root}/sub/; }}
         location /custom/ {{ index first.html second.html; }}
     }}
-}}
-"""
+""")
     answers = []
     with runner(text, port):
         first = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -1217,11 +1212,7 @@ def try_files_answers(runner: Runner, root: str) -> list[str]:
     port = free_port()
     answers = []
     with ScriptedBackend(scripted) as backend:
-        text = f"""
-worker_processes 1;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
+        text = http_config(f"""
     server {{
         listen 127.0.0.1:{port};
         root {root};
@@ -1231,8 +1222,7 @@ http {{
         location /uri/ {{ try_files /nope /page.html?from=uri; }}
         location /kept/ {{ try_files /page.html @fallback; proxy_pass http://127.0.0.1:{backend.port}; }}
     }}
-}}
-"""
+""")
         with runner(text, port):
             for path in ("/page.html", "/dir", "/dir/", "/missing?a=1", "/code/x", "/uri/y",
                          "/kept/z"):

@@ -183,3 +183,31 @@ def test_response_head_is_bounded_by_proxy_buffer_size() -> None:
     with proxy_to(reply, "proxy_buffer_size 16k;") as (port, _):
         status, headers, _ = request(port, "/tenkb")
         assert status == 200 and len(headers["x-big"]) == 10_000
+
+
+def test_a_pooled_connection_is_reused_until_its_keepalive_time_then_replaced() -> None:
+    """upstream keepalive_time: the same live upstream connection serves request after request
+    (and a keep-alive client across them) until it is older than keepalive_time; the response
+    after that closes it and the next request opens a new one."""
+
+    def reply(req: RawRequest) -> Reply:
+        return ok_response(b"ok " + str(req.connection).encode()), True
+
+    port = free_port()
+    with ScriptedBackend(reply) as backend:
+        ages = "keepalive 8; keepalive_time 1s; keepalive_requests 1000000;"  # only age counts
+        text = config(backend.port, port).replace("keepalive 8;", ages)
+        with running_upsync(text, port):
+            client = KeepAliveClient(port)
+            try:
+                started = time.monotonic()
+                first = client.get("/")[2]
+                assert client.get("/")[2] == first  # reused, not reconnected
+                seen = first
+                while seen == first:
+                    assert time.monotonic() - started < 5, "the old connection was kept"
+                    seen = client.get("/")[2]
+                assert time.monotonic() - started >= 1.0  # not before its time
+                assert seen == b"ok 2" and backend.connections == 2
+            finally:
+                client.close()

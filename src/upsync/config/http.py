@@ -26,9 +26,17 @@ from upsync.config.model import (
 )
 from upsync.config.nodes import Node, Scope
 from upsync.config.regex import compile_regex
-from upsync.config.rewrite import REWRITE_DIRECTIVES, REWRITE_LOGGING, Step, build_step
+from upsync.config.rewrite import (
+    REWRITE_DIRECTIVES,
+    REWRITE_LOGGING,
+    Step,
+    build_step,
+    parse_return,
+    regex_of,
+    template_of,
+)
 from upsync.config.servers import ServerLineError, split_address
-from upsync.config.variables import Template, VariableError, as_wire_text, compile_template
+from upsync.config.variables import Template, as_wire_text
 from upsync.units import UnitError, parse_size, parse_time
 
 COMBINED_FORMAT = (
@@ -113,11 +121,7 @@ REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 DEFAULT_TYPES = {"html": "text/html", "gif": "image/gif", "jpg": "image/jpeg"}
 
 
-def _template(node: Node, value: str) -> Template:
-    try:
-        return compile_template(value)
-    except VariableError as exc:
-        raise node.error(f'{exc} in "{node.name}" directive') from None
+_template = template_of
 
 
 def _time(node: Node | None, default: float, index: int = 0) -> float:
@@ -173,10 +177,7 @@ def _cookie_rules(nodes: tuple[Node, ...], domain: bool) -> tuple[CookieRule, ..
         if written.startswith("~"):
             caseless = domain or written.startswith("~*")
             pattern = written[2:] if written.startswith("~*") else written[1:]
-            try:
-                regex = compile_regex(pattern, re.IGNORECASE if caseless else 0)
-            except re.error as exc:
-                raise node.error(f'invalid regular expression "{pattern}": {exc}') from None
+            regex = regex_of(node, pattern, re.IGNORECASE if caseless else 0)
         else:
             match = _template(node, written)
         rules.append(CookieRule(match, regex, _template(node, replacement)))
@@ -630,19 +631,8 @@ class HttpBuilder:
         return self._proxy_pass(node, in_regex)
 
     def _return(self, node: Node) -> tuple[int, Template | None]:
-        args = node.args
-        if len(args) > 2:
-            raise node.error('invalid number of arguments in "return" directive')
-        first = args[0]
-        if not first.isdigit():
-            if first.startswith(("http://", "https://", "$scheme")) and len(args) == 1:
-                return 302, _template(node, first)
-            raise node.error(f'invalid return code "{first}"')
-        code = int(first)
-        if code > 999:
-            raise node.error(f'invalid return code "{first}"')
-        text = _template(node, args[1]) if len(args) == 2 else None
-        return code, text
+        step = parse_return(node)
+        return step.code, step.text
 
     def _proxy_pass(self, node: Node, in_regex: bool) -> ProxyPass:
         url = node.args[0]

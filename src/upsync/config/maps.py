@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 
 from upsync.config.nodes import Node, unescape
-from upsync.config.regex import compile_regex
-from upsync.config.variables import Template, VariableError, as_wire_text, compile_template
+from upsync.config.rewrite import regex_of, template_of
+from upsync.config.variables import Template, as_wire_text, compile_template
 
 _SPECIAL = frozenset({"default", "hostnames", "include", "volatile"})
 
@@ -50,10 +50,7 @@ class VariableMap:
 
 
 def _value(node: Node, text: str) -> Template:
-    try:
-        return compile_template(text)
-    except VariableError as exc:
-        raise node.error(f'{exc} in "map" directive') from None
+    return template_of(node, text, "map")
 
 
 def build_map(node: Node) -> VariableMap:
@@ -86,10 +83,7 @@ def build_map(node: Node) -> VariableMap:
         if key.startswith("~"):
             flags = re.IGNORECASE if key.startswith("~*") else 0
             pattern = key[2:] if flags else key[1:]
-            try:
-                regexes.append((compile_regex(as_wire_text(pattern), flags), value))
-            except re.error as exc:
-                raise entry.error(f'invalid regular expression "{pattern}": {exc}') from None
+            regexes.append((regex_of(entry, pattern, flags), value))
             continue
         key = unescape(key)
         if key.startswith("\\") and (key[1:] in _SPECIAL or key[1:2] == "~"):

@@ -61,14 +61,15 @@ class IfBlock:
 Step = SetVariable | Rewrite | Stop | ReturnStep | IfBlock
 
 
-def _template(node: Node, value: str) -> Template:
+def template_of(node: Node, value: str, directive: str = "") -> Template:
+    """A directive value's template; an unknown variable is an error naming the directive."""
     try:
         return compile_template(value)
     except VariableError as exc:
-        raise node.error(f'{exc} in "{node.name}" directive') from None
+        raise node.error(f'{exc} in "{directive or node.name}" directive') from None
 
 
-def _regex(node: Node, pattern: str, flags: int = 0) -> re.Pattern[str]:
+def regex_of(node: Node, pattern: str, flags: int = 0) -> re.Pattern[str]:
     try:
         return compile_regex(as_wire_text(pattern), flags)
     except re.error as exc:
@@ -83,10 +84,10 @@ def _condition(node: Node) -> Condition:
     if first in ("-f", "!-f", "-d", "!-d", "-e", "!-e", "-x", "!-x"):
         if len(args) != 2:
             raise node.error(f'invalid condition "{" ".join(args)}" in "if" directive')
-        return Condition("file", _template(node, args[1]), first.startswith("!"), first[-1])
+        return Condition("file", template_of(node, args[1]), first.startswith("!"), first[-1])
     if not first.startswith("$"):
         raise node.error(f'invalid condition "{first}" in "if" directive')
-    subject = _template(node, first)
+    subject = template_of(node, first)
     if len(args) == 1:
         return Condition("value", subject)
     if len(args) != 3:
@@ -96,23 +97,24 @@ def _condition(node: Node) -> Condition:
         return Condition("equal", subject, operator == "!=", as_wire_text(operand))
     if operator in ("~", "~*", "!~", "!~*"):
         flags = re.IGNORECASE if operator.endswith("*") else 0
-        regex = _regex(node, operand, flags)
+        regex = regex_of(node, operand, flags)
         return Condition("regex", subject, operator.startswith("!"), regex=regex)
     raise node.error(f'unexpected "{operator}" in condition')
 
 
-def _return(node: Node) -> ReturnStep:
+def parse_return(node: Node) -> ReturnStep:
+    """return CODE [TEXT|URL] | URL."""
     args = node.args
     if len(args) > 2:
         raise node.error('invalid number of arguments in "return" directive')
     if not args[0].isdigit():
         if len(args) == 1 and args[0].startswith(("http://", "https://", "$scheme")):
-            return ReturnStep(302, _template(node, args[0]))
+            return ReturnStep(302, template_of(node, args[0]))
         raise node.error(f'invalid return code "{args[0]}"')
     code = int(args[0])
     if code > 999:
         raise node.error(f'invalid return code "{args[0]}"')
-    return ReturnStep(code, _template(node, args[1]) if len(args) == 2 else None)
+    return ReturnStep(code, template_of(node, args[1]) if len(args) == 2 else None)
 
 
 def build_step(node: Node, in_if: bool = False) -> Step:
@@ -120,7 +122,7 @@ def build_step(node: Node, in_if: bool = False) -> Step:
     if name == "set":
         if len(args) != 2 or not args[0].startswith("$") or len(args[0]) < 2:
             raise node.error(f'invalid variable name "{args[0]}"')
-        return SetVariable(args[0][1:], _template(node, args[1]))
+        return SetVariable(args[0][1:], template_of(node, args[1]))
     if name == "rewrite":
         if len(args) not in (2, 3):
             raise node.error('invalid number of arguments in "rewrite" directive')
@@ -130,15 +132,15 @@ def build_step(node: Node, in_if: bool = False) -> Step:
         replacement = args[1]
         redirects = replacement.startswith(("http://", "https://", "$scheme"))
         return Rewrite(
-            _regex(node, args[0]),
-            _template(node, replacement),
+            regex_of(node, args[0]),
+            template_of(node, replacement),
             flag,  # type: ignore[arg-type]
             redirects or flag in ("redirect", "permanent"),
         )
     if name == "break":
         return Stop()
     if name == "return":
-        return _return(node)
+        return parse_return(node)
     if name == "if":
         if in_if:
             raise node.error('"if" directive is not allowed here')

@@ -915,48 +915,48 @@ class ClientConnection(asyncio.Protocol):
             code = int(target[1:]) if target[1:].isdigit() else 500
             self._answer(req, location, code, None)
             return False
+        self._redirect_internally(req, target, keep_args=True)
+        return False
+
+    def _redirect_internally(self, req: Request, target: str, keep_args: bool) -> None:
+        """An internal redirect (index, try_files, error_page): to a named location, or to a
+        URI whose location is chosen again, its rewrite phase included; at most
+        MAX_REDIRECTS per request. `keep_args`: a URI without "?" keeps the arguments."""
+        server = req.server
+        assert server is not None
         if req.redirects >= error_pages.MAX_REDIRECTS:
             log.error('rewrite or internal redirection cycle while "%s"', req.path)
+            req.status_override = 0
             self.send_error(500)
-            return False
+            return
         req.redirects += 1
-        assert req.server is not None
+        chosen: LocationConfig | None
         if target.startswith("@"):
-            chosen: LocationConfig | None = req.server.block.named.get(target)
+            chosen = server.block.named.get(target)
             if chosen is None:
                 log.error('could not find named location "%s"', target)
+                req.status_override = 0
                 self.send_error(500)
-                return False
+                return
         else:
-            req.path, _, query = target.partition("?")
-            if query:
+            path, question, query = target.partition("?")
+            req.path = path
+            if question or not keep_args:
                 req.query = query
-            req.rewritten = 1
-            chosen = req.server.locations.match(req.path)
+            req.rewritten = req.rewritten or 1
+            chosen = server.locations.match(path)
             if chosen.rewrites:
                 chosen = self._location_rewrites(req, chosen)
-        if chosen is not None:
-            req.location = chosen
-            self._serve_location(req, chosen)
-        return False
+                if chosen is None:
+                    return  # its rewrite phase answered
+        req.location = chosen
+        self._serve_location(req, chosen)
 
     def _serve_file(self, req: Request, location: LocationConfig, handler: StaticFiles) -> None:
         found = static.find(handler, location, req.path, req.method)
         if found.index_uri:
             # nginx's index module: the index file's URI is served as an internal redirect
-            if req.redirects >= error_pages.MAX_REDIRECTS:
-                log.error('rewrite or internal redirection cycle while "%s"', req.path)
-                self.send_error(500)
-                return
-            req.redirects += 1
-            req.path, req.rewritten = found.index_uri, req.rewritten or 1
-            assert req.server is not None
-            chosen: LocationConfig | None = req.server.locations.match(req.path)
-            if chosen is not None and chosen.rewrites:
-                chosen = self._location_rewrites(req, chosen)
-            if chosen is not None:
-                req.location = chosen
-                self._serve_location(req, chosen)
+            self._redirect_internally(req, found.index_uri, keep_args=True)
             return
         if found.redirect_slash:
             target = quote(req.path, safe=URI_SAFE, encoding="latin-1") + "/"
@@ -1181,7 +1181,6 @@ class ClientConnection(asyncio.Protocol):
         page = error_pages.page_for(location, status, req.redirects)
         assert page is not None
         target = page.target.render(req)
-        req.redirects += 1
         req.status_override = error_pages.final_status(page, status)
         if not target.startswith(("/", "@")):
             code = error_pages.external_redirect_code(page)
@@ -1190,28 +1189,15 @@ class ClientConnection(asyncio.Protocol):
             location_line = b"Location: " + target.encode("latin-1") + b"\r\n"
             self.send_simple(code, body, b"text/html", extra=location_line)
             return
-        if target.startswith("@"):
-            named = req.server.block.named.get(target)
-            if named is None:
-                log.error('could not find named location "%s"', target)
-                req.status_override = 0
-                self.send_error(500)
-                return
-            chosen = named
-        else:
-            path, _, query = target.partition("?")
-            req.path, req.query = path, query
-            if req.method != b"HEAD":
-                req.method = b"GET"
-            chosen = req.server.locations.match(path)
-        req.location = chosen
+        if not target.startswith("@") and req.method != b"HEAD":
+            req.method = b"GET"  # a named location keeps the method
         req.captures = None
         if not req.body_complete or req.body is not None:
             req.body_dropped = True  # what is left of it is read and dropped
         # a body that was being streamed held reading back; what is left is now dropped
         self.resume_reading_for("upstream")
         self.resume_reading_for("connecting")
-        self._serve_location(req, chosen)
+        self._redirect_internally(req, target, keep_args=False)
 
     def absolute_location(self, req: Request, location: LocationConfig, path: bytes) -> bytes:
         """A redirect upsync writes to "/path", made http://host[:port]/path as nginx's header

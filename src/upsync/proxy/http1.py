@@ -226,7 +226,7 @@ def rewrite_redirect(
 _ADD_HEADER_STATUSES: Final = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
 
 
-EXPIRES_STATUSES: Final = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
+EXPIRES_STATUSES: Final = _ADD_HEADER_STATUSES  # the same in nginx's headers filter
 _EPOCH: Final = b"Expires: Thu, 01 Jan 1970 00:00:01 GMT\r\nCache-Control: no-cache\r\n"
 _MAX: Final = b"Expires: Thu, 31 Dec 2037 23:55:55 GMT\r\nCache-Control: max-age=315360000\r\n"
 

@@ -290,36 +290,20 @@ def _seconds(value: float) -> str:
     return "-" if value < 0 else f"{value:.3f}"
 
 
-def _try_peer(attempt: UpstreamTry) -> str:
-    return attempt[0]
+def _tries_field(index: int) -> "Callable[[Request], str]":
+    """An $upstream_* variable showing one field of each try: seconds (2, 3, 4) with
+    milliseconds or "-", a status or "-" when none (1), else as it is."""
 
+    def field(attempt: UpstreamTry) -> str:
+        value = attempt[index]
+        if 2 <= index <= 4:
+            assert isinstance(value, float)
+            return _seconds(value)
+        if index == 1:
+            return str(value) if value else "-"
+        return str(value)
 
-def _try_status(attempt: UpstreamTry) -> str:
-    return str(attempt[1]) if attempt[1] else "-"
-
-
-def _try_connect_time(attempt: UpstreamTry) -> str:
-    return _seconds(attempt[2])
-
-
-def _try_header_time(attempt: UpstreamTry) -> str:
-    return _seconds(attempt[3])
-
-
-def _try_response_time(attempt: UpstreamTry) -> str:
-    return _seconds(attempt[4])
-
-
-def _try_length(attempt: UpstreamTry) -> str:
-    return str(attempt[5])
-
-
-def _try_received(attempt: UpstreamTry) -> str:
-    return str(attempt[6])
-
-
-def _try_sent(attempt: UpstreamTry) -> str:
-    return str(attempt[7])
+    return lambda req: _tries_of(req, field)
 
 
 def _remote_user(req: Request) -> str:
@@ -381,14 +365,14 @@ _VARIABLES: dict[str, Callable[[Request], str]] = {
     "proxy_port": lambda r: r.proxy_host.rpartition(":")[2] if ":" in r.proxy_host else "80",
     "content_length": lambda r: (r.header(b"content-length") or b"").decode("latin-1"),
     "content_type": lambda r: (r.header(b"content-type") or b"").decode("latin-1"),
-    "upstream_addr": lambda r: _tries_of(r, _try_peer),
-    "upstream_status": lambda r: _tries_of(r, _try_status),
-    "upstream_connect_time": lambda r: _tries_of(r, _try_connect_time),
-    "upstream_header_time": lambda r: _tries_of(r, _try_header_time),
-    "upstream_response_time": lambda r: _tries_of(r, _try_response_time),
-    "upstream_response_length": lambda r: _tries_of(r, _try_length),
-    "upstream_bytes_received": lambda r: _tries_of(r, _try_received),
-    "upstream_bytes_sent": lambda r: _tries_of(r, _try_sent),
+    "upstream_addr": _tries_field(0),
+    "upstream_status": _tries_field(1),
+    "upstream_connect_time": _tries_field(2),
+    "upstream_header_time": _tries_field(3),
+    "upstream_response_time": _tries_field(4),
+    "upstream_response_length": _tries_field(5),
+    "upstream_bytes_received": _tries_field(6),
+    "upstream_bytes_sent": _tries_field(7),
     "request_body": _request_body,
     "connection_time": lambda r: f"{r.connection.age():.3f}",
     "status": lambda r: str(r.status),
