@@ -20,6 +20,9 @@ http {
     server { listen 8080; server_name *.example.org; location / { return 200 "wild-head"; } }
     server { listen 8080; server_name mail.*; location / { return 200 "wild-tail"; } }
     server { listen 8080; server_name ~^(?P<x>\\w+)\\.regex\\.net$; location / { return 200 "regex-name"; } }
+    server { listen 8080; server_name ~^UPPER\\.TEST$; location / { return 200 "caseless"; } }
+    server { listen 8080; server_name "~^(?<n>v\\p{N}+)\\.pcre\\.net$"; location / { return 200 "pcre"; } }
+    server { listen 8080; server_name .dot.test; location / { return 200 "dot"; } }
     server { listen 8080 default_server; server_name default.test; location / { return 200 "default"; } }
 }
 """
@@ -65,10 +68,20 @@ def test_location_matching_follows_nginx(table: ServerTable, path: str, expected
         ("mail.example.net", "wild-tail"),
         ("x.regex.net", "regex-name"),
         ("unknown.test", "default"),
+        ("upper.test", "caseless"),  # a regex name ignores case, as nginx compiles it
+        ("v٣.pcre.net", "pcre"),  # PCRE's \p{N}: any Unicode digit
+        ("vx.pcre.net", "default"),
+        ("a.dot.test", "dot"),
+        ("dot.test", "dot"),
     ],
 )
 def test_server_name_selection(table: ServerTable, host: str, expected: str) -> None:
     assert answer(table, host, "/") == expected
+
+
+def test_server_name_variable_drops_the_dot_of_a_dotted_name(table: ServerTable) -> None:
+    assert table.find("a.dot.test").name == "dot.test"
+    assert table.find("a.example.org").name == "*.example.org"
 
 
 @pytest.mark.parametrize(

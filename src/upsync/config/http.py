@@ -3,7 +3,6 @@
 import dataclasses
 import ipaddress
 import os
-import re
 from collections.abc import Callable
 from typing import Literal
 
@@ -25,7 +24,7 @@ from upsync.config.model import (
     UpstreamShow,
 )
 from upsync.config.nodes import Node, Scope
-from upsync.config.regex import compile_regex
+from upsync.config.regex import IGNORECASE, Regex, RegexError, compile_regex
 from upsync.config.rewrite import (
     REWRITE_DIRECTIVES,
     REWRITE_LOGGING,
@@ -177,7 +176,7 @@ def _cookie_rules(nodes: tuple[Node, ...], domain: bool) -> tuple[CookieRule, ..
         if written.startswith("~"):
             caseless = domain or written.startswith("~*")
             pattern = written[2:] if written.startswith("~*") else written[1:]
-            regex = regex_of(node, pattern, re.IGNORECASE if caseless else 0)
+            regex = regex_of(node, pattern, IGNORECASE if caseless else 0)
         else:
             match = _template(node, written)
         rules.append(CookieRule(match, regex, _template(node, replacement)))
@@ -325,7 +324,7 @@ class HttpBuilder:
                     if name.startswith("~"):
                         try:
                             compile_regex(name[1:])
-                        except re.error as exc:
+                        except RegexError as exc:
                             raise child.error(
                                 f'invalid server name regex "{name}": {exc}'
                             ) from None
@@ -456,8 +455,8 @@ class HttpBuilder:
         regex = None
         if modifier in ("~", "~*"):
             try:
-                regex = compile_regex(path, re.IGNORECASE if modifier == "~*" else 0)
-            except re.error as exc:
+                regex = compile_regex(path, IGNORECASE if modifier == "~*" else 0)
+            except RegexError as exc:
                 raise node.error(f'invalid regular expression "{path}": {exc}') from None
         inherited: list[Node] = []
         handler_node: Node | None = None
@@ -568,7 +567,7 @@ class HttpBuilder:
         node: Node,
         modifier: str,
         path: str,
-        regex: re.Pattern[str] | None,
+        regex: Regex | None,
         handler: Handler,
         scope: Scope,
         rewrites: "tuple[Step, ...]" = (),

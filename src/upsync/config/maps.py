@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from upsync.config.nodes import Node, unescape
+from upsync.config.regex import IGNORECASE, Regex, RegexMatch
 from upsync.config.rewrite import regex_of, template_of
 from upsync.config.variables import Template, as_wire_text, compile_template
 
@@ -22,10 +23,10 @@ class VariableMap:
     # matching example.com itself, kept in `exact`), "mail.*" as "mail."; longest first
     head_masks: tuple[tuple[str, Template], ...]
     tail_masks: tuple[tuple[str, Template], ...]
-    regexes: tuple[tuple[re.Pattern[str], Template], ...]  # in the order written
+    regexes: tuple[tuple[Regex, Template], ...]  # in the order written
     hostnames: bool
 
-    def choose(self, value: str) -> tuple[Template, re.Match[str] | None]:
+    def choose(self, value: str) -> tuple[Template, RegexMatch | None]:
         """The value template for a source value, nginx's order: exact string, longest
         leading mask, longest trailing mask, first matching regex, default; with the regex's
         match (its captures become $1... and named variables)."""
@@ -65,7 +66,7 @@ def build_map(node: Node) -> VariableMap:
     exact: dict[str, Template] = {}
     head: list[tuple[str, Template]] = []
     tail: list[tuple[str, Template]] = []
-    regexes: list[tuple[re.Pattern[str], Template]] = []
+    regexes: list[tuple[Regex, Template]] = []
     for entry in node.block or ():
         key, args = entry.name, entry.args
         if key in ("hostnames", "volatile") and not args:
@@ -81,7 +82,7 @@ def build_map(node: Node) -> VariableMap:
             default = value
             continue
         if key.startswith("~"):
-            flags = re.IGNORECASE if key.startswith("~*") else 0
+            flags = IGNORECASE if key.startswith("~*") else 0
             pattern = key[2:] if flags else key[1:]
             regexes.append((regex_of(entry, pattern, flags), value))
             continue

@@ -1,9 +1,9 @@
 """The validated configuration: immutable values built once from the parsed files."""
 
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from upsync.config.regex import Regex
 from upsync.config.variables import Template
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class CookieRule:
     ignoring case); and what replaces it."""
 
     match: Template | None
-    regex: re.Pattern[str] | None
+    regex: Regex | None
     replacement: Template
 
 
@@ -177,7 +177,7 @@ class AccessLog:
 class LocationConfig:
     modifier: str  # "", "=", "^~", "~", "~*"
     path: str
-    regex: re.Pattern[str] | None
+    regex: Regex | None
     handler: Handler
     proxy: ProxySettings
     access: tuple[AccessRule, ...]

@@ -1,16 +1,25 @@
-"""nginx's regular expressions (PCRE syntax) in Python's re."""
+"""nginx's regular expressions (PCRE syntax), compiled by the `regex` package: it takes what
+PCRE takes and Python's re does not (`\\p{N}`, `\\p{Lu}`, possessive quantifiers, atomic
+groups), so a server_name or location regex nginx accepts loads here too."""
 
-import re
+from typing import TypeAlias
 
-_PCRE_NAMED_GROUP = re.compile(r"\(\?<(?![=!])")
-_PCRE_QUOTED_GROUP = re.compile(r"\(\?'(\w+)'")
-_PCRE_QUOTED_TEXT = re.compile(r"\\Q(.*?)(?:\\E|$)", re.DOTALL)
+import regex
+
+Regex: TypeAlias = regex.Pattern[str]
+RegexMatch: TypeAlias = regex.Match[str]
+RegexError = regex.error
+IGNORECASE = regex.IGNORECASE
+
+_PCRE_NAMED_GROUP = regex.compile(r"\(\?<(?![=!])")
+_PCRE_QUOTED_GROUP = regex.compile(r"\(\?'(\w+)'")
+_PCRE_QUOTED_TEXT = regex.compile(r"\\Q(.*?)(?:\\E|$)", regex.DOTALL)
 
 
-def compile_regex(pattern: str, flags: int = 0) -> re.Pattern[str]:
-    """`(?<name>...)` and `(?'name'...)` are spelled `(?P<name>...)` in Python; PCRE's
-    `\\Q...\\E` (literal text, to the end without `\\E`) is escaped here."""
+def compile_regex(pattern: str, flags: int = 0) -> Regex:
+    """`(?<name>...)` and `(?'name'...)` are spelled `(?P<name>...)` here; PCRE's
+    `\\Q...\\E` (literal text, to the end without `\\E`) is escaped."""
     if "\\Q" in pattern:
-        pattern = _PCRE_QUOTED_TEXT.sub(lambda m: re.escape(m.group(1)), pattern)
+        pattern = _PCRE_QUOTED_TEXT.sub(lambda m: regex.escape(m.group(1)), pattern)
     pattern = _PCRE_NAMED_GROUP.sub("(?P<", pattern)
-    return re.compile(_PCRE_QUOTED_GROUP.sub(r"(?P<\1>", pattern), flags)
+    return regex.compile(_PCRE_QUOTED_GROUP.sub(r"(?P<\1>", pattern), flags)

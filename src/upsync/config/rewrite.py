@@ -1,12 +1,11 @@
 """The rewrite module's directives (`set`, `rewrite`, `break`, `return`, `if`) as steps run in
 order at a server's or a location's rewrite phase, built from the parsed block."""
 
-import re
 from dataclasses import dataclass
 from typing import Literal
 
 from upsync.config.nodes import Node
-from upsync.config.regex import compile_regex
+from upsync.config.regex import IGNORECASE, Regex, RegexError, compile_regex
 from upsync.config.variables import Template, VariableError, as_wire_text, compile_template
 
 REWRITE_DIRECTIVES = frozenset({"set", "rewrite", "break", "if", "return"})
@@ -23,7 +22,7 @@ class SetVariable:
 
 @dataclass(frozen=True, slots=True)
 class Rewrite:
-    regex: re.Pattern[str]
+    regex: Regex
     replacement: Template
     flag: RewriteFlag
     # the replacement is an absolute URL: a redirect whatever the flag (302 unless permanent)
@@ -49,7 +48,7 @@ class Condition:
     subject: Template
     negate: bool = False
     text: str = ""  # what `=` compares with; the test letter for `file`
-    regex: re.Pattern[str] | None = None
+    regex: Regex | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +68,10 @@ def template_of(node: Node, value: str, directive: str = "") -> Template:
         raise node.error(f'{exc} in "{directive or node.name}" directive') from None
 
 
-def regex_of(node: Node, pattern: str, flags: int = 0) -> re.Pattern[str]:
+def regex_of(node: Node, pattern: str, flags: int = 0) -> Regex:
     try:
         return compile_regex(as_wire_text(pattern), flags)
-    except re.error as exc:
+    except RegexError as exc:
         raise node.error(f'invalid regular expression "{pattern}": {exc}') from None
 
 
@@ -96,7 +95,7 @@ def _condition(node: Node) -> Condition:
     if operator in ("=", "!="):
         return Condition("equal", subject, operator == "!=", as_wire_text(operand))
     if operator in ("~", "~*", "!~", "!~*"):
-        flags = re.IGNORECASE if operator.endswith("*") else 0
+        flags = IGNORECASE if operator.endswith("*") else 0
         regex = regex_of(node, operand, flags)
         return Condition("regex", subject, operator.startswith("!"), regex=regex)
     raise node.error(f'unexpected "{operator}" in condition')

@@ -3,7 +3,6 @@
 import base64
 import binascii
 import os
-import re
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final, Protocol
@@ -38,6 +37,7 @@ NO_TRIES: tuple[UpstreamTry, ...] = ()
 if TYPE_CHECKING:
     from upsync.config.maps import VariableMap
     from upsync.config.model import LocationConfig
+    from upsync.config.regex import RegexMatch
     from upsync.proxy.body import RequestBody
     from upsync.proxy.routing import VirtualServer
 
@@ -127,7 +127,7 @@ class Request:
         self.request_id = ""
         self.sent_head = b""  # the response head as written to the client
         self.upstream_lines: list[bytes] | None = None  # the upstream response's header lines
-        self.captures: re.Match[str] | None = None  # of the last map regex that matched
+        self.captures: RegexMatch | None = None  # of the last map regex that matched
         self.redirects = 0  # to error pages
         self.status_override = 0  # the status an error page's answer is sent with (0: its own)
         self.body_dropped = False  # an error page's request goes without the client's body
@@ -235,7 +235,7 @@ class Request:
             return value or ""
         return ""
 
-    def _route_matches(self) -> "tuple[re.Match[str] | None, ...]":
+    def _route_matches(self) -> "tuple[RegexMatch | None, ...]":
         location = self.location
         server = self.server
         return (

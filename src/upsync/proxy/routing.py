@@ -1,11 +1,10 @@
 """Choosing a server block by Host and a location by URI, with nginx's rules. Pure functions."""
 
-import re
 from collections.abc import Sequence
 from urllib.parse import unquote_to_bytes
 
 from upsync.config.model import LocationConfig, ServerBlock
-from upsync.config.regex import compile_regex
+from upsync.config.regex import IGNORECASE, Regex, RegexMatch, compile_regex
 
 _FINAL, _PREFIX, _NONE = 0, 1, 2  # what one level's search found (ngx_http_core_find_location)
 
@@ -87,16 +86,23 @@ class LocationTable:
         return found, state
 
 
+def server_name_regex(written: str) -> Regex:
+    """A `~regex` server name; nginx matches it ignoring case, as host names are."""
+    return compile_regex(written[1:], IGNORECASE)
+
+
 class VirtualServer:
     """A server block with its location table."""
 
     def __init__(self, block: ServerBlock) -> None:
         self.block = block
         self.locations = LocationTable(block.locations, block.fallback)
-        self.name: str = block.names[0] if block.names else ""
-        self.name_regexes = [compile_regex(n[1:]) for n in block.names if n.startswith("~")]
+        # $server_name: the first name as written, without a ".example.com" form's dot (nginx)
+        first = block.names[0] if block.names else ""
+        self.name: str = first[1:] if first.startswith(".") else first
+        self.name_regexes = [server_name_regex(n) for n in block.names if n.startswith("~")]
 
-    def name_match(self, host: str) -> "re.Match[str] | None":
+    def name_match(self, host: str) -> "RegexMatch | None":
         """The server name regex the host matched (its captures are variables)."""
         for pattern in self.name_regexes:
             match = pattern.search(host)
@@ -122,11 +128,11 @@ class ServerTable:
         self.exact: dict[str, VirtualServer] = {}
         self.head_wild: list[tuple[str, VirtualServer]] = []
         self.tail_wild: list[tuple[str, VirtualServer]] = []
-        self.regexes: list[tuple[re.Pattern[str], VirtualServer]] = []
+        self.regexes: list[tuple[Regex, VirtualServer]] = []
         for server in servers:
             for written in server.block.names:
                 if written.startswith("~"):
-                    self.regexes.append((compile_regex(written[1:]), server))
+                    self.regexes.append((server_name_regex(written), server))
                     continue
                 name = written.lower()
                 if name.startswith("*."):
