@@ -89,7 +89,12 @@ class Generation:
             name = plan.upstream
         else:
             assert plan.target is not None
-            rendered = plan.target.render(req)
+            url = plan.target.render(req)
+            scheme, sep, rendered = url.partition("://")
+            if not sep or scheme.lower() != "http":
+                log.error('invalid URL prefix in "%s"', url)
+                client.send_error(500)
+                return None
             name, slash, rest = rendered.partition("/")
             if slash:
                 uri_override = "/" + rest

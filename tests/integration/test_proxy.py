@@ -356,6 +356,30 @@ http {{
             assert request(port, "/x", headers={"Host": "example.com"})[0] == 502
 
 
+def test_proxy_pass_whose_variables_make_the_url_prefix_too() -> None:
+    """nginx-tests' `proxy_pass http:/$uri`: the whole URL is computed per request and its
+    prefix checked then (500 when it is not http://, as nginx)."""
+    port = free_port()
+    with Backend("a") as a:
+        text = f"""
+events {{}}
+http {{
+    upstream u_a {{ server 127.0.0.1:{a.port}; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location /u {{ proxy_pass http:/$uri; }}
+        location /bad {{ proxy_pass $arg_scheme://u_a; }}
+    }}
+}}
+"""
+        with running_upsync(text, port):
+            status, _, body = request(port, "/u_a")
+            assert (status, body) == (200, b"a\n")
+            assert a.requests[-1][1] == "/u_a"
+            assert request(port, "/bad?scheme=http")[0] == 200
+            assert request(port, "/bad?scheme=ftp")[0] == 500
+
+
 def logging_config(port: int, backend: Backend) -> str:
     return config(port, f"server 127.0.0.1:{backend.port};").replace(
         "location = /local", "access_log logs/access.log combined;\n        location = /local"

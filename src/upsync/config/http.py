@@ -635,13 +635,18 @@ class HttpBuilder:
 
     def _proxy_pass(self, node: Node, in_regex: bool) -> ProxyPass:
         url = node.args[0]
+        literal = url.partition("$")[0]
+        if "$" in url and "://" not in literal and "http://".startswith(literal.lower()):
+            # the variables may make the prefix too ("http:/$uri"): the whole URL is computed
+            # per request and its prefix checked then, as nginx does
+            return ProxyPass("http", None, _template(node, url), None)
         scheme, sep, rest = url.partition("://")
         if not sep or scheme.lower() != "http":
             if sep and scheme.lower() == "https":
                 raise node.error('https upstreams are not supported by upsync in "proxy_pass"')
             raise node.error(f'invalid URL prefix in "{url}"')
         if "$" in rest:
-            return ProxyPass("http", None, _template(node, rest), None)
+            return ProxyPass("http", None, _template(node, url), None)
         host, slash, uri = rest.partition("/")
         if not host:
             raise node.error(f'no host in "{url}" of the "proxy_pass" directive')

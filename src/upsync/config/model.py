@@ -90,7 +90,7 @@ class ProxyPass:
 
     scheme: str
     upstream: str | None  # upstream name or "host:port", None when it has variables
-    target: Template | None  # set when the target has variables
+    target: Template | None  # the whole URL, when it has variables
     uri: str | None  # URI part after the host, None when absent
     port: int = 80
 
