@@ -80,7 +80,8 @@ IGNORED = frozenset(
         "proxy_temp_path",
         "proxy_temp_file_write_size",
         "proxy_max_temp_file_size",
-        "proxy_request_buffering",
+        # upsync joins a body for $request_body whatever its buffers
+        "client_body_in_single_buffer",
         "proxy_ignore_client_abort",
         "open_file_cache",
         "open_file_cache_valid",

@@ -70,6 +70,7 @@ INHERITED = frozenset(
         "proxy_next_upstream_tries",
         "proxy_next_upstream_timeout",
         "proxy_buffering",
+        "proxy_request_buffering",
         "proxy_buffer_size",
         "proxy_redirect",
         "proxy_hide_header",
@@ -85,6 +86,7 @@ INHERITED = frozenset(
         "client_max_body_size",
         "client_body_buffer_size",
         "client_body_temp_path",
+        "client_body_in_file_only",
         "keepalive_timeout",
         "keepalive_time",
         "keepalive_requests",
@@ -278,6 +280,19 @@ def _flag(node: Node | None, default: bool) -> bool:
     return value == "on"
 
 
+def _choice(node: Node | None, values: tuple[str, ...]) -> str:
+    """One of the values a directive takes (the first is its default)."""
+    if node is None:
+        return values[0]
+    value = node.args[0].lower()
+    if value not in values:
+        allowed = ", ".join(f'"{v}"' for v in values[:-1]) + f' or "{values[-1]}"'
+        raise node.error(
+            f'invalid value "{node.args[0]}" in "{node.name}" directive, it must be {allowed}'
+        )
+    return value
+
+
 def _int(node: Node | None, default: int) -> int:
     if node is None:
         return default
@@ -366,7 +381,7 @@ class HttpBuilder:
             line_size=_size(scope.one("large_client_header_buffers"), 8192, index=1),
             ignore_invalid_headers=_flag(scope.one("ignore_invalid_headers"), True),
             underscores_in_headers=_flag(scope.one("underscores_in_headers"), False),
-            lingering_close=self._lingering_close(scope.one("lingering_close")),
+            lingering_close=_choice(scope.one("lingering_close"), ("on", "off", "always")),
             lingering_time=_time(scope.one("lingering_time"), 30.0),
             lingering_timeout=_time(scope.one("lingering_timeout"), 5.0),
             keepalive_requests=_int(scope.one("keepalive_requests"), 1000),
@@ -381,17 +396,6 @@ class HttpBuilder:
             named=named,
             rewrites=steps,
         )
-
-    def _lingering_close(self, node: Node | None) -> str:
-        if node is None:
-            return "on"
-        value = node.args[0].lower()
-        if value not in ("on", "off", "always"):
-            raise node.error(
-                f'invalid value "{node.args[0]}" in "lingering_close" directive, '
-                'it must be "on", "off" or "always"'
-            )
-        return value
 
     def _header_buffers(self, node: Node | None) -> int:
         if node is None:
@@ -598,6 +602,9 @@ class HttpBuilder:
             client_max_body_size=_size(scope.one("client_max_body_size"), 1024 * 1024),
             client_body_buffer_size=_size(scope.one("client_body_buffer_size"), 16 * 1024),
             client_body_temp_path=self._temp_path(scope.one("client_body_temp_path")),
+            client_body_in_file_only=_choice(
+                scope.one("client_body_in_file_only"), ("off", "on", "clean")
+            ),
             keepalive_timeout=_time(keepalive, 75.0),
             keepalive_time=_time(scope.one("keepalive_time"), 3600.0),
             default_type=default_type.args[0] if default_type else "text/plain",
@@ -695,6 +702,7 @@ class HttpBuilder:
             next_upstream_tries=_int(scope.one("proxy_next_upstream_tries"), 0),
             next_upstream_timeout=_time(scope.one("proxy_next_upstream_timeout"), 0.0),
             buffering=_flag(scope.one("proxy_buffering"), True),
+            request_buffering=_flag(scope.one("proxy_request_buffering"), True),
             buffer_size=_size(scope.one("proxy_buffer_size"), 4096),
             redirects=_redirects(scope.all("proxy_redirect")),
             hide_headers=frozenset(n.args[0].lower() for n in scope.all("proxy_hide_header")),

@@ -140,6 +140,9 @@ class ProxySettings:
     next_upstream_tries: int = 0
     next_upstream_timeout: float = 0.0
     buffering: bool = True
+    # proxy_request_buffering off: a body is sent as it arrives, not read first (no retry
+    # once any of it went)
+    request_buffering: bool = True
     buffer_size: int = 4096  # proxy_buffer_size: the largest response head accepted
     # proxy_redirect: (FROM, TO) pairs for Location and Refresh, in order; FROM "" stands for
     # `default` (the proxy_pass URL, worked out per location); None when no level sets it,
@@ -209,6 +212,8 @@ class LocationConfig:
     expires: Literal["epoch", "max"] | float | None = None
     intercept_errors: bool = False  # proxy_intercept_errors: error_page for upstream answers
     recursive_error_pages: bool = False
+    # client_body_in_file_only: "off", "on" (the file is kept after the request), "clean"
+    client_body_in_file_only: str = "off"
 
 
 @dataclass(frozen=True, slots=True)

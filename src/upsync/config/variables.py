@@ -56,6 +56,7 @@ KNOWN_VARIABLES = frozenset(
         "upstream_bytes_received",
         "upstream_bytes_sent",
         "request_body",
+        "request_body_file",
         "connection_time",
     }
 )

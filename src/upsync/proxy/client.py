@@ -651,13 +651,9 @@ class ClientConnection(asyncio.Protocol):
         sink = self.body_sink
         if sink is not None and self.active is req:
             sink.on_request_body(body)
+            self._kept_body(req).record(body)
         elif not req.response_done and not req.body_dropped:
-            kept = req.body
-            if kept is None:
-                location = req.location or self.table.default.block.fallback
-                kept = req.body = RequestBody(
-                    location.client_body_buffer_size, location.client_body_temp_path
-                )
+            kept = self._kept_body(req)
             kept.append(body)
             if (
                 self.active is req
@@ -666,6 +662,17 @@ class ClientConnection(asyncio.Protocol):
                 and self.site.can_stream_body(req)
             ):
                 self._start_proxy_streaming(req)
+
+    def _kept_body(self, req: Request) -> RequestBody:
+        kept = req.body
+        if kept is None:
+            location = req.location or self.table.default.block.fallback
+            kept = req.body = RequestBody(
+                location.client_body_buffer_size,
+                location.client_body_temp_path,
+                location.client_body_in_file_only,
+            )
+        return kept
 
     def on_chunk_header(self) -> None:
         self.last_chunk_open = True  # the zero-size last chunk if no data follows
@@ -875,11 +882,7 @@ class ClientConnection(asyncio.Protocol):
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             if req.body_complete or not has_body:
                 self._start_proxy(req)
-            elif (
-                req.content_length is not None
-                and req.content_length > REPLAYABLE_BODY
-                and self.site.can_stream_body(req)
-            ):
+            elif self._streams_body(req, location):
                 self._start_proxy_streaming(req)
             else:
                 self.timer.set(self.limits.client_body_timeout)
@@ -893,6 +896,14 @@ class ClientConnection(asyncio.Protocol):
             self._serve_file(req, location, handler)
         else:
             self.send_error(404)
+
+    def _streams_body(self, req: Request, location: LocationConfig) -> bool:
+        """Whether the body goes upstream as it arrives: with proxy_request_buffering off
+        (unless it must land in a file first), or when it is too large to keep for a retry."""
+        buffered = location.proxy.request_buffering or location.client_body_in_file_only != "off"
+        if buffered and (req.content_length is None or req.content_length <= REPLAYABLE_BODY):
+            return False
+        return self.site.can_stream_body(req)
 
     # files
     def _tried_files(self, req: Request, location: LocationConfig) -> bool:
@@ -1192,8 +1203,12 @@ class ClientConnection(asyncio.Protocol):
         if not target.startswith("@") and req.method != b"HEAD":
             req.method = b"GET"  # a named location keeps the method
         req.captures = None
-        if not req.body_complete or req.body is not None:
-            req.body_dropped = True  # what is left of it is read and dropped
+        kept = req.body
+        if not req.body_complete or (kept is not None and not kept.held):
+            # a body still arriving, or streamed and no longer held whole, cannot go again:
+            # what is left of it is read and dropped; one read whole goes with the error page's
+            # request, as nginx sends it
+            req.body_dropped = True
         # a body that was being streamed held reading back; what is left is now dropped
         self.resume_reading_for("upstream")
         self.resume_reading_for("connecting")

@@ -211,6 +211,7 @@ class ProxyPlan:
 
 class ProxyExchange:
     __slots__ = (
+        "body_out",
         "client",
         "client_keep_alive",
         "conn",
@@ -271,6 +272,7 @@ class ProxyExchange:
         self.finished = False
         self.reused = False
         self.streaming = False  # request body streamed: cannot be replayed after it starts
+        self.body_out: list[bytes] | None = None  # streamed body parts of the current read
         self.connecting: asyncio.Future[None] | None = None
         key_kind = group.balancer.key_kind
         if key_kind == "ip":
@@ -413,12 +415,12 @@ class ProxyExchange:
             else:
                 framing = b"Transfer-Encoding: chunked\r\n"
             data = self.plan.head(req, self.uri, framing)
-            transport.write(data)
-            req.try_sent += len(data)
             if kept is not None:
                 held = kept.take()  # at most REPLAYABLE_BODY: streaming starts past it
                 if held:
-                    self._write_body(held)
+                    data += self._framed(held)  # the head and what came with it, in one send
+            transport.write(data)
+            req.try_sent += len(data)
             self._arm(self.settings.send_timeout)
             if req.body_complete:
                 self.on_request_body_complete()
@@ -449,25 +451,39 @@ class ProxyExchange:
         if self.pumping:
             self._pump()
 
-    # request body streaming (bodies too large to keep for a retry)
-    def _write_body(self, chunk: bytes) -> None:
+    # request body streaming (proxy_request_buffering off, or bodies too large to keep for a
+    # retry): the parts of one client read leave in one send (one chunk), after the read is
+    # parsed, so a last chunk and the terminator do not go as two packets, as nginx sends them
+    def _framed(self, chunk: bytes) -> bytes:
+        if self.req.content_length is None:
+            return b"%x\r\n%s\r\n" % (len(chunk), chunk)
+        return chunk
+
+    def on_request_body(self, chunk: bytes) -> None:
+        out = self.body_out
+        if out is None:
+            self.body_out = [chunk]
+            self.loop.call_soon(self._flush_body)
+        else:
+            out.append(chunk)
+        self._arm(self.settings.send_timeout)
+
+    def _flush_body(self, last: bool = False) -> None:
+        out = self.body_out
+        self.body_out = None
         conn = self.conn
         if conn is None or conn.transport is None:
             return
-        if self.req.content_length is None:
-            chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
-        conn.transport.write(chunk)
-        self.req.try_sent += len(chunk)
-
-    def on_request_body(self, chunk: bytes) -> None:
-        self._write_body(chunk)
-        self._arm(self.settings.send_timeout)
+        data = (out[0] if len(out) == 1 else b"".join(out)) if out else b""
+        data = self._framed(data) if data else b""
+        if last and self.req.content_length is None:
+            data += b"0\r\n\r\n"
+        if data:
+            conn.transport.write(data)
+            self.req.try_sent += len(data)
 
     def on_request_body_complete(self) -> None:
-        conn = self.conn
-        if self.req.content_length is None and conn is not None and conn.transport is not None:
-            conn.transport.write(b"0\r\n\r\n")
-            self.req.try_sent += 5
+        self._flush_body(last=True)
         self.request_written = True
         self._arm(self.settings.read_timeout)
 

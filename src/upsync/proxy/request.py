@@ -273,7 +273,7 @@ def _cookie_in(lines: "list[bytes] | tuple[bytes, ...]", wanted: str) -> str:
 def _request_body(req: Request) -> str:
     """The body, once read whole into memory (nginx: "in a memory buffer"), else empty."""
     body = req.body
-    if body is None or not req.body_complete or body.spooled or req.body_dropped:
+    if body is None or not req.body_complete or not body.in_memory_whole or req.body_dropped:
         return ""
     return body.in_memory().decode("latin-1")
 
@@ -374,6 +374,7 @@ _VARIABLES: dict[str, Callable[[Request], str]] = {
     "upstream_bytes_received": _tries_field(6),
     "upstream_bytes_sent": _tries_field(7),
     "request_body": _request_body,
+    "request_body_file": lambda r: r.body.file_name if r.body is not None else "",
     "connection_time": lambda r: f"{r.connection.age():.3f}",
     "status": lambda r: str(r.status),
     "request": lambda r: f"{r.method.decode('latin-1')} {r.target} HTTP/{r.version}",
