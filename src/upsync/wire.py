@@ -12,7 +12,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from upsync.config import model, upsync, variables
+from upsync.config import expires, model, upsync, variables
 
 HEADER = struct.Struct("!I")
 MAX_FRAME = 1 << 30  # a config or a server list larger than this is a bug, not a message
@@ -28,7 +28,7 @@ def _by_constructor(cls: type) -> Callable[[Any], tuple[type, tuple[Any, ...]]]:
 
 
 def _register_model() -> None:
-    for module in (model, upsync, variables):
+    for module in (expires, model, upsync, variables):
         for value in vars(module).values():
             if (
                 isinstance(value, type)

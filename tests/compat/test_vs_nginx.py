@@ -966,14 +966,16 @@ def test_upstream_cookie_and_request_body_variables_as_nginx_does() -> None:
     assert "x-cookie-tc=xyz" in theirs[0][1] and "x-body=name=value" in theirs[1][1]
 
 
-def expires_answers(runner: Runner) -> list[tuple[str, int, str, str]]:
-    """Cache-Control and Expires (as seconds after Date when not a fixed date) per location."""
+def expires_answers(runner: Runner) -> list[tuple[str, int, str, str, str]]:
+    """Cache-Control and Expires (as seconds after Date when not a fixed date, the time of day
+    for a daily one), ETag and Last-Modified, per location."""
     from email.utils import parsedate_to_datetime
 
     from tests.helpers import RawRequest, ScriptedBackend, ok_response
 
     def scripted(req: RawRequest) -> tuple[bytes, bool]:
         extra = b"Cache-Control: private\r\nCache-Control: x=1\r\nExpires: 0\r\n"
+        extra += b'ETag: "up"\r\nLast-Modified: Mon, 28 Sep 1970 06:00:00 GMT\r\n'
         return ok_response(b"up", extra), True
 
     locations = """
@@ -984,24 +986,41 @@ def expires_answers(runner: Runner) -> list[tuple[str, int, str, str]]:
         location /zero { expires 0; return 200 "z"; }
         location /missing { expires 1h; return 404; }
         location /off { expires off; proxy_pass http://backend; }
+        location /modified { expires modified 2048; proxy_pass http://backend; }
+        location /daily { expires @15h30m33s; return 200 "d"; }
+        location /var { expires $arg_e; proxy_pass http://backend; }
+        location /varmod { expires modified $arg_e; proxy_pass http://backend; }
+        location /etag { add_header ETag '"mine"'; add_header Last-Modified "x"; proxy_pass http://backend; }
+        location /noetag { add_header ETag foo; add_header ETag ''; proxy_pass http://backend; }
 """
+    paths = (
+        *("/hour", "/past", "/epoch", "/max", "/zero", "/missing", "/off", "/", "/modified"),
+        *("/daily", "/var?e=epoch", "/var?e=max", "/var?e=off", "/var?e=2048", "/var?e=-5"),
+        *("/var?e=@33s", "/var?e=bad", "/var", "/varmod?e=1h", "/varmod?e=epoch", "/etag"),
+        "/noetag",
+    )
     port = free_port()
     answers = []
     with ScriptedBackend(scripted) as backend:
         text = with_locations(port, backend.port, locations)
         with runner(text, port):
-            for path in ("/hour", "/past", "/epoch", "/max", "/zero", "/missing", "/off", "/"):
+            for path in paths:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
                 conn.request("GET", path)
                 response = conn.getresponse()
                 response.read()
                 controls = ",".join(response.headers.get_all("Cache-Control") or [])
                 expires = response.headers.get("Expires", "-")
-                fixed = expires in ("-", "0") or expires.startswith("Thu, 01 Jan 1970")
-                if not fixed and "2037" not in expires:
+                fixed = expires in ("-", "0") or " 1970 " in expires or " 2037 " in expires
+                if "@" in path or "daily" in path:
+                    expires = expires.split()[4]  # the time of day, whatever the day
+                elif not fixed:
                     date = parsedate_to_datetime(response.headers["Date"])
                     expires = str(round((parsedate_to_datetime(expires) - date).total_seconds()))
-                answers.append((path, response.status, controls, expires))
+                validators = ",".join(
+                    f"{name}={response.headers.get(name, '-')}" for name in ("ETag", "Last-Modified")
+                )
+                answers.append((path, response.status, controls, expires, validators))
                 conn.close()
     return answers
 
@@ -1009,7 +1028,9 @@ def expires_answers(runner: Runner) -> list[tuple[str, int, str, str]]:
 def test_expires_as_nginx_does() -> None:
     ours, theirs = expires_answers(running_upsync), expires_answers(running_nginx)
     assert ours == theirs
-    assert ("/hour", 200, "max-age=3600", "3600") in theirs
+    assert ("/hour", 200, "max-age=3600") == theirs[0][:3]
+    assert theirs[-1][-1] == "ETag=-,Last-Modified=Mon, 28 Sep 1970 06:00:00 GMT"
+    assert ("/modified", 200, "no-cache", "Mon, 28 Sep 1970 06:34:08 GMT") == theirs[8][:4]
 
 
 REWRITE_SERVER = r"""

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from upsync.config.directives import IGNORED
+from upsync.config.expires import Expires, ExpiresError, parse_expires
 from upsync.config.model import (
     AccessLog,
     AccessRule,
@@ -239,28 +240,25 @@ def _redirects(nodes: tuple[Node, ...]) -> tuple[tuple[str, str], ...] | None:
     return tuple(pairs)
 
 
-def _expires(node: Node | None) -> Literal["epoch", "max"] | float | None:
-    """expires off | epoch | max | [-]TIME; `modified`, `@time of day` and variables are
-    refused (upsync does not do them)."""
+def _expires(node: Node | None) -> Expires | None:
+    """expires [modified] TIME | @TIME | epoch | max | off; a value with variables is read per
+    response. None: off."""
     if node is None:
         return None
     args = node.args
-    if args[0] == "modified" or args[-1].startswith("@") or "$" in args[-1]:
-        raise node.error(
-            '"expires" directive: upsync does not support "modified", "@" times of day or '
-            "variables"
-        )
-    if len(args) != 1:
-        raise node.error('invalid number of arguments in "expires" directive')
-    value = args[0]
-    if value in ("off", "epoch", "max"):
-        return None if value == "off" else value  # type: ignore[return-value]
-    negative = value.startswith("-")
+    modified = len(args) == 2
+    if len(args) not in (1, 2) or (modified and args[0] != "modified"):
+        raise node.error(f'invalid value "{args[0]}" in "expires" directive')
+    template = _template(node, args[-1])
+    if not template.is_constant:
+        return Expires("modified" if modified else "access", 0, template)
     try:
-        seconds = parse_time(value[1:] if negative or value.startswith("+") else value)
-    except UnitError:
-        raise node.invalid(value) from None
-    return -seconds if negative else seconds
+        parsed = parse_expires(args[-1], modified)
+    except ExpiresError as exc:
+        if str(exc) == "invalid value":
+            raise node.invalid(args[-1]) from None
+        raise node.error(f'"expires" directive {exc}') from None
+    return None if parsed.kind == "off" else parsed
 
 
 def _server_tokens(node: Node | None) -> bool:

@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from upsync.config.expires import Expires
 from upsync.config.regex import Regex
 from upsync.config.variables import Template
 
@@ -208,8 +209,7 @@ class LocationConfig:
     # try_files FILE... URI|=CODE: the files (relative to `files`' root) and the last resort
     try_files: tuple[Template, ...] = ()
     files: StaticFiles | None = None  # where this location's files are (root or alias)
-    # expires: None (off), or "epoch", "max", or seconds from the response's time
-    expires: Literal["epoch", "max"] | float | None = None
+    expires: Expires | None = None  # None: off
     intercept_errors: bool = False  # proxy_intercept_errors: error_page for upstream answers
     recursive_error_pages: bool = False
     # client_body_in_file_only: "off", "on" (the file is kept after the request), "clean"

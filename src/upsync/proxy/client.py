@@ -8,7 +8,6 @@ import asyncio
 import ipaddress
 import logging
 import os
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Final, cast
 from urllib.parse import quote
@@ -984,11 +983,13 @@ class ClientConnection(asyncio.Protocol):
         )
         status = 304 if unchanged else (req.status_override or 200)
         req.status = status
-        extra = static.validators(found)
-        if location.expires is not None and status in http1.EXPIRES_STATUSES:
-            extra += http1.expires_headers(location.expires, time.time())
-        if location.add_headers:
-            extra += http1.added_headers(location.add_headers, status, req)
+        own = static.validators(found)
+        if location.expires is not None or location.add_headers:
+            extra, replaced = http1.header_filter(location, status, req, found.mtime)
+            own = http1.drop_headers(own, replaced) if replaced else own
+            extra = b"".join(own) + extra
+        else:
+            extra = b"".join(own)
         described = b"Content-Type: %s\r\nContent-Length: %d\r\n" % (
             static.content_type(location, found.path).encode("latin-1"),
             found.size,
@@ -1121,10 +1122,8 @@ class ClientConnection(asyncio.Protocol):
         req.status = status
         head_only = req.method == b"HEAD"
         location = self._answering_location(req)
-        if location.expires is not None and status in http1.EXPIRES_STATUSES:
-            extra += http1.expires_headers(location.expires, time.time())
-        if location.add_headers:
-            extra += http1.added_headers(location.add_headers, status, req)
+        if location.expires is not None or location.add_headers:
+            extra += http1.header_filter(location, status, req)[0]
         tokens = location.server_tokens
         self._write_response(
             req, http1.simple_response(status, body, content_type, keep, head_only, extra, tokens),
@@ -1156,7 +1155,7 @@ class ClientConnection(asyncio.Protocol):
         tokens = location.server_tokens
         extra = b""
         if location.add_headers:
-            extra = http1.added_headers(location.add_headers, status, req)
+            extra = http1.header_filter(location, status, req)[0]
         head_only = req.method == b"HEAD"
         if status not in http1.PAGED_CODES:
             # as nginx: no page of its own for this code, an empty answer

@@ -4,25 +4,23 @@
 import asyncio
 import errno
 import logging
-import time
 from typing import TYPE_CHECKING, Final
 from urllib.parse import quote
 
 from upsync.config.model import LocationConfig, ProxyPass, ProxySettings
 from upsync.config.variables import Template, compile_template
 from upsync.proxy.http1 import (
-    EXPIRES_STATUSES,
     HOP_BY_HOP,
     NON_IDEMPOTENT,
     HeaderClasses,
-    added_headers,
     common_headers,
     date_header,
-    expires_headers,
+    drop_headers,
+    header_filter,
+    last_modified_of,
     server_header,
     status_has_body,
     status_line,
-    without_cache_headers,
 )
 from upsync.proxy.request import Request
 from upsync.proxy.upstream_conn import (
@@ -535,12 +533,18 @@ class ProxyExchange:
             common = (server_header(location.server_tokens) if plan.own_server else b"") + (
                 date_header() if plan.own_date else b""
             )
-        out = [status_line(status), common, *conn.lines]
-        if location.expires is not None and status in EXPIRES_STATUSES:
-            kept = without_cache_headers(conn.lines)
-            out[2:] = [*kept, expires_headers(location.expires, time.time())]
-        if location.add_headers:
-            out.append(added_headers(location.add_headers, status, req))
+        if location.expires is not None or location.add_headers:
+            expires = location.expires
+            modified = (
+                last_modified_of(conn.lines)
+                if expires is not None and expires.kind == "modified"
+                else -1.0
+            )
+            extra, replaced = header_filter(location, status, req, modified)
+            lines = drop_headers(conn.lines, replaced) if replaced else conn.lines
+            out = [status_line(status), common, *lines, extra]
+        else:
+            out = [status_line(status), common, *conn.lines]
         no_body = req.method == b"HEAD" or not status_has_body(status)
         self.until_close = not no_body and status != 101 and length is None and not chunked
         if status == 101:

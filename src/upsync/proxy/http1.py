@@ -2,12 +2,16 @@
 
 import time
 from collections.abc import Callable
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 from http import HTTPStatus
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from upsync import SERVER_NAME
+from upsync.config.expires import Expires, ExpiresError, parse_expires
 from upsync.config.variables import Template, VariableSource
+
+if TYPE_CHECKING:
+    from upsync.config.model import LocationConfig
 
 REASONS: Final[dict[int, bytes]] = {s.value: s.phrase.encode() for s in HTTPStatus}
 # nginx's wording where it differs from the RFC's (ngx_http_status_lines), in the status line
@@ -231,34 +235,110 @@ _EPOCH: Final = b"Expires: Thu, 01 Jan 1970 00:00:01 GMT\r\nCache-Control: no-ca
 _MAX: Final = b"Expires: Thu, 31 Dec 2037 23:55:55 GMT\r\nCache-Control: max-age=315360000\r\n"
 
 
-def expires_headers(expires: "str | float", now: float) -> bytes:
-    """The Expires and Cache-Control lines of `expires` (nginx's headers filter)."""
-    if expires == "epoch":
+def expires_headers(
+    spec: Expires, now: float, last_modified: float, source: VariableSource
+) -> bytes | None:
+    """The Expires and Cache-Control lines of `expires` (nginx's headers filter); None when a
+    value with variables is off or does not parse, which leaves the response's own alone.
+    `last_modified`: the response's Last-Modified time, or -1 when it has none."""
+    kind, seconds = spec.kind, spec.seconds
+    if spec.value is not None:
+        try:
+            parsed = parse_expires(spec.value.render(source), kind == "modified")
+        except ExpiresError:
+            return None
+        kind, seconds = parsed.kind, parsed.seconds
+    if kind == "off":
+        return None
+    if kind == "epoch":
         return _EPOCH
-    if expires == "max":
+    if kind == "max":
         return _MAX
-    assert isinstance(expires, float)
-    stamp = formatdate(int(now) + int(expires), usegmt=True).encode()
-    control = b"no-cache" if expires < 0 else b"max-age=%d" % int(expires)
+    if seconds == 0 and kind != "daily":
+        stamp = formatdate(now, usegmt=True).encode()
+        return b"Expires: " + stamp + b"\r\nCache-Control: max-age=0\r\n"
+    whole_now = int(now)
+    if kind == "daily":
+        expires_at = next_time_of_day(seconds, whole_now)
+    elif kind == "access" or last_modified < 0:
+        expires_at = whole_now + seconds
+    else:
+        expires_at = int(last_modified) + seconds
+    max_age = expires_at - whole_now
+    stamp = formatdate(expires_at, usegmt=True).encode()
+    control = b"no-cache" if spec.seconds < 0 or max_age < 0 else b"max-age=%d" % max_age
     return b"Expires: " + stamp + b"\r\nCache-Control: " + control + b"\r\n"
 
 
-def without_cache_headers(lines: list[bytes]) -> list[bytes]:
-    """An upstream's Expires and Cache-Control lines, which `expires` replaces."""
-    return [
-        line for line in lines if not line[:14].lower().startswith((b"expires:", b"cache-control:"))
-    ]
+def next_time_of_day(seconds: int, now: int) -> int:
+    """The next moment (local time, as nginx's ngx_next_time) at this time of day."""
+    day = time.localtime(now)
+    hour, rest = divmod(seconds, 3600)
+    for days in (0, 1):
+        moment = time.mktime(
+            (day.tm_year, day.tm_mon, day.tm_mday + days, hour, rest // 60, rest % 60, 0, 0, -1)
+        )
+        if moment > now:
+            break
+    return int(moment)
+
+
+def last_modified_of(lines: list[bytes]) -> float:
+    """A response's Last-Modified time (seconds since the epoch), or -1 without one."""
+    for line in lines:
+        if line[:14].lower() == b"last-modified:":
+            try:
+                return parsedate_to_datetime(line[14:].strip().decode("latin-1")).timestamp()
+            except (TypeError, ValueError):
+                return -1.0
+    return -1.0
+
+
+def drop_headers(lines: list[bytes], names: tuple[bytes, ...]) -> list[bytes]:
+    """The response's header lines without those named (lower case, with the colon)."""
+    return [line for line in lines if line[: line.find(b":") + 1].lower() not in names]
+
+
+# add_header of these replaces the response's own (an empty value removes it), as nginx's
+# ngx_http_set_response_header and ngx_http_set_last_modified do
+_REPLACING: Final = {"etag": b"etag:", "last-modified": b"last-modified:"}
+_EXPIRES_REPLACES: Final = (b"expires:", b"cache-control:")
 
 
 def added_headers(
     added: tuple[tuple[str, Template, bool], ...], status: int, source: VariableSource
-) -> bytes:
-    """The add_header lines for a response of `status`; one whose value is empty is left out."""
+) -> tuple[bytes, tuple[bytes, ...]]:
+    """The add_header lines for a response of `status` (one whose value is empty is left
+    out), and the response's own headers they replace (lower case, with the colon)."""
     lines = []
+    replaced: dict[bytes, str] = {}
     plain_status = status in _ADD_HEADER_STATUSES
     for name, template, always in added:
         if plain_status or always:
             value = template.render(source)
-            if value:
+            own = _REPLACING.get(name.lower())
+            if own is not None:
+                replaced[own] = f"{name}: {value}\r\n" if value else ""
+            elif value:
                 lines.append(f"{name}: {value}\r\n")
-    return "".join(lines).encode("latin-1", "replace")
+    lines.extend(replaced.values())
+    return "".join(lines).encode("latin-1", "replace"), tuple(replaced)
+
+
+def header_filter(
+    location: "LocationConfig", status: int, source: VariableSource, last_modified: float = -1.0
+) -> tuple[bytes, tuple[bytes, ...]]:
+    """nginx's headers filter for a response of `status`: `expires`, then `add_header`; the
+    lines to add, and which of the response's own headers they replace (lower case, with the
+    colon). Called only where the location has either."""
+    lines = b""
+    replaced: tuple[bytes, ...] = ()
+    if location.expires is not None and status in EXPIRES_STATUSES:
+        made = expires_headers(location.expires, time.time(), last_modified, source)
+        if made is not None:
+            lines, replaced = made, _EXPIRES_REPLACES
+    if location.add_headers:
+        added, own = added_headers(location.add_headers, status, source)
+        lines += added
+        replaced += own
+    return lines, replaced

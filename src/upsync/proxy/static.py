@@ -87,7 +87,7 @@ def not_modified(
     return False
 
 
-def validators(found: Found) -> bytes:
-    """Last-Modified, ETag and Accept-Ranges lines."""
+def validators(found: Found) -> list[bytes]:
+    """The Last-Modified and ETag lines."""
     modified = formatdate(int(found.mtime), usegmt=True)
-    return (f"Last-Modified: {modified}\r\nETag: {etag(found)}\r\n").encode()
+    return [f"Last-Modified: {modified}\r\n".encode(), f"ETag: {etag(found)}\r\n".encode()]
