@@ -421,7 +421,8 @@ Reply = tuple[bytes | None, bool]
 
 class ScriptedBackend:
     """A raw-socket backend that answers each request with exactly the bytes a test scripts,
-    so tests can play a misbehaving server. Every request and connection is recorded."""
+    so tests can play a misbehaving server; a reply that says `Connection: close` is followed
+    by closing. Every request and connection is recorded."""
 
     def __init__(self, reply: Callable[[RawRequest], Reply]) -> None:
         self.reply = reply
@@ -466,6 +467,8 @@ class ScriptedBackend:
                 if data is None:
                     return
                 conn.sendall(data)
+                if b"\r\nconnection: close\r\n" in data.partition(b"\r\n\r\n")[0].lower() + b"\r\n":
+                    return  # as it said: the connection ends the response
         except OSError:
             return
         finally:

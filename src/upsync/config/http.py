@@ -99,6 +99,8 @@ INHERITED = frozenset(
         "try_files",
         "server_tokens",
         "add_header",
+        "add_trailer",
+        "chunked_transfer_encoding",
         "error_page",
         "expires",
         "proxy_intercept_errors",
@@ -145,7 +147,8 @@ def _size(node: Node | None, default: int, index: int = 0) -> int:
 
 
 def _added_headers(nodes: tuple[Node, ...]) -> tuple[tuple[str, Template, bool], ...]:
-    """add_header NAME VALUE [always], from the level that sets any (as nginx inherits them)."""
+    """add_header (add_trailer) NAME VALUE [always], from the level that sets any (as nginx
+    inherits them)."""
     added = []
     for node in nodes:
         if len(node.args) == 3 and node.args[2] != "always":
@@ -613,6 +616,8 @@ class HttpBuilder:
             port_in_redirect=_flag(scope.one("port_in_redirect"), True),
             server_name_in_redirect=_flag(scope.one("server_name_in_redirect"), False),
             add_headers=_added_headers(scope.all("add_header")),
+            add_trailers=_added_headers(scope.all("add_trailer")),
+            chunked_transfer_encoding=_flag(scope.one("chunked_transfer_encoding"), True),
             error_pages=_error_pages(scope.all("error_page")),
             rewrites=rewrites,
             types=self._types(scope.one("types")),

@@ -201,6 +201,10 @@ class LocationConfig:
     server_name_in_redirect: bool = False
     # add_header NAME VALUE [always], in order: (name, value, always)
     add_headers: tuple[tuple[str, Template, bool], ...] = ()
+    add_trailers: tuple[tuple[str, Template, bool], ...] = ()  # add_trailer, the same way
+    # chunked_transfer_encoding off: an HTTP/1.1 answer of unknown length ends with the
+    # connection instead, and gets no trailers
+    chunked_transfer_encoding: bool = True
     error_pages: tuple[ErrorPage, ...] = ()
     rewrites: "tuple[Step, ...]" = ()  # set, rewrite, break, return, if: run in order
     # `types`: file extension (lower case) to Content-Type, for files a location serves

@@ -61,6 +61,7 @@ ARRAY_GROUPS = {
     "proxy_set_header": "proxy_set_header",
     "proxy_redirect": "proxy_redirect",
     "add_header": "add_header",
+    "add_trailer": "add_trailer",
     "error_page": "error_page",
     "proxy_cookie_domain": "proxy_cookie_domain",
     "proxy_cookie_path": "proxy_cookie_path",

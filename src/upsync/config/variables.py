@@ -67,6 +67,7 @@ KNOWN_PREFIXES = (
     "upstream_http_",
     "upstream_cookie_",
     "sent_http_",
+    "sent_trailer_",
 )
 # variables nginx leaves "not found" rather than empty when there is nothing to give (a header
 # the request lacks, a request that went to no upstream): an access log line shows them as "-"

@@ -24,7 +24,7 @@ from upsync.config.model import (
 )
 from upsync.proxy import error_pages, http1, rewriting, static
 from upsync.proxy.body import RequestBody
-from upsync.proxy.exchange import REPLAYABLE_BODY, URI_SAFE
+from upsync.proxy.exchange import REPLAYABLE_BODY, URI_SAFE, trailers_of, trailing
 from upsync.proxy.intake import (
     NAME_INVALID,
     NAME_UNDERSCORED,
@@ -68,6 +68,7 @@ _EXPECT: Final = 4
 _UPGRADE: Final = 5
 _UNDERSCORED: Final = 6
 _INVALID_NAME: Final = 7
+_UNIQUE: Final = 8  # and above: a header nginx takes once (a second one is a 400), by bit
 
 
 def _unlisted_header(lower_name: bytes) -> int:
@@ -84,6 +85,20 @@ _REQUEST_HEADERS: Final = http1.HeaderClasses(
         b"transfer-encoding": _TRANSFER_ENCODING,
         b"expect": _EXPECT,
         b"upgrade": _UPGRADE,
+        **{
+            name: _UNIQUE << bit
+            for bit, name in enumerate(
+                (
+                    b"if-modified-since",
+                    b"if-unmodified-since",
+                    b"if-match",
+                    b"if-none-match",
+                    b"content-range",
+                    b"if-range",
+                    b"authorization",
+                )
+            )
+        },
     },
     _OTHER,
     _unlisted_header,
@@ -732,11 +747,18 @@ class ClientConnection(asyncio.Protocol):
         req.query = query
         host_header: bytes | None = None
         invalid_names = False
+        unique_seen = 0
+        transfer_encoding: bytes | None = None
+        expect: bytes | None = None
         for name, value in req.headers:
             kind = _REQUEST_HEADERS.of(name)
             if kind == _OTHER:
                 continue
-            if kind == _HOST:
+            if kind >= _UNIQUE:
+                if unique_seen & kind:
+                    raise BadRequest(400)
+                unique_seen |= kind
+            elif kind == _HOST:
                 if host_header is not None:
                     raise BadRequest(400)
                 host_header = value
@@ -745,19 +767,26 @@ class ClientConnection(asyncio.Protocol):
                     raise BadRequest(400)
                 req.content_length = int(value)
             elif kind == _TRANSFER_ENCODING:
-                if value.strip().lower() != b"chunked" or req.version == "1.0":
-                    raise BadRequest(501 if value.strip().lower() != b"chunked" else 400)
-                req.chunked = True
+                if transfer_encoding is not None:
+                    raise BadRequest(400)
+                transfer_encoding = value
             elif kind == _EXPECT:
-                # nginx acts on 100-continue and passes any other expectation on
-                if value.strip().lower() == b"100-continue":
-                    req.expect_continue = True
+                if expect is not None:
+                    raise BadRequest(400)
+                expect = value
             elif kind == _UPGRADE:
                 req.upgrade = True
             else:
                 invalid_names = True
-        if req.chunked and req.content_length is not None:
-            raise BadRequest(400)  # both framings: a smuggling attempt
+        if transfer_encoding is not None:
+            if transfer_encoding.strip().lower() != b"chunked":
+                raise BadRequest(501)
+            if req.version == "1.0" or req.content_length is not None:
+                raise BadRequest(400)  # both framings: a smuggling attempt
+            req.chunked = True
+        # nginx acts on 100-continue and passes any other expectation on
+        if expect is not None and expect.strip().lower() == b"100-continue":
+            req.expect_continue = True
         if invalid_names and self.limits.ignore_invalid_headers:
             self._drop_invalid_headers(req)
         if not req.host:
@@ -985,14 +1014,18 @@ class ClientConnection(asyncio.Protocol):
         req.status = status
         own = static.validators(found)
         if location.expires is not None or location.add_headers:
-            extra, replaced = http1.header_filter(location, status, req, found.mtime)
+            req.headers_out = made = list(own)
+            extra, replaced = http1.header_filter(location, status, req, found.mtime, made)
             own = http1.drop_headers(own, replaced) if replaced else own
             extra = b"".join(own) + extra
         else:
             extra = b"".join(own)
-        described = b"Content-Type: %s\r\nContent-Length: %d\r\n" % (
+        chunked = trailing(location, req, status)
+        described = b"Content-Type: %s\r\n%s" % (
             static.content_type(location, found.path).encode("latin-1"),
-            found.size,
+            b"Transfer-Encoding: chunked\r\n"
+            if chunked
+            else b"Content-Length: %d\r\n" % found.size,
         )
         head = (
             http1.status_line(status)
@@ -1009,7 +1042,10 @@ class ClientConnection(asyncio.Protocol):
             with open(found.path, "rb") as handle:
                 if found.size <= static.WHOLE_FILE:
                     body = handle.read()
-                    self._write_response(req, head + body, len(body))
+                    size = len(body)
+                    if chunked:
+                        body = http1.chunked_whole(body, trailers_of(location, req, status))
+                    self._write_response(req, head + body, size)
                     self.finish_response(keep)
                     return
         except OSError as exc:
@@ -1017,17 +1053,23 @@ class ClientConnection(asyncio.Protocol):
             self.send_error(403 if isinstance(exc, PermissionError) else 404)
             return
         self._write_response(req, head, 0)
-        self.sending = asyncio.ensure_future(self._send_file(req, found.path, keep))
+        self.sending = asyncio.ensure_future(self._send_file(req, found.path, keep, chunked))
 
-    async def _send_file(self, req: Request, path: str, keep: bool) -> None:
-        """A large file, block by block as the client takes it."""
+    async def _send_file(self, req: Request, path: str, keep: bool, chunked: bool) -> None:
+        """A large file, block by block as the client takes it (as chunks, with trailers)."""
         try:
             with open(path, "rb") as handle:
                 while not self.closed:
                     block = handle.read(static.BLOCK)
                     if not block:
+                        if chunked and req.location is not None:
+                            trailers = trailers_of(req.location, req, req.status)
+                            self.write(http1.last_chunk(trailers))
                         break
-                    self.write(block, body=len(block))
+                    if chunked:
+                        self.write(b"%x\r\n%s\r\n" % (len(block), block), body=len(block))
+                    else:
+                        self.write(block, body=len(block))
                     if self.write_paused:
                         self.writable = self.loop.create_future()
                         await self.writable
@@ -1123,12 +1165,15 @@ class ClientConnection(asyncio.Protocol):
         head_only = req.method == b"HEAD"
         location = self._answering_location(req)
         if location.expires is not None or location.add_headers:
-            extra += http1.header_filter(location, status, req)[0]
+            made: list[bytes] = []
+            req.headers_out = made
+            extra += http1.header_filter(location, status, req, made=made)[0]
         tokens = location.server_tokens
-        self._write_response(
-            req, http1.simple_response(status, body, content_type, keep, head_only, extra, tokens),
-            0 if head_only else len(body),
+        trailers = trailers_of(location, req, status) if trailing(location, req, status) else None
+        response = http1.simple_response(
+            status, body, content_type, keep, head_only, extra, tokens, trailers
         )
+        self._write_response(req, response, 0 if head_only else len(body))
         self.finish_response(keep)
 
     def _write_response(self, req: Request, response: bytes, body_size: int) -> None:
@@ -1155,7 +1200,9 @@ class ClientConnection(asyncio.Protocol):
         tokens = location.server_tokens
         extra = b""
         if location.add_headers:
-            extra = http1.header_filter(location, status, req)[0]
+            made: list[bytes] = []
+            req.headers_out = made
+            extra = http1.header_filter(location, status, req, made=made)[0]
         head_only = req.method == b"HEAD"
         if status not in http1.PAGED_CODES:
             # as nginx: no page of its own for this code, an empty answer
@@ -1170,10 +1217,11 @@ class ClientConnection(asyncio.Protocol):
             self.finish_response(keep)
             return
         body = http1.error_body(status, tokens)
-        self._write_response(
-            req, http1.simple_response(status, body, b"text/html", keep, head_only, extra, tokens),
-            0 if head_only else len(body),
+        trailers = trailers_of(location, req, status) if trailing(location, req, status) else None
+        response = http1.simple_response(
+            status, body, b"text/html", keep, head_only, extra, tokens, trailers
         )
+        self._write_response(req, response, 0 if head_only else len(body))
         self.finish_response(keep)
 
     # error_page

@@ -17,10 +17,13 @@ from upsync.proxy.http1 import (
     date_header,
     drop_headers,
     header_filter,
+    last_chunk,
     last_modified_of,
     server_header,
     status_has_body,
     status_line,
+    trailer_lines,
+    trailers_apply,
 )
 from upsync.proxy.request import Request
 from upsync.proxy.upstream_conn import (
@@ -93,6 +96,25 @@ def _redirects(location: LocationConfig, handler: ProxyPass) -> tuple[tuple[byte
     return tuple(pairs)
 
 
+def trailing(location: LocationConfig, req: Request, status: int) -> bool:
+    """Whether this answer carries add_trailer's lines: HTTP/1.1, chunked, with a body (an
+    answer of known length then goes chunked too, as nginx sends it)."""
+    return (
+        bool(location.add_trailers)
+        and req.version == "1.1"
+        and location.chunked_transfer_encoding
+        and req.method != b"HEAD"
+        and status_has_body(status)
+        and trailers_apply(location.add_trailers, status)
+    )
+
+
+def trailers_of(location: LocationConfig, req: Request, status: int) -> bytes:
+    made: list[bytes] = []
+    req.sent_trailers = made
+    return trailer_lines(location.add_trailers, status, req, made)
+
+
 class ProxyPlan:
     """What a location's proxy_pass needs per request, computed once."""
 
@@ -129,10 +151,9 @@ class ProxyPlan:
             self.body = _NO_BODY
         # proxy_pass_request_body off still sends the client's Content-Length, as nginx does
         # (its recipe, as for auth_request, adds `proxy_set_header Content-Length "";`)
-        self.length_kept = (
-            settings.set_body is None
-            and "content-length" not in {name.lower() for name, _ in settings.set_headers}
-        )
+        self.length_kept = settings.set_body is None and "content-length" not in {
+            name.lower() for name, _ in settings.set_headers
+        }
         self.version = settings.http_version.encode()
         self.version_line = b" HTTP/" + self.version + b"\r\n"
         overridden = {name.lower() for name, _ in settings.set_headers}
@@ -540,7 +561,8 @@ class ProxyExchange:
                 if expires is not None and expires.kind == "modified"
                 else -1.0
             )
-            extra, replaced = header_filter(location, status, req, modified)
+            req.headers_out = made = list(conn.lines)
+            extra, replaced = header_filter(location, status, req, modified, made)
             lines = drop_headers(conn.lines, replaced) if replaced else conn.lines
             out = [status_line(status), common, *lines, extra]
         else:
@@ -557,10 +579,10 @@ class ProxyExchange:
                 self.frame = FRAME_NONE
                 if length is not None:
                     out.append(b"Content-Length: " + length + b"\r\n")
-            elif length is not None and not chunked:
+            elif length is not None and not chunked and not trailing(location, req, status):
                 self.frame = FRAME_LENGTH
                 out.append(b"Content-Length: " + length + b"\r\n")
-            elif req.version == "1.1":
+            elif req.version == "1.1" and location.chunked_transfer_encoding:
                 self.frame = FRAME_CHUNKED
                 out.append(b"Transfer-Encoding: chunked\r\n")
             else:
@@ -596,9 +618,13 @@ class ProxyExchange:
         self._arm(self.settings.read_timeout)
 
     def on_response_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
-        if self.frame == FRAME_CHUNKED:
-            self.client.write(b"0\r\n\r\n")
         req = self.req
+        if self.frame == FRAME_CHUNKED:
+            location = self.plan.location
+            if trailing(location, req, req.status):
+                self.client.write(last_chunk(trailers_of(location, req, req.status)))
+            else:
+                self.client.write(b"0\r\n\r\n")
         now = req.try_header if self.head_in_read else self.loop.time()
         req.end_try(req.status, now)
         self._finish_peer(failed=False, now=now)

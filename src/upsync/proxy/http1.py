@@ -184,18 +184,33 @@ def simple_response(
     head_only: bool = False,
     extra: bytes = b"",
     server_tokens: bool = True,
+    trailers: bytes | None = None,
 ) -> bytes:
+    """A whole response; with `trailers` (add_trailer's lines) its body goes chunked."""
+    framing = b"Content-Length: %d\r\n" % len(body)
+    if trailers is not None and not head_only:
+        framing = b"Transfer-Encoding: chunked\r\n"
+        body = chunked_whole(body, trailers)
     head = (
         status_line(code)
         + common_headers(server_tokens)
         + b"Content-Type: "
         + content_type
         + b"\r\n"
-        + b"Content-Length: %d\r\n" % len(body)
+        + framing
         + extra
         + (b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
     )
     return head if head_only else head + body
+
+
+def chunked_whole(body: bytes, trailers: bytes) -> bytes:
+    """A body as one chunk, then the last chunk with the trailer lines."""
+    return (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + last_chunk(trailers)
+
+
+def last_chunk(trailers: bytes) -> bytes:
+    return b"0\r\n" + trailers + b"\r\n"
 
 
 def error_response(
@@ -306,39 +321,76 @@ _EXPIRES_REPLACES: Final = (b"expires:", b"cache-control:")
 
 
 def added_headers(
-    added: tuple[tuple[str, Template, bool], ...], status: int, source: VariableSource
+    added: tuple[tuple[str, Template, bool], ...],
+    status: int,
+    source: VariableSource,
+    made: list[bytes],
 ) -> tuple[bytes, tuple[bytes, ...]]:
     """The add_header lines for a response of `status` (one whose value is empty is left
-    out), and the response's own headers they replace (lower case, with the colon)."""
-    lines = []
-    replaced: dict[bytes, str] = {}
+    out), and the response's own headers they replace (lower case, with the colon). Each line
+    is added to `made` (the response's header lines so far, what $sent_http_NAME reads) as it
+    is made, so a later value sees the earlier ones, as in nginx."""
+    start = len(made)
+    replaced: dict[bytes, bytes] = {}
     plain_status = status in _ADD_HEADER_STATUSES
     for name, template, always in added:
         if plain_status or always:
             value = template.render(source)
             own = _REPLACING.get(name.lower())
+            line = f"{name}: {value}\r\n".encode("latin-1", "replace") if value else b""
             if own is not None:
-                replaced[own] = f"{name}: {value}\r\n" if value else ""
-            elif value:
-                lines.append(f"{name}: {value}\r\n")
-    lines.extend(replaced.values())
-    return "".join(lines).encode("latin-1", "replace"), tuple(replaced)
+                replaced[own] = line
+            elif line:
+                made.append(line)
+    return b"".join(made[start:]) + b"".join(replaced.values()), tuple(replaced)
+
+
+def trailers_apply(
+    trailers: tuple[tuple[str, Template, bool], ...], status: int
+) -> bool:
+    """Whether add_trailer adds any to a response of `status` (nginx then sends it chunked)."""
+    plain_status = status in _ADD_HEADER_STATUSES
+    return any(plain_status or always for _, _, always in trailers)
+
+
+def trailer_lines(
+    trailers: tuple[tuple[str, Template, bool], ...],
+    status: int,
+    source: VariableSource,
+    made: list[bytes],
+) -> bytes:
+    """add_trailer's lines for a response of `status`, each made in order into `made` (what
+    $sent_trailer_NAME reads, so a later trailer sees the earlier ones)."""
+    plain_status = status in _ADD_HEADER_STATUSES
+    for name, template, always in trailers:
+        if plain_status or always:
+            value = template.render(source)
+            if value:
+                made.append(f"{name}: {value}\r\n".encode("latin-1", "replace"))
+    return b"".join(made)
 
 
 def header_filter(
-    location: "LocationConfig", status: int, source: VariableSource, last_modified: float = -1.0
+    location: "LocationConfig",
+    status: int,
+    source: VariableSource,
+    last_modified: float = -1.0,
+    made: list[bytes] | None = None,
 ) -> tuple[bytes, tuple[bytes, ...]]:
     """nginx's headers filter for a response of `status`: `expires`, then `add_header`; the
     lines to add, and which of the response's own headers they replace (lower case, with the
-    colon). Called only where the location has either."""
+    colon). `made`: the response's header lines so far, which grows by add_header's. Called
+    only where the location has either."""
     lines = b""
     replaced: tuple[bytes, ...] = ()
     if location.expires is not None and status in EXPIRES_STATUSES:
-        made = expires_headers(location.expires, time.time(), last_modified, source)
-        if made is not None:
-            lines, replaced = made, _EXPIRES_REPLACES
+        cache = expires_headers(location.expires, time.time(), last_modified, source)
+        if cache is not None:
+            lines, replaced = cache, _EXPIRES_REPLACES
     if location.add_headers:
-        added, own = added_headers(location.add_headers, status, source)
+        added, own = added_headers(
+            location.add_headers, status, source, [] if made is None else made
+        )
         lines += added
         replaced += own
     return lines, replaced

@@ -56,6 +56,7 @@ class Request:
         "expect_continue",
         "head_size",
         "headers",
+        "headers_out",
         "host",
         "keep_alive",
         "location",
@@ -70,6 +71,7 @@ class Request:
         "response_done",
         "rewritten",
         "sent_head",
+        "sent_trailers",
         "server",
         "start",
         "status",
@@ -126,6 +128,8 @@ class Request:
         self.pipelined = False  # read behind another request's bytes
         self.request_id = ""
         self.sent_head = b""  # the response head as written to the client
+        self.headers_out: list[bytes] | None = None  # its header lines while it is made
+        self.sent_trailers: list[bytes] | None = None  # add_trailer's lines, as they are made
         self.upstream_lines: list[bytes] | None = None  # the upstream response's header lines
         self.captures: RegexMatch | None = None  # of the last map regex that matched
         self.redirects = 0  # to error pages
@@ -182,6 +186,23 @@ class Request:
                 return value
         return None
 
+    def joined_header(self, name: bytes) -> str:
+        """$http_NAME: every such header's value, joined as nginx joins repeated ones (";" for
+        Cookie, "," for the others)."""
+        found: list[bytes] | None = None
+        first = b""
+        for key, value in self.headers:
+            if key.lower() == name:
+                if found is None and not first:
+                    first = value
+                elif found is None:
+                    found = [first, value]
+                else:
+                    found.append(value)
+        if found is None:
+            return first.decode("latin-1")
+        return (b"; " if name == b"cookie" else b", ").join(found).decode("latin-1")
+
     def variable(self, name: str) -> str:
         getter = _VARIABLES.get(name)
         if getter is not None:
@@ -196,8 +217,7 @@ class Request:
                 self.captures = match
             return template.render(self)
         if name.startswith("http_"):
-            raw = self.header(name[5:].replace("_", "-").encode())
-            return raw.decode("latin-1") if raw is not None else ""
+            return self.joined_header(name[5:].replace("_", "-").encode())
         if name.startswith("arg_"):
             wanted = name[4:]
             for pair in self.query.split("&"):
@@ -211,14 +231,19 @@ class Request:
             return _cookie_in(self.upstream_lines or (), name[16:])
         if name.startswith("sent_http_"):
             head = self.sent_head
+            if not head:  # the head is being made: its lines so far
+                return _header_in(self.headers_out or (), name[10:])
             return _header_in(head[: head.find(b"\r\n\r\n")].split(b"\r\n")[1:], name[10:])
+        if name.startswith("sent_trailer_"):
+            return _header_in(self.sent_trailers or (), name[13:])
         if name.startswith("cookie_"):
-            cookies = self.header(b"cookie")
-            if cookies:
-                for pair in cookies.decode("latin-1").split(";"):
-                    key, _, cookie = pair.strip().partition("=")
-                    if key == name[7:]:
-                        return cookie
+            cookie_wanted = name[7:]
+            for header_name, value in self.headers:
+                if header_name.lower() == b"cookie":
+                    for pair in value.decode("latin-1").split(";"):
+                        cookie_name, _, cookie = pair.strip().partition("=")
+                        if cookie_name == cookie_wanted:
+                            return cookie
             return ""
         return self.capture(name)
 
@@ -246,16 +271,15 @@ class Request:
 
 def _header_in(lines: "list[bytes] | tuple[bytes, ...]", variable_name: str) -> str:
     """A header's value among raw `Name: value` lines, nginx's way: the variable's name with
-    dashes for underscores, matched ignoring case; repeated headers joined (Set-Cookie by ";
-    ", others by ", ")."""
+    dashes for underscores, matched ignoring case; repeated headers joined by ", " (Set-Cookie
+    too, as nginx 1.23 on)."""
     wanted = variable_name.replace("_", "-").encode("latin-1")
     found = []
     for line in lines:
         name, _, value = line.partition(b":")
         if name.strip().lower() == wanted:
             found.append(value.strip())
-    joiner = b"; " if wanted == b"set-cookie" or wanted == b"cookie" else b", "
-    return joiner.join(found).decode("latin-1")
+    return b", ".join(found).decode("latin-1")
 
 
 def _cookie_in(lines: "list[bytes] | tuple[bytes, ...]", wanted: str) -> str:
@@ -364,7 +388,7 @@ _VARIABLES: dict[str, Callable[[Request], str]] = {
     "proxy_host": lambda r: r.proxy_host,
     "proxy_port": lambda r: r.proxy_host.rpartition(":")[2] if ":" in r.proxy_host else "80",
     "content_length": lambda r: (r.header(b"content-length") or b"").decode("latin-1"),
-    "content_type": lambda r: (r.header(b"content-type") or b"").decode("latin-1"),
+    "content_type": lambda r: r.joined_header(b"content-type"),
     "upstream_addr": _tries_field(0),
     "upstream_status": _tries_field(1),
     "upstream_connect_time": _tries_field(2),
