@@ -132,14 +132,15 @@ class Generation:
         location = req.location
         if location is None:
             return
-        access_log = location.access_log
-        if not access_log.path or access_log.format is None:
-            return
-        try:
-            line = access_log.format.render_for_log(req)
-            self.access_logs.get(access_log.path).write(line + "\n")
-        except OSError as exc:
-            log.error("cannot write access log %s: %s", access_log.path, exc)
+        for access_log in location.access_logs:
+            condition = access_log.condition
+            if condition is not None and condition.render(req) in ("", "0"):
+                continue
+            try:
+                line = access_log.format.render_for_log(req)
+                self.access_logs.get(access_log.path).write(line + "\n")
+            except OSError as exc:
+                log.error("cannot write access log %s: %s", access_log.path, exc)
 
 
 def _every_location(server: ServerBlock) -> list[LocationConfig]:

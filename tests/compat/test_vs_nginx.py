@@ -11,6 +11,7 @@ import pytest
 
 from tests.helpers import (
     Backend,
+    KeepAliveClient,
     Process,
     free_port,
     nginx_binary,
@@ -1388,3 +1389,53 @@ def test_add_trailer_and_chunked_transfer_encoding_as_nginx_does() -> None:
     assert theirs[0].endswith("0\r\nFoo: foo\r\nFoo: bar\r\nX-Sent: foo\r\n\r\n")
     theirs[0] = theirs[0].replace("X-Sent: foo\r\n", "X-Sent: foo, bar\r\n")
     assert differing(TRAILER_REQUESTS, ours, theirs) == []
+
+
+KEEPALIVE_LOCATIONS = """
+        location /h { keepalive_timeout 30s 9; return 200 "h"; }
+        location /safari { keepalive_disable safari; return 200 "s"; }
+        location /none { keepalive_disable none; return 200 "n"; }
+        location /r { keepalive_requests 3; return 200 "r"; }
+        location = /d { return 200 "d"; }
+"""
+KEEPALIVE_REQUESTS = [
+    ("GET", "/h", ""),
+    ("POST", "/d", "Mozilla/4.0 (compatible; MSIE 5.0; Windows 98)"),
+    ("POST", "/d", "Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1)"),
+    ("POST", "/d", "Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1; SV1)"),
+    ("POST", "/d", "Mozilla/4.0 (compatible; MSIE 7.0; Windows NT 6.0)"),
+    ("GET", "/d", "Mozilla/4.0 (compatible; MSIE 5.0; Windows 98)"),
+    ("POST", "/d", "Opera/9.80 (compatible; MSIE 5.0)"),
+    ("GET", "/safari", "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) Safari/605.1.15"),
+    ("GET", "/safari", "Mozilla/5.0 (Macintosh; Mac OS X) Chrome/120.0 Safari/537.36"),
+    ("GET", "/d", "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) Safari/605.1.15"),
+    ("POST", "/none", "Mozilla/4.0 (compatible; MSIE 5.0; Windows 98)"),
+]
+
+
+def keepalive_answers(runner: Runner) -> list[object]:
+    """Per request on a fresh connection: its Connection and Keep-Alive headers; then how
+    many answers one connection gets in a location with its own keepalive_requests."""
+    port = free_port()
+    answers: list[object] = []
+    with Backend("a") as backend, runner(with_locations(port, backend.port, KEEPALIVE_LOCATIONS), port):
+        for method, path, agent in KEEPALIVE_REQUESTS:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            headers = {"User-Agent": agent} if agent else {}
+            conn.request(method, path, body=b"" if method == "POST" else None, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            answers.append((response.getheader("Connection"), response.getheader("Keep-Alive")))
+            conn.close()
+        client = KeepAliveClient(port)
+        kept = [client.get("/r")[1].get("connection") for _ in range(3)]
+        client.close()
+        answers.append(kept)
+    return answers
+
+
+def test_keepalive_disable_header_and_requests_per_location_as_nginx_does() -> None:
+    ours, theirs = keepalive_answers(running_upsync), keepalive_answers(running_nginx)
+    assert ours == theirs
+    assert theirs[0] == ("keep-alive", "timeout=9") and theirs[1] == ("close", None)
+    assert theirs[-1] == ["keep-alive", "keep-alive", "close"]

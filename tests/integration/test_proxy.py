@@ -398,6 +398,26 @@ def test_access_log_in_combined_format() -> None:
             assert '"GET /path?q=1 HTTP/1.1" 200 2 "http://r/" "tester/1.0"' in line
 
 
+def test_access_log_lines_go_to_every_log_of_the_level_when_their_condition_holds() -> None:
+    port = free_port()
+    with Backend("a") as a:
+        text = config(
+            port, f"server 127.0.0.1:{a.port};", http="log_format short $request_uri;"
+        ).replace(
+            "location = /local",
+            "access_log logs/all.log short buffer=32k flush=1s;\n"
+            "        access_log logs/some.log short if=$arg_log;\n"
+            "        location = /local",
+        )
+        with running_upsync(text, port) as proc:
+            for query in ("?log=1", "?log=0", "", "?log=yes"):
+                assert request(port, "/p" + query)[0] == 200
+            logs = proc.workdir / "logs"
+            wait_until(lambda: (logs / "all.log").read_text().count("\n") == 4)
+            wait_until(lambda: (logs / "some.log").read_text().count("\n") == 2)
+            assert (logs / "some.log").read_text() == "/p?log=1\n/p?log=yes\n"
+
+
 def test_access_log_names_a_client_that_reset_before_its_answer() -> None:
     """499: the line is written after the client's connection is gone, and still names it."""
     port = free_port()

@@ -71,3 +71,19 @@ def test_parseable_request_line_keeps_what_was_sent() -> None:
     assert parseable_request_line(b"foo / HTTP/1.1\r\n\r\n") is None  # lower case: not a method
     assert parseable_request_line(b"GET /a\x01b HTTP/1.1\r\n\r\n") is None
     assert parseable_request_line(b"GET / HTTP/1.1") is None
+
+
+def test_keepalive_disable_knows_browsers_as_nginx_does() -> None:
+    from upsync.proxy.intake import browser_keepalive_disabled
+
+    msie6, safari, both = frozenset({"msie6"}), frozenset({"safari"}), frozenset({"msie6", "safari"})
+    old = b"Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1)"
+    assert browser_keepalive_disabled(msie6, b"POST", old)
+    assert not browser_keepalive_disabled(msie6, b"GET", old)  # only after a POST
+    assert not browser_keepalive_disabled(msie6, b"POST", old.replace(b"5.1", b"5.1; SV1"))
+    assert not browser_keepalive_disabled(msie6, b"POST", b"Mozilla/4.0 (MSIE 7.0; Windows)")
+    assert not browser_keepalive_disabled(msie6, b"POST", b"Opera/9 (MSIE 5.0; Windows)")
+    mac = b"Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) Safari/605.1.15"
+    assert browser_keepalive_disabled(safari, b"GET", mac)
+    assert not browser_keepalive_disabled(msie6, b"GET", mac)
+    assert not browser_keepalive_disabled(both, b"GET", mac.replace(b"Safari", b"Chrome/1 Safari"))

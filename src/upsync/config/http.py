@@ -91,6 +91,7 @@ INHERITED = frozenset(
         "keepalive_timeout",
         "keepalive_time",
         "keepalive_requests",
+        "keepalive_disable",
         "access_log",
         "default_type",
         "root",
@@ -385,7 +386,6 @@ class HttpBuilder:
             lingering_close=_choice(scope.one("lingering_close"), ("on", "off", "always")),
             lingering_time=_time(scope.one("lingering_time"), 30.0),
             lingering_timeout=_time(scope.one("lingering_timeout"), 5.0),
-            keepalive_requests=_int(scope.one("keepalive_requests"), 1000),
         )
         return ServerBlock(
             listens=tuple(listens) or (Listen("", 80),),
@@ -607,9 +607,14 @@ class HttpBuilder:
                 scope.one("client_body_in_file_only"), ("off", "on", "clean")
             ),
             keepalive_timeout=_time(keepalive, 75.0),
+            keepalive_requests=_int(scope.one("keepalive_requests"), 1000),
+            keepalive_header=(
+                int(_time(keepalive, 0.0, index=1)) if keepalive and len(keepalive.args) > 1 else 0
+            ),
+            keepalive_disable=self._keepalive_disable(scope.one("keepalive_disable")),
             keepalive_time=_time(scope.one("keepalive_time"), 3600.0),
             default_type=default_type.args[0] if default_type else "text/plain",
-            access_log=self._access_log(scope),
+            access_logs=self._access_logs(scope),
             where=node.where,
             server_tokens=_server_tokens(scope.one("server_tokens")),
             absolute_redirect=_flag(scope.one("absolute_redirect"), True),
@@ -733,16 +738,41 @@ class HttpBuilder:
             rules.append(AccessRule(node.name == "allow", value))
         return tuple(rules)
 
-    def _access_log(self, scope: Scope) -> AccessLog:
-        nodes = scope.all("access_log")
-        if not nodes or nodes[0].args[0] == "off":
-            return AccessLog("")
-        node = nodes[0]
-        path = node.args[0]
-        format_name = node.args[1] if len(node.args) > 1 else "combined"
-        template = self.log_formats.get(format_name)
-        if template is None:
-            raise node.error(f'unknown log format "{format_name}"')
-        if path not in ("stderr", "/dev/stdout", "/dev/stderr") and not os.path.isabs(path):
-            path = os.path.join(self.prefix, path)
-        return AccessLog(path, template)
+    def _access_logs(self, scope: Scope) -> tuple[AccessLog, ...]:
+        """access_log PATH [FORMAT [buffer=SIZE] [flush=TIME] [if=CONDITION]] ... | off: every
+        one the level that has any gives (nginx writes to each)."""
+        logs = []
+        for node in scope.all("access_log"):
+            path, *rest = node.args
+            if path == "off":
+                if rest:
+                    raise node.error('invalid number of arguments in "access_log" directive')
+                return ()
+            format_name = "combined"
+            condition: Template | None = None
+            for index, arg in enumerate(rest):
+                if arg.startswith("if="):
+                    condition = _template(node, arg[3:])
+                elif arg.startswith(("buffer=", "flush=")):
+                    pass  # nginx's write buffering; upsync writes each line as it is made
+                elif arg == "gzip" or arg.startswith("gzip="):
+                    raise node.error('"access_log" with gzip is not supported by upsync')
+                elif index == 0:
+                    format_name = arg
+                else:
+                    raise node.error(f'invalid parameter "{arg}"')
+            template = self.log_formats.get(format_name)
+            if template is None:
+                raise node.error(f'unknown log format "{format_name}"')
+            if path not in ("stderr", "/dev/stdout", "/dev/stderr") and not os.path.isabs(path):
+                path = os.path.join(self.prefix, path)
+            logs.append(AccessLog(path, template, condition))
+        return tuple(logs)
+
+    def _keepalive_disable(self, node: Node | None) -> frozenset[str]:
+        if node is None:
+            return frozenset({"msie6"})
+        for arg in node.args:
+            if arg not in ("none", "msie6", "safari"):
+                raise node.invalid(arg)
+        return frozenset(node.args) - {"none"}

@@ -173,8 +173,9 @@ class ErrorPage:
 
 @dataclass(frozen=True, slots=True)
 class AccessLog:
-    path: str  # "" when off
-    format: Template | None = None
+    path: str
+    format: Template
+    condition: Template | None = None  # if=: a line only when it is neither "" nor "0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +191,13 @@ class LocationConfig:
     client_body_temp_path: str
     keepalive_timeout: float
     keepalive_time: float  # a connection's longest life: the response after it says close
+    keepalive_requests: int  # a connection's last request, per location as in nginx
+    keepalive_header: int  # keepalive_timeout's second value: "Keep-Alive: timeout=N" (0: none)
+    # keepalive_disable: the browsers kept-alive connections are closed for ("msie6" for its
+    # POSTs, "safari"); none by `keepalive_disable none`
+    keepalive_disable: frozenset[str]
     default_type: str
-    access_log: AccessLog
+    access_logs: tuple[AccessLog, ...]  # none: off
     where: tuple[str, int] = ("", 0)
     server_tokens: bool = True  # the version in the Server header and on error pages
     # a redirect to "/path" that upsync writes (return, or proxy_redirect's result) is made
@@ -232,7 +238,6 @@ class ClientLimits:
     lingering_close: str = "on"  # on | off | always
     lingering_time: float = 30.0
     lingering_timeout: float = 5.0
-    keepalive_requests: int = 1000
 
 
 @dataclass(frozen=True, slots=True)

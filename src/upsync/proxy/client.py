@@ -29,6 +29,7 @@ from upsync.proxy.intake import (
     NAME_INVALID,
     NAME_UNDERSCORED,
     bare_crs,
+    browser_keepalive_disabled,
     header_name_class,
     is_http09_line,
     parseable_request_line,
@@ -103,6 +104,13 @@ _REQUEST_HEADERS: Final = http1.HeaderClasses(
     _OTHER,
     _unlisted_header,
 )
+
+
+def keepalive_disabled(disabled: frozenset[str], req: Request) -> bool:
+    if "safari" not in disabled and req.method != b"POST":
+        return False  # msie6 alone: only a POST matters, and most requests are not one
+    user_agent = req.header(b"user-agent")
+    return user_agent is not None and browser_keepalive_disabled(disabled, req.method, user_agent)
 
 
 def access_allowed(rules: tuple[AccessRule, ...], address: str) -> bool:
@@ -844,8 +852,10 @@ class ClientConnection(asyncio.Protocol):
         req.location = location
         self.keepalive_timeout = location.keepalive_timeout
         self.keepalive_time = location.keepalive_time
-        if self.requests >= self.limits.keepalive_requests:
+        if self.requests >= location.keepalive_requests:
             req.keep_alive = False
+        elif location.keepalive_disable and req.keep_alive:
+            req.keep_alive = not keepalive_disabled(location.keepalive_disable, req)
         self._serve_location(req, location)
 
     def _location_rewrites(self, req: Request, location: LocationConfig) -> LocationConfig | None:
@@ -880,7 +890,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _serve_location(self, req: Request, location: LocationConfig) -> None:
         """The location's access rules, body limit and handler; again for an error page."""
-        if location.access_log.path:
+        if location.access_logs:
             # the access log line may be written after the client has gone (499), when the
             # socket can no longer tell its peer
             _ = self.remote
@@ -1032,7 +1042,7 @@ class ClientConnection(asyncio.Protocol):
             + http1.common_headers(location.server_tokens)
             + (b"" if unchanged else described)
             + extra
-            + (b"Connection: keep-alive\r\n\r\n" if keep else b"Connection: close\r\n\r\n")
+            + http1.head_end(keep, location.keepalive_header)
         )
         if unchanged or req.method == b"HEAD":
             self._write_response(req, head, 0)
@@ -1171,7 +1181,15 @@ class ClientConnection(asyncio.Protocol):
         tokens = location.server_tokens
         trailers = trailers_of(location, req, status) if trailing(location, req, status) else None
         response = http1.simple_response(
-            status, body, content_type, keep, head_only, extra, tokens, trailers
+            status,
+            body,
+            content_type,
+            keep,
+            head_only,
+            extra,
+            tokens,
+            trailers,
+            location.keepalive_header,
         )
         self._write_response(req, response, 0 if head_only else len(body))
         self.finish_response(keep)
@@ -1211,7 +1229,7 @@ class ClientConnection(asyncio.Protocol):
                 + http1.common_headers(tokens)
                 + b"Content-Length: 0\r\n"
                 + extra
-                + (b"Connection: keep-alive\r\n\r\n" if keep else b"Connection: close\r\n\r\n")
+                + http1.head_end(keep, location.keepalive_header)
             )
             self._write_response(req, response, 0)
             self.finish_response(keep)
@@ -1219,7 +1237,15 @@ class ClientConnection(asyncio.Protocol):
         body = http1.error_body(status, tokens)
         trailers = trailers_of(location, req, status) if trailing(location, req, status) else None
         response = http1.simple_response(
-            status, body, b"text/html", keep, head_only, extra, tokens, trailers
+            status,
+            body,
+            b"text/html",
+            keep,
+            head_only,
+            extra,
+            tokens,
+            trailers,
+            location.keepalive_header,
         )
         self._write_response(req, response, 0 if head_only else len(body))
         self.finish_response(keep)
@@ -1286,7 +1312,7 @@ class ClientConnection(asyncio.Protocol):
             return
         req.response_done = True
         self.exchange = None
-        if req.location is not None and req.location.access_log.path:
+        if req.location is not None and req.location.access_logs:
             self.site.log_access(req)
         if not keep_alive or not req.keep_alive:
             self.close()

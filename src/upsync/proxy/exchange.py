@@ -16,6 +16,7 @@ from upsync.proxy.http1 import (
     common_headers,
     date_header,
     drop_headers,
+    head_end,
     header_filter,
     last_chunk,
     last_modified_of,
@@ -588,9 +589,7 @@ class ProxyExchange:
             else:
                 self.frame = FRAME_CLOSE
                 client_keep = False
-            out.append(
-                b"Connection: keep-alive\r\n\r\n" if client_keep else b"Connection: close\r\n\r\n"
-            )
+            out.append(head_end(client_keep, location.keepalive_header))
         self.client_keep_alive = client_keep
         req.sent_head = head = b"".join(out)
         self.client.write(head)

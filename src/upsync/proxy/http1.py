@@ -185,6 +185,7 @@ def simple_response(
     extra: bytes = b"",
     server_tokens: bool = True,
     trailers: bytes | None = None,
+    keepalive_header: int = 0,
 ) -> bytes:
     """A whole response; with `trailers` (add_trailer's lines) its body goes chunked."""
     framing = b"Content-Length: %d\r\n" % len(body)
@@ -199,9 +200,23 @@ def simple_response(
         + b"\r\n"
         + framing
         + extra
-        + (b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+        + head_end(keep_alive, keepalive_header)
     )
     return head if head_only else head + body
+
+
+KEEP_ALIVE_END: Final = b"Connection: keep-alive\r\n\r\n"
+CLOSE_END: Final = b"Connection: close\r\n\r\n"
+
+
+def head_end(keep_alive: bool, keepalive_header: int = 0) -> bytes:
+    """The Connection line that ends a response head; with keepalive_timeout's second value,
+    a Keep-Alive line too."""
+    if not keep_alive:
+        return CLOSE_END
+    if keepalive_header:
+        return b"Connection: keep-alive\r\nKeep-Alive: timeout=%d\r\n\r\n" % keepalive_header
+    return KEEP_ALIVE_END
 
 
 def chunked_whole(body: bytes, trailers: bytes) -> bytes:

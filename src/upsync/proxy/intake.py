@@ -92,3 +92,25 @@ def parseable_request_line(data: bytes) -> tuple[bytes, bytes, bytes] | None:
     stand_in = _HIGH_BYTE.sub(_percent_encode, target)
     head = b"GET " + stand_in + b" " + version + (b"\r" if cr else b"")
     return head + data[end:], method, target
+
+
+def browser_keepalive_disabled(disabled: frozenset[str], method: bytes, user_agent: bytes) -> bool:
+    """keepalive_disable: nginx closes a kept-alive connection after a POST from MSIE 6 and
+    older ("msie6": MSIE may wait on such a connection), or after any request from Safari on
+    macOS ("safari": it may send a POST on a connection just closed). The User-Agent tests
+    are nginx's own."""
+    msie = user_agent.find(b"MSIE ")
+    is_msie = msie >= 0 and msie + 7 < len(user_agent) and b"Opera" not in user_agent
+    if "msie6" in disabled and method == b"POST" and is_msie and user_agent[msie + 6] == 46:
+        version = user_agent[msie + 5]
+        if version in (52, 53) or (version == 54 and b"SV1" not in user_agent[msie + 8 :]):
+            return True
+    return (
+        "safari" in disabled
+        and not is_msie
+        and b"Opera" not in user_agent
+        and b"Gecko/" not in user_agent
+        and b"Chrome/" not in user_agent
+        and b"Safari/" in user_agent
+        and b"Mac OS X" in user_agent
+    )
