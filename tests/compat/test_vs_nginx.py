@@ -466,6 +466,13 @@ REDIRECT_LOCATIONS = """
         location /ret { return 302 /elsewhere; }
         location /relret { absolute_redirect off; return 301 /kept; }
         location /noport { port_in_redirect off; proxy_pass http://backend; }
+        location /rx/ {
+            set $where moved;
+            proxy_pass http://backend;
+            proxy_redirect http://backend/rx/$where/ /$where/;
+            proxy_redirect ~^(.+)/with_([^/]+) $1/$2/test.html;
+            proxy_redirect ~*RE+GEXP? /replaced/$host;
+        }
 """
 
 
@@ -492,6 +499,9 @@ def redirect_answers(runner: Runner) -> list[tuple[str, str, str]]:
         ("/noport", "/noport", "http://backend/n", "-"),
         ("/ret", "/ret", "-", "-"),
         ("/relret", "/relret", "-", "-"),
+        ("/rx/", "/rx/a", "http://backend/rx/moved/a", "2; url=http://backend/rx/with_cap"),
+        ("/rx/", "/rx/b", "http://backend/rx/with_x/y", "2; url=http://backend/regexp/z"),
+        ("/rx/", "/rx/c", "http://backend/Regex", "2; url=http://backend/rx/none"),
     ]
     port = free_port()
     answers = []

@@ -12,7 +12,6 @@ from upsync.config.model import (
     AccessLog,
     AccessRule,
     ClientLimits,
-    CookieRule,
     ErrorPage,
     Handler,
     Listen,
@@ -20,6 +19,7 @@ from upsync.config.model import (
     ProxyPass,
     ProxySettings,
     Return,
+    RewriteRule,
     ServerBlock,
     StaticFiles,
     UpstreamShow,
@@ -166,7 +166,7 @@ def _steps(nodes: list[Node]) -> tuple[Step, ...]:
     return tuple(build_step(node) for node in nodes)
 
 
-def _cookie_rules(nodes: tuple[Node, ...], domain: bool) -> tuple[CookieRule, ...]:
+def _cookie_rules(nodes: tuple[Node, ...], domain: bool) -> tuple[RewriteRule, ...]:
     """proxy_cookie_domain|path off | FROM TO, as many as the level that sets any has; a
     domain regex ignores case whatever it is written with (as nginx)."""
     rules = []
@@ -186,7 +186,7 @@ def _cookie_rules(nodes: tuple[Node, ...], domain: bool) -> tuple[CookieRule, ..
             regex = regex_of(node, pattern, IGNORECASE if caseless else 0)
         else:
             match = _template(node, written)
-        rules.append(CookieRule(match, regex, _template(node, replacement)))
+        rules.append(RewriteRule(match, regex, _template(node, replacement)))
     return tuple(rules)
 
 
@@ -220,11 +220,12 @@ def _error_pages(nodes: tuple[Node, ...]) -> tuple[ErrorPage, ...]:
     return tuple(pages)
 
 
-def _redirects(nodes: tuple[Node, ...]) -> tuple[tuple[str, str], ...] | None:
-    """proxy_redirect default | off | FROM TO, as many as given at the level that sets any."""
+def _redirects(nodes: tuple[Node, ...]) -> tuple[RewriteRule | None, ...] | None:
+    """proxy_redirect default | off | FROM TO, as many as given at the level that sets any;
+    FROM a prefix (with variables) or a `~`/`~*` regex, TO with variables and captures."""
     if not nodes:
         return None
-    pairs: list[tuple[str, str]] = []
+    rules: list[RewriteRule | None] = []
     for node in nodes:
         if len(node.args) == 1:
             if node.args[0] == "off":
@@ -233,15 +234,22 @@ def _redirects(nodes: tuple[Node, ...]) -> tuple[tuple[str, str], ...] | None:
                 return ()
             if node.args[0] != "default":
                 raise node.invalid(node.args[0])
-            pairs.append(("", ""))
+            rules.append(None)
             continue
-        source, target = node.args
-        if source.startswith("~"):
-            raise node.error("proxy_redirect with a regular expression is not supported yet")
-        if "$" in source or "$" in target:
-            raise node.error("proxy_redirect with variables is not supported yet")
-        pairs.append((source, target))
-    return tuple(pairs)
+        written, replacement = node.args
+        if written.startswith("~"):
+            caseless = written.startswith("~*")
+            pattern = written[2:] if caseless else written[1:]
+            rules.append(
+                RewriteRule(
+                    None,
+                    regex_of(node, pattern, IGNORECASE if caseless else 0),
+                    _template(node, replacement),
+                )
+            )
+        else:
+            rules.append(RewriteRule(_template(node, written), None, _template(node, replacement)))
+    return tuple(rules)
 
 
 def _expires(node: Node | None) -> Expires | None:

@@ -120,10 +120,11 @@ Handler = ProxyPass | Return | UpstreamShow | StaticFiles | None
 
 
 @dataclass(frozen=True, slots=True)
-class CookieRule:
-    """proxy_cookie_domain / proxy_cookie_path FROM TO: a string to match (domain: the whole
-    value, ignoring case and a leading dot; path: a prefix), or a regex (domain: always
-    ignoring case); and what replaces it."""
+class RewriteRule:
+    """proxy_redirect, proxy_cookie_domain, proxy_cookie_path FROM TO: a string to match
+    (redirect, path: a prefix; domain: the whole value, ignoring case and a leading dot), or a
+    regex (domain: always ignoring case); and what replaces it (the part matched, or the whole
+    value after a regex). Both sides may have variables."""
 
     match: Template | None
     regex: Regex | None
@@ -145,19 +146,19 @@ class ProxySettings:
     # once any of it went)
     request_buffering: bool = True
     buffer_size: int = 4096  # proxy_buffer_size: the largest response head accepted
-    # proxy_redirect: (FROM, TO) pairs for Location and Refresh, in order; FROM "" stands for
-    # `default` (the proxy_pass URL, worked out per location); None when no level sets it,
+    # proxy_redirect: rules for Location and Refresh, in order; None stands for `default` (the
+    # proxy_pass URL, worked out per location); the tuple is None when no level sets any,
     # which is `default` as in nginx
-    redirects: tuple[tuple[str, str], ...] | None = None
+    redirects: "tuple[RewriteRule | None, ...] | None" = None
     hide_headers: frozenset[str] = frozenset()  # proxy_hide_header, lower case
     pass_headers: frozenset[str] = frozenset()  # proxy_pass_header, lower case
     method: Template | None = None  # proxy_method; None: the client's
     pass_request_headers: bool = True
     pass_request_body: bool = True
     set_body: Template | None = None  # proxy_set_body: sent instead of the client's body
-    # proxy_cookie_domain, proxy_cookie_path: Set-Cookie rewrites, in order (CookieRule)
-    cookie_domains: tuple[CookieRule, ...] = ()
-    cookie_paths: tuple[CookieRule, ...] = ()
+    # proxy_cookie_domain, proxy_cookie_path: Set-Cookie rewrites, in order (RewriteRule)
+    cookie_domains: tuple[RewriteRule, ...] = ()
+    cookie_paths: tuple[RewriteRule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,11 +2,11 @@
 first rule that matches an attribute's value replaces it. Pure: given the rules and the
 request whose variables the rules use."""
 
-from upsync.config.model import CookieRule
+from upsync.config.model import RewriteRule
 from upsync.proxy.request import Request
 
 
-def _domain(value: str, rules: tuple[CookieRule, ...], source: Request) -> str | None:
+def _domain(value: str, rules: tuple[RewriteRule, ...], source: Request) -> str | None:
     dot = "." if value.startswith(".") else ""
     bare = value[len(dot) :]
     for rule in rules:
@@ -22,7 +22,7 @@ def _domain(value: str, rules: tuple[CookieRule, ...], source: Request) -> str |
     return None
 
 
-def _path(value: str, rules: tuple[CookieRule, ...], source: Request) -> str | None:
+def _path(value: str, rules: tuple[RewriteRule, ...], source: Request) -> str | None:
     for rule in rules:
         if rule.regex is not None:
             match = rule.regex.search(value)
@@ -39,8 +39,8 @@ def _path(value: str, rules: tuple[CookieRule, ...], source: Request) -> str | N
 
 def rewrite_cookie(
     value: bytes,
-    domains: tuple[CookieRule, ...],
-    paths: tuple[CookieRule, ...],
+    domains: tuple[RewriteRule, ...],
+    paths: tuple[RewriteRule, ...],
     source: Request,
 ) -> bytes:
     """A Set-Cookie value with its Domain and Path attributes rewritten; the cookie itself

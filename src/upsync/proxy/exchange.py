@@ -26,6 +26,7 @@ from upsync.proxy.http1 import (
     trailer_lines,
     trailers_apply,
 )
+from upsync.proxy.redirects import location_rules
 from upsync.proxy.request import Request
 from upsync.proxy.upstream_conn import (
     RESPONSE_HEADERS,
@@ -77,24 +78,6 @@ FRAME_NONE: Final = 0
 FRAME_LENGTH: Final = 1
 FRAME_CHUNKED: Final = 2
 FRAME_CLOSE: Final = 3
-
-
-def _redirects(location: LocationConfig, handler: ProxyPass) -> tuple[tuple[bytes, bytes], ...]:
-    """The location's proxy_redirect pairs; `default` (also when nothing sets it) replaces the
-    proxy_pass URL with the location's prefix, or "http://upstream/" with "/" when proxy_pass
-    has no URI, as nginx works it out. A proxy_pass with variables has no default."""
-    configured = location.proxy.redirects
-    pairs: list[tuple[bytes, bytes]] = []
-    for source, target in configured if configured is not None else (("", ""),):
-        if source:
-            pairs.append((source.encode("latin-1"), target.encode("latin-1")))
-        elif handler.upstream is not None:
-            url = f"{handler.scheme}://{handler.upstream}"
-            if handler.uri is not None:
-                pairs.append(((url + handler.uri).encode("latin-1"), location.path.encode()))
-            else:
-                pairs.append(((url + "/").encode("latin-1"), b"/"))
-    return tuple(pairs)
 
 
 def trailing(location: LocationConfig, req: Request, status: int) -> bool:
@@ -187,7 +170,7 @@ class ProxyPlan:
         self.passes = HeaderClasses(
             dict.fromkeys(skipped, 0), 1 if settings.pass_request_headers else 0
         )
-        self.redirects = _redirects(location, handler)
+        self.redirects = location_rules(location, handler)
         hidden = frozenset(name.encode("latin-1") for name in settings.hide_headers)
         passed = frozenset(name.encode("latin-1") for name in settings.pass_headers)
         cookies = bool(settings.cookie_domains or settings.cookie_paths)

@@ -239,23 +239,6 @@ def status_has_body(code: int) -> bool:
     return not (100 <= code < 200 or code in (204, 304))
 
 
-def rewrite_redirect(
-    value: bytes, redirects: tuple[tuple[bytes, bytes], ...], refresh: bool
-) -> bytes:
-    """proxy_redirect on a Location value (or a Refresh value's part after "url="): the first
-    FROM that begins it is replaced by its TO, as nginx does (case-sensitively)."""
-    start = 0
-    if refresh:
-        found = value.lower().find(b"url=")
-        if found < 0:
-            return value
-        start = found + 4
-    for source, target in redirects:
-        if value.startswith(source, start):
-            return value[:start] + target + value[start + len(source) :]
-    return value
-
-
 # add_header applies to these unless it says `always` (nginx's headers filter)
 _ADD_HEADER_STATUSES: Final = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
 

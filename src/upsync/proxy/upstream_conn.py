@@ -11,8 +11,8 @@ from upsync.proxy.http1 import (
     RESPONSE_DROPPED,
     UPGRADE_KEPT,
     HeaderClasses,
-    rewrite_redirect,
 )
+from upsync.proxy.redirects import rewrite_redirect
 from upsync.proxy.timer import Deadline
 from upsync.upstream.peer import Peer
 from upsync.upstream.pool import KeepalivePool, PooledConnection
@@ -275,7 +275,7 @@ class UpstreamConnection(PooledConnection):
             assert exchange is not None
             redirects = exchange.plan.redirects
             if redirects:
-                rewritten = rewrite_redirect(value, redirects, kind == _REFRESH)
+                rewritten = rewrite_redirect(value, redirects, kind == _REFRESH, exchange.req)
                 if rewritten is not value and kind == _LOCATION:
                     # a Location upsync rewrote is its own redirect, made absolute as nginx does
                     location = exchange.plan.location
