@@ -1296,18 +1296,19 @@ def test_try_files_as_nginx_does(tmp_path: Path) -> None:
 
 def cookie_rewrites(runner: Runner) -> list[str]:
     """Set-Cookie as the client gets it, for Domain and Path values the upstream sends."""
-    from urllib.parse import parse_qs, urlsplit
+    from urllib.parse import parse_qs, quote, urlsplit
 
     from tests.helpers import RawRequest, ScriptedBackend, ok_response
 
     def scripted(req: RawRequest) -> tuple[bytes, bool]:
         query = parse_qs(urlsplit(req.path).query)
-        cookie = "c=1"
+        cookie = query["raw"][0] if "raw" in query else "c=1"
         if "d" in query:
             cookie += "; Domain=" + query["d"][0]
         if "p" in query:
             cookie += ";path=" + query["p"][0]
-        cookie += "; HttpOnly"
+        if "raw" not in query:
+            cookie += "; HttpOnly"
         return ok_response(b"up", f"Set-Cookie: {cookie}\r\n".encode()), True
 
     locations = r"""
@@ -1319,6 +1320,14 @@ def cookie_rewrites(runner: Runner) -> list[str]:
             proxy_cookie_path ~*^/Legacy/(.*)$ /new/$1;
             proxy_pass http://backend;
             location /c/off/ { proxy_cookie_domain off; proxy_cookie_path off; proxy_pass http://backend; }
+        }
+        location /f/ {
+            proxy_cookie_flags a secure httponly samesite=none;
+            proxy_cookie_flags B nosecure nohttponly nosamesite;
+            proxy_cookie_flags $arg_name samesite=lax;
+            proxy_cookie_flags ~^x secure $arg_flag;
+            proxy_cookie_path /p /q;
+            proxy_pass http://backend;
         }
 """
     port = free_port()
@@ -1335,13 +1344,27 @@ def cookie_rewrites(runner: Runner) -> list[str]:
                 for prefix in ("/c/", "/c/off/"):
                     _, headers, _ = request(port, f"{prefix}?{query}")
                     answers.append(f"{prefix}?{query} {headers.get('set-cookie')}")
+            for raw, extra in (
+                ("a=1", ""),
+                ("a=1;  secure ;HttpOnly; SameSite=Strict;path=/p/x", ""),
+                ("b=2; Secure; HTTPONLY; SameSite=Lax; Max-Age=5", ""),
+                ("c=3; samesite=none", "&name=C"),
+                ("c=3; SameSite=Lax", "&name=c"),
+                ("xy=4", "&flag=httponly"),
+                ("xy=4", "&flag=bogus"),
+                ("novalue; Secure", ""),
+                ("other=5;path=/p", ""),
+            ):
+                _, headers, _ = request(port, f"/f/?raw={quote(raw)}{extra}")
+                answers.append(f"/f/ {raw}{extra} {headers.get('set-cookie')}")
     return answers
 
 
-def test_proxy_cookie_domain_and_path_as_nginx_does() -> None:
+def test_proxy_cookie_domain_path_and_flags_as_nginx_does() -> None:
     ours, theirs = cookie_rewrites(running_upsync), cookie_rewrites(running_nginx)
     assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
     assert "/c/?d=App.Internal c=1; Domain=public.example; HttpOnly" in theirs
+    assert "/f/ a=1 a=1; Secure; HttpOnly; SameSite=None" in theirs
 
 
 TRAILER_LOCATIONS = """

@@ -21,10 +21,13 @@ UPSYNC_DIRECTIVES: dict[str, list[int]] = {
 }
 
 
-# nginx directives newer than crossplane's table (keepalive_time: upstream 1.15.3, http 1.19.10)
+# nginx directives newer than crossplane's table (keepalive_time: upstream 1.15.3, http 1.19.10;
+# proxy_cookie_flags 1.19.3)
 _HTTP_ANY_LEVEL = analyzer.NGX_HTTP_MAIN_CONF | analyzer.NGX_HTTP_SRV_CONF | _LOC
 NEWER_NGINX_DIRECTIVES: dict[str, list[int]] = {
     "keepalive_time": [(_HTTP_ANY_LEVEL | _UPS) | analyzer.NGX_CONF_TAKE1],
+    # 1.19.3: the cookie and up to three flags
+    "proxy_cookie_flags": [_HTTP_ANY_LEVEL | analyzer.NGX_CONF_TAKE1234],
 }
 
 

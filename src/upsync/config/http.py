@@ -9,9 +9,11 @@ from typing import Literal
 from upsync.config.directives import IGNORED
 from upsync.config.expires import Expires, ExpiresError, parse_expires
 from upsync.config.model import (
+    COOKIE_FLAGS,
     AccessLog,
     AccessRule,
     ClientLimits,
+    CookieFlags,
     ErrorPage,
     Handler,
     Listen,
@@ -82,6 +84,7 @@ INHERITED = frozenset(
         "proxy_set_body",
         "proxy_cookie_domain",
         "proxy_cookie_path",
+        "proxy_cookie_flags",
         "allow",
         "deny",
         "client_max_body_size",
@@ -188,6 +191,26 @@ def _cookie_rules(nodes: tuple[Node, ...], domain: bool) -> tuple[RewriteRule, .
             match = _template(node, written)
         rules.append(RewriteRule(match, regex, _template(node, replacement)))
     return tuple(rules)
+
+
+def _cookie_flags(nodes: tuple[Node, ...]) -> tuple[CookieFlags, ...]:
+    """proxy_cookie_flags off | COOKIE [FLAG...], as many as the level that sets any has."""
+    found = []
+    for node in nodes:
+        if node.args == ("off",):
+            if len(nodes) > 1:
+                raise node.error('"proxy_cookie_flags" directive is duplicate')
+            return ()
+        if len(node.args) < 2:
+            raise node.error(f'invalid parameter "{node.args[0]}"')
+        written, *flags = node.args
+        for flag in flags:
+            if "$" not in flag and flag.lower() not in COOKIE_FLAGS:
+                raise node.error(f'invalid parameter "{flag}"')
+        name = None if written.startswith("~") else _template(node, written)
+        regex = regex_of(node, written[1:], IGNORECASE) if name is None else None
+        found.append(CookieFlags(name, regex, tuple(_template(node, f) for f in flags)))
+    return tuple(found)
 
 
 def _error_pages(nodes: tuple[Node, ...]) -> tuple[ErrorPage, ...]:
@@ -729,6 +752,7 @@ class HttpBuilder:
             set_body=self._optional_template(scope.one("proxy_set_body")),
             cookie_domains=_cookie_rules(scope.all("proxy_cookie_domain"), domain=True),
             cookie_paths=_cookie_rules(scope.all("proxy_cookie_path"), domain=False),
+            cookie_flags=_cookie_flags(scope.all("proxy_cookie_flags")),
         )
 
     def _optional_template(self, node: Node | None) -> Template | None:

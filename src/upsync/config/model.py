@@ -131,6 +131,30 @@ class RewriteRule:
     replacement: Template
 
 
+COOKIE_FLAGS = frozenset(
+    {
+        "secure",
+        "nosecure",
+        "httponly",
+        "nohttponly",
+        "samesite=strict",
+        "samesite=lax",
+        "samesite=none",
+        "nosamesite",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CookieFlags:
+    """proxy_cookie_flags COOKIE FLAG...: the cookie by name (ignoring case; variables
+    allowed) or by a caseless regex, and the flags to set or clear (variables allowed)."""
+
+    name: Template | None
+    regex: Regex | None
+    flags: tuple[Template, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class ProxySettings:
     set_headers: tuple[tuple[str, Template], ...]
@@ -159,6 +183,7 @@ class ProxySettings:
     # proxy_cookie_domain, proxy_cookie_path: Set-Cookie rewrites, in order (RewriteRule)
     cookie_domains: tuple[RewriteRule, ...] = ()
     cookie_paths: tuple[RewriteRule, ...] = ()
+    cookie_flags: tuple[CookieFlags, ...] = ()  # proxy_cookie_flags, the first matching one
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,7 @@ ARRAY_GROUPS = {
     "error_page": "error_page",
     "proxy_cookie_domain": "proxy_cookie_domain",
     "proxy_cookie_path": "proxy_cookie_path",
+    "proxy_cookie_flags": "proxy_cookie_flags",
     "proxy_hide_header": "proxy_hide_header",
     "proxy_pass_header": "proxy_pass_header",
     "allow": "access",

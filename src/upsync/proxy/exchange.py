@@ -173,7 +173,7 @@ class ProxyPlan:
         self.redirects = location_rules(location, handler)
         hidden = frozenset(name.encode("latin-1") for name in settings.hide_headers)
         passed = frozenset(name.encode("latin-1") for name in settings.pass_headers)
-        cookies = bool(settings.cookie_domains or settings.cookie_paths)
+        cookies = bool(settings.cookie_domains or settings.cookie_paths or settings.cookie_flags)
         self.response_headers = (
             response_header_classes(hidden, passed, cookies)
             if hidden or passed or cookies

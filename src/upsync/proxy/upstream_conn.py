@@ -29,7 +29,7 @@ _UPGRADE: Final = 3
 _DROP: Final = 4
 _LOCATION: Final = 5  # proxy_redirect applies
 _REFRESH: Final = 6  # proxy_redirect applies after "url="
-_COOKIE: Final = 7  # proxy_cookie_domain, proxy_cookie_path apply
+_COOKIE: Final = 7  # proxy_cookie_domain, proxy_cookie_path, proxy_cookie_flags apply
 
 
 def response_header_classes(
@@ -266,9 +266,7 @@ class UpstreamConnection(PooledConnection):
             exchange = self.exchange
             assert exchange is not None
             settings = exchange.settings
-            value = rewrite_cookie(
-                value, settings.cookie_domains, settings.cookie_paths, exchange.req
-            )
+            value = rewrite_cookie(value, settings, exchange.req)
             self.lines.append(name + b": " + value + b"\r\n")
         elif kind in (_LOCATION, _REFRESH):
             exchange = self.exchange
