@@ -908,6 +908,12 @@ ERROR_PAGE_SERVER = """
         location /moved { error_page 404 =301 http://example.com/moved?x=1; return 404; }
         location /twice { error_page 404 /nowhere; return 404; }
         location /args { error_page 404 /404.html?from=args; return 404; }
+        location /r302 { error_page 302 /ret302?1; return 302 "first"; }
+        location = /ret302 { return 302 "http://example.com/$args"; }
+        location /r302auto { error_page 302 /auto; return 302 "first"; }
+        location /auto/ { proxy_pass http://127.0.0.1:BACKEND; }
+        location /e200 { error_page 404 =200 /fail; return 404; }
+        location = /fail { return 500; }
     }
 """
 
@@ -946,12 +952,22 @@ def error_page_answers(runner: Runner, ports: dict[str, int]) -> list[str]:
                 ("GET", "/moved"),
                 ("GET", "/twice"),
                 ("GET", "/args"),
+                ("GET", "/r302"),
+                ("GET", "/r302auto"),
+                ("GET", "/auto"),
+                ("GET", "/auto?x=1"),
+                ("GET", "/auto/y"),
+                ("GET", "/e200"),
             ):
                 status, headers, body = request(port, path, method=method, body=b"")
                 shown = body.decode() if status == 200 or b"nginx" not in body else "<page>"
                 if b"<center>" in body:
                     shown = "<page>"  # the built-in page: the server's name differs
-                answers.append(f"{method} {path} {status} {headers.get('location', '-')} {shown}")
+                answers.append(
+                    f"{method} {path} {status} {headers.get('location', '-')} {shown}".replace(
+                        f":{port}/", ":PORT/"
+                    )
+                )
     return answers
 
 

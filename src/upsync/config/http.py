@@ -551,6 +551,8 @@ class HttpBuilder:
                 self._path(alias.args[0], alias), True, self._index(scope)
             )
         built = self._location_from(node, modifier, path, regex, handler, scope, steps, files)
+        if modifier in ("", "^~") and len(path) > 1 and path.endswith("/"):
+            built = dataclasses.replace(built, auto_redirect=isinstance(handler, ProxyPass))
         if nested:
             built = dataclasses.replace(
                 built, locations=tuple(self._nested(child, built, scope) for child in nested)

@@ -248,6 +248,9 @@ class LocationConfig:
     expires: Expires | None = None  # None: off
     intercept_errors: bool = False  # proxy_intercept_errors: error_page for upstream answers
     recursive_error_pages: bool = False
+    # a prefix location ending in "/" with proxy_pass: a request for its name without the
+    # slash gets a 301 to it (nginx's auto_redirect)
+    auto_redirect: bool = False
     # client_body_in_file_only: "off", "on" (the file is kept after the request), "clean"
     client_body_in_file_only: str = "off"
 

@@ -844,6 +844,10 @@ class ClientConnection(asyncio.Protocol):
                 self._answer(req, server.block.fallback, outcome[1], outcome[2])
                 return
         location = server.locations.match(req.path)
+        if location.auto_redirect and len(location.path) == len(req.path) + 1:
+            req.location = location
+            self._auto_redirect(req, location)
+            return
         if location.rewrites:
             chosen = self._location_rewrites(req, location)
             if chosen is None:
@@ -857,6 +861,12 @@ class ClientConnection(asyncio.Protocol):
         elif location.keepalive_disable and req.keep_alive:
             req.keep_alive = not keepalive_disabled(location.keepalive_disable, req)
         self._serve_location(req, location)
+
+    def _auto_redirect(self, req: Request, location: LocationConfig) -> None:
+        """nginx's auto_redirect: "/app" to "location /app/ { proxy_pass ...; }" is a 301 to
+        "/app/", the arguments kept."""
+        target = quote(location.path, safe=URI_SAFE, encoding="latin-1")
+        self._answer(req, location, 301, target + ("?" + req.query if req.query else ""))
 
     def _location_rewrites(self, req: Request, location: LocationConfig) -> LocationConfig | None:
         """The location's rewrite phase; the location that serves the request, or None when
@@ -994,6 +1004,10 @@ class ClientConnection(asyncio.Protocol):
                 req.query = query
             req.rewritten = req.rewritten or 1
             chosen = server.locations.match(path)
+            if chosen.auto_redirect and len(chosen.path) == len(path) + 1:
+                req.location = chosen
+                self._auto_redirect(req, chosen)
+                return
             if chosen.rewrites:
                 chosen = self._location_rewrites(req, chosen)
                 if chosen is None:
@@ -1103,6 +1117,10 @@ class ClientConnection(asyncio.Protocol):
             self.abort()
             return
         if code in (301, 302, 303, 307, 308) and text is not None:
+            if self.error_page_for(req, code) is not None:
+                self._to_error_page(req, code)  # its answer, without this one's Location
+                return
+            req.status_override = 0  # a redirect keeps its status, as an error page's answer too
             body = http1.error_body(code, location.server_tokens)
             target = self.absolute_location(req, location, text.encode("latin-1"))
             self.send_simple(code, body, b"text/html", extra=b"Location: " + target + b"\r\n")
@@ -1208,7 +1226,9 @@ class ClientConnection(asyncio.Protocol):
         if not self.closed and self.error_page_for(req, status) is not None:
             self._to_error_page(req, status)
             return
-        status = req.status_override or status
+        # an error upsync answers itself keeps its own status, also as an error page's answer
+        # (nginx's special response handler sets err_status to it)
+        req.status_override = 0
         # an unread body would be taken for the next request: close instead
         keep = req.keep_alive and self.keep_alive_allowed() and req.body_complete
         if not req.body_complete:

@@ -28,6 +28,13 @@ class LocationTable:
             reverse=True,
         )
         self.regexes = [loc for loc in locations if loc.regex is not None]
+        # "/app" when "location /app/ { proxy_pass ...; }" and no location is "/app" itself
+        named = {loc.path for loc in locations if loc.regex is None}
+        self.auto_redirects = {
+            loc.path[:-1]: loc
+            for loc in locations
+            if loc.auto_redirect and loc.path[:-1] not in named
+        }
         self.fallback = fallback
         self._cache: dict[str, LocationConfig] = {}
         self.nested = {
@@ -55,6 +62,10 @@ class LocationTable:
         exact = self.exact.get(path)
         if exact is not None:
             return exact, _FINAL
+        if self.auto_redirects:
+            auto = self.auto_redirects.get(path)
+            if auto is not None:
+                return auto, _FINAL  # answered with a redirect to its name, no regex tried
         found: LocationConfig | None = None
         state = _NONE
         no_regex = False
