@@ -302,6 +302,12 @@ EDGE_REQUESTS = [
     b"GET http:/// HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     b"GET http://../ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     b"GET http://a:70000/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    # a "%" without two hex digits is a 400; a fragment is no part of $uri or $args
+    b"GET /foo/bar% HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET /foo/bar%1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET /foo/bar%zz/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET /foo/bar/..#frag HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET http://x?args#frag HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     # headers nginx takes once: a second one is a 400
     *(
         b"GET /u HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + line + line + b"\r\n"
@@ -913,6 +919,7 @@ ERROR_PAGE_SERVER = """
         location /r302auto { error_page 302 /auto; return 302 "first"; }
         location /auto/ { proxy_pass http://127.0.0.1:BACKEND; }
         location /e200 { error_page 404 =200 /fail; return 404; }
+        location '/e"<>^`{|}/' { proxy_pass http://127.0.0.1:BACKEND; }
         location = /fail { return 500; }
     }
 """
@@ -958,6 +965,7 @@ def error_page_answers(runner: Runner, ports: dict[str, int]) -> list[str]:
                 ("GET", "/auto?x=1"),
                 ("GET", "/auto/y"),
                 ("GET", "/e200"),
+                ("GET", "/e%22%3C%3E%5E%60%7B%7C%7D"),
             ):
                 status, headers, body = request(port, path, method=method, body=b"")
                 shown = body.decode() if status == 200 or b"nginx" not in body else "<page>"
@@ -1488,3 +1496,27 @@ def test_keepalive_disable_header_and_requests_per_location_as_nginx_does() -> N
     assert ours == theirs
     assert theirs[0] == ("keep-alive", "timeout=9") and theirs[1] == ("close", None)
     assert theirs[-1] == ["keep-alive", "keep-alive", "close"]
+
+
+def test_an_error_found_reading_the_request_gets_the_servers_error_page() -> None:
+    """A Host nginx refuses is a 400 answered with the default server's settings: its
+    error_page, and a redirect made absolute with the address the client came to."""
+    from tests.helpers import raw_exchange
+
+    answers = []
+    for runner in (running_nginx, running_upsync):
+        port = free_port()
+        servers = f"""
+    server {{
+        listen 127.0.0.1:{port};
+        server_name first;
+        error_page 400 /r301;
+        location /r301 {{ return 301 /redirect; }}
+    }}
+"""
+        with runner(http_config(servers), port):
+            reply = raw_exchange(port, b"GET / HTTP/1.1\r\nHost: .\r\nConnection: close\r\n\r\n")
+            head = reply.partition(b"\r\n\r\n")[0].decode().replace(f":{port}/", ":PORT/")
+            answers.append(sorted(line for line in head.split("\r\n") if not line.startswith(("Date", "Server"))))
+    assert answers[0] == answers[1]
+    assert "Location: http://127.0.0.1:PORT/redirect" in answers[0]

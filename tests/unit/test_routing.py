@@ -97,6 +97,10 @@ def test_server_name_variable_drops_the_dot_of_a_dotted_name(table: ServerTable)
         ("/..", None),
         ("/a/../../b", None),
         ("a", None),
+        ("/a%", None),  # "%" without two hex digits: nginx's 400
+        ("/a%1", None),
+        ("/a%zz", None),
+        ("/a%7e%7E", "/a~~"),
     ],
 )
 def test_normalize_path(raw: str, normalized: str | None) -> None:

@@ -563,9 +563,14 @@ class ClientConnection(asyncio.Protocol):
                     return
                 self.exchange.abort()
             self.current = None
-            self.active = active or Request(self)
-            self.active.keep_alive = False
-            self.active.body_complete = True
+            req = self.active = active or Request(self)
+            req.keep_alive = False
+            req.body_complete = True
+            if req.location is None:
+                # the default server's error_page applies, as nginx answers with its settings
+                req.server = self.table.default
+                req.location = self.table.default.block.fallback
+                req.host = ""  # not a host this request gave validly
             self.send_error(status)
             return
         # a pipelined request behind one still being answered: its error waits its turn (in
@@ -743,10 +748,12 @@ class ClientConnection(asyncio.Protocol):
             if authority is None:
                 raise BadRequest(400)
             req.host = authority
-            target = rest[cut:]
+            target = rest[cut:].partition("#")[0]  # passed on without its fragment, as nginx
             if not target.startswith("/"):
                 target = "/" + target  # "http://host?q" asks for "/?q"
             req.target = target
+        if "#" in target:
+            target = target.partition("#")[0]  # a fragment is no part of $uri or $args
         path, _, query = target.partition("?")
         normalized = normalize_path(path)
         if normalized is None:
@@ -1272,8 +1279,8 @@ class ClientConnection(asyncio.Protocol):
 
     # error_page
     def error_page_for(self, req: Request, status: int) -> "ErrorPage | None":
-        """The error page replacing this answer; only once the request has its location (an
-        error found while reading the request gets the built-in page)."""
+        """The error page replacing this answer (for an error found while reading the
+        request, the default server's)."""
         location = req.location
         if location is None or req.status:
             return None
@@ -1312,8 +1319,10 @@ class ClientConnection(asyncio.Protocol):
         filter does (absolute_redirect, port_in_redirect, server_name_in_redirect)."""
         if not location.absolute_redirect or not path.startswith(b"/"):
             return path
-        server_name = req.server.name if req.server is not None else ""
-        host = server_name if location.server_name_in_redirect or not req.host else req.host
+        if location.server_name_in_redirect:
+            host = req.server.name if req.server is not None else ""
+        else:
+            host = req.host or self.local[0]  # no host given: the address it came to, as nginx
         port = self.local[1]
         if location.port_in_redirect and port != 80:
             host = f"{host}:{port}"

@@ -59,10 +59,11 @@ _CLOSE_TEMPLATE = compile_template("close")
 _NO_BODY = compile_template("")
 
 # What nginx leaves unescaped when it puts a decoded $uri back into a URI (ngx_escape_uri's
-# NGX_ESCAPE_URI): all printable ASCII but space, "#", "%" and "?". A decoded "%2e" must not
-# reach the upstream as "%2e" again, or "/static/%252e%252e/" would climb out of its prefix.
+# NGX_ESCAPE_URI since 1.21.1): printable ASCII but what RFC 3986 does not allow (space, `"`,
+# "<", ">", "\\", "^", "`", "{", "|", "}") and "#", "%", "?". A decoded "%2e" must not reach the
+# upstream as "%2e" again, or "/static/%252e%252e/" would climb out of its prefix.
 URI_SAFE: Final = "".join(
-    chr(c) for c in range(0x21, 0x7F) if chr(c) not in "#%?" and not chr(c).isalnum()
+    chr(c) for c in range(0x21, 0x7F) if chr(c) not in '#%?"<>\\^`{|}' and not chr(c).isalnum()
 )
 
 LOCAL_RESOURCE_ERRORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})

@@ -183,17 +183,21 @@ class ServerTable:
         return self.default
 
 
+_BAD_PERCENT = compile_regex("%(?![0-9A-Fa-f]{2})")
+
+
 def normalize_path(raw_path: str) -> str | None:
     """nginx's $uri: percent-decoded, `//` merged, `.` and `..` resolved; None if it climbs
     above the root or is not a path (nginx answers 400). Like the raw path, the result holds
     one character per byte (latin-1): `/caf%C3%A9` stays the two UTF-8 bytes it names."""
     if not raw_path.startswith("/"):
         return None
-    path = (
-        unquote_to_bytes(raw_path.encode("latin-1")).decode("latin-1")
-        if "%" in raw_path
-        else raw_path
-    )
+    if "%" in raw_path:
+        if _BAD_PERCENT.search(raw_path):
+            return None  # "%" not followed by two hex digits: nginx's 400
+        path = unquote_to_bytes(raw_path.encode("latin-1")).decode("latin-1")
+    else:
+        path = raw_path
     if "\x00" in path:
         return None
     if "//" not in path and "/." not in path:
