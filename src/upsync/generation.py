@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from upsync.admin.show import show_answer
 from upsync.config.model import Config, LocationConfig, ProxyPass, ServerBlock
 from upsync.logs import AccessLogFiles
-from upsync.proxy.exchange import ProxyExchange, ProxyPlan
+from upsync.proxy.exchange import ProxyExchange, ProxyPlan, proxy_host_of
 from upsync.proxy.request import Request
 from upsync.proxy.routing import ServerTable
 from upsync.upstream.group import UpstreamGroup
@@ -107,7 +107,7 @@ class Generation:
             )
             client.send_error(502)
             return None
-        req.proxy_host = name
+        req.proxy_host = proxy_host_of(name)
         return ProxyExchange(client, req, plan, group, uri_override)
 
     def can_stream_body(self, req: Request) -> bool:

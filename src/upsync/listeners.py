@@ -4,15 +4,44 @@ server stops accept() while the kernel goes on queueing connections on the socke
 to its backlog); serving a fresh duplicate picks them up."""
 
 import asyncio
+import errno
+import os
 import socket
+import stat
 from collections.abc import Callable
 
 BACKLOG = 511  # nginx's default
 
 
 def bind(host: str, port: int) -> socket.socket:
+    if host.startswith("unix:"):
+        return _bind_unix(host[5:])
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host or "0.0.0.0", port), family=family, backlog=BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def _bind_unix(path: str) -> socket.socket:
+    """A unix socket; one left by an earlier run (a socket file nobody listens on) is removed
+    first, the way nginx's binary upgrade leaves none behind."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # stale: nobody accepts on it
+            else:
+                raise OSError(errno.EADDRINUSE, f"{path} is in use")
+            finally:
+                probe.close()
+        sock.bind(path)
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 

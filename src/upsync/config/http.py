@@ -37,7 +37,7 @@ from upsync.config.rewrite import (
     regex_of,
     template_of,
 )
-from upsync.config.servers import ServerLineError, split_address
+from upsync.config.servers import UNIX, ServerLineError, split_address, unix_address
 from upsync.config.variables import Template, as_wire_text
 from upsync.units import UnitError, parse_size, parse_time
 
@@ -459,6 +459,11 @@ class HttpBuilder:
                 default_server = True
             elif param in ("ssl", "http2", "quic", "proxy_protocol"):
                 raise node.error(f'"{param}" parameter of "listen" is not supported by upsync')
+        if address.startswith(UNIX):
+            try:
+                return Listen(unix_address(address), 0, default_server)
+            except ServerLineError as exc:
+                raise node.error(f'{exc} in "listen" directive') from None
         if address.isdigit():
             host, port = "", int(address)
         else:
@@ -695,6 +700,22 @@ class HttpBuilder:
             raise node.error(f'invalid URL prefix in "{url}"')
         if "$" in rest:
             return ProxyPass("http", None, _template(node, url), None)
+        if rest.startswith(UNIX):
+            # "unix:/path/to.sock" or "unix:/path/to.sock:/uri", as nginx writes it
+            end = rest.find(":", len(UNIX))
+            host, socket_uri = (rest[:end], rest[end + 1 :]) if end > 0 else (rest, "")
+            try:
+                unix_address(host)
+            except ServerLineError as exc:
+                raise node.error(f'{exc} in "proxy_pass" directive') from None
+            if socket_uri and not socket_uri.startswith("/"):
+                raise node.error(f'invalid URL prefix in "{url}"')
+            if socket_uri and in_regex:
+                raise node.error(
+                    '"proxy_pass" cannot have URI part in location given by regular expression'
+                )
+            self.implicit_upstreams.setdefault(host, node)
+            return ProxyPass("http", host, None, socket_uri or None)
         host, slash, uri = rest.partition("/")
         if not host:
             raise node.error(f'no host in "{url}" of the "proxy_pass" directive')

@@ -53,6 +53,17 @@ def split_address(address: str, default_port: int = 80) -> tuple[str, int]:
     return host, int(port_text)
 
 
+UNIX: Final = "unix:"
+
+
+def unix_address(address: str) -> str:
+    """A "unix:/path" address as written, checked: an absolute path (port 0 stands for it)."""
+    path = address[len(UNIX) :]
+    if not path.startswith("/") or "\x00" in path:
+        raise ServerLineError(f'invalid unix socket address "{address}"')
+    return address
+
+
 def format_name(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -66,10 +77,14 @@ def _positive_int(key: str, value: str, minimum: int) -> int:
 def parse_server_params(
     address: str, params: tuple[str, ...] | list[str], *, max_fails: int = 1
 ) -> ServerSpec:
-    """One ServerSpec for a server line, its host left unresolved."""
-    host, port = split_address(address)
+    """One ServerSpec for a server line, its host left unresolved (a "unix:/path" server is
+    its own name, port 0)."""
+    if address.startswith(UNIX):
+        host, port = unix_address(address), 0
+    else:
+        host, port = split_address(address)
     spec = ServerSpec(
-        name=format_name(host, port),
+        name=format_name(host, port) if port else host,
         host=host,
         port=port,
         max_fails=max_fails,
@@ -116,7 +131,7 @@ def is_ip(host: str) -> bool:
 
 def resolve(spec: ServerSpec) -> list[ServerSpec]:
     """nginx resolves a name at load time into one server per address."""
-    if is_ip(spec.host):
+    if is_ip(spec.host) or spec.host.startswith(UNIX):
         return [spec]
     try:
         infos = socket.getaddrinfo(spec.host, spec.port, type=socket.SOCK_STREAM)

@@ -72,7 +72,7 @@ KNOWN_PREFIXES = (
 # variables nginx leaves "not found" rather than empty when there is nothing to give (a header
 # the request lacks, a request that went to no upstream): an access log line shows them as "-"
 _ABSENT_WHEN_EMPTY_PREFIXES = ("http_", "arg_", "cookie_", "sent_http_", "upstream_")
-_ABSENT_WHEN_EMPTY = frozenset({"remote_user", "content_length", "content_type"})
+_ABSENT_WHEN_EMPTY = frozenset({"remote_user", "content_length", "content_type", "proxy_host"})
 
 
 def _absent_when_empty(name: str) -> bool:

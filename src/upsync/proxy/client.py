@@ -234,7 +234,10 @@ class ClientConnection(asyncio.Protocol):
         ($server_addr, $server_port) needs it."""
         if self._local is None:
             sock = self.transport.get_extra_info("sockname") if self.transport else None
-            self._local = (str(sock[0]), int(sock[1])) if sock else ("", 0)
+            if isinstance(sock, (str, bytes)):  # a unix socket: its path
+                self._local = ("unix:", 0)
+            else:
+                self._local = (str(sock[0]), int(sock[1])) if sock else ("", 0)
         return self._local
 
     @property
@@ -251,7 +254,10 @@ class ClientConnection(asyncio.Protocol):
         allow/deny, ip_hash, a header that carries it): many proxied requests never do."""
         if self._remote is None:
             peer = self.transport.get_extra_info("peername") if self.transport else None
-            self._remote = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+            if isinstance(peer, (str, bytes)):  # a unix socket: nginx's "unix:"
+                self._remote = ("unix:", 0)
+            else:
+                self._remote = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         return self._remote
 
     def _new_parser(self) -> httptools.HttpRequestParser:

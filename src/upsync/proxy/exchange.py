@@ -81,6 +81,11 @@ FRAME_CHUNKED: Final = 2
 FRAME_CLOSE: Final = 3
 
 
+def proxy_host_of(upstream: str) -> str:
+    """$proxy_host: the upstream's name, or "localhost" for a unix socket, as nginx sends."""
+    return "localhost" if upstream.startswith("unix:") else upstream
+
+
 def trailing(location: LocationConfig, req: Request, status: int) -> bool:
     """Whether this answer carries add_trailer's lines: HTTP/1.1, chunked, with a body (an
     answer of known length then goes chunked too, as nginx sends it)."""
@@ -156,7 +161,7 @@ class ProxyPlan:
             if template.is_constant:
                 value: str | None = template.text
             elif template.parts == _HOST_TEMPLATE.parts and handler.upstream is not None:
-                value = handler.upstream
+                value = proxy_host_of(handler.upstream)
             else:
                 value = None
             if value is None:
@@ -335,9 +340,14 @@ class ProxyExchange:
         group = self.group
         try:
             async with asyncio.timeout(self.settings.connect_timeout or None):
-                _, conn = await self.loop.create_connection(
-                    lambda: UpstreamConnection(peer, group.pool), peer.host, peer.port
-                )
+                if peer.port:
+                    _, conn = await self.loop.create_connection(
+                        lambda: UpstreamConnection(peer, group.pool), peer.host, peer.port
+                    )
+                else:  # "unix:/path"
+                    _, conn = await self.loop.create_unix_connection(
+                        lambda: UpstreamConnection(peer, group.pool), peer.host[5:]
+                    )
         except TimeoutError:
             self.connecting = None
             if not self.finished:
