@@ -163,3 +163,4 @@ def test_client_body_in_file_only_keeps_or_cleans_the_named_file() -> None:
             cleaned = body_file_of(port)
             assert str(cleaned).startswith("/")
             wait_until(lambda: not os.path.exists(cleaned))
+

@@ -37,7 +37,7 @@ from upsync.config.rewrite import (
     regex_of,
     template_of,
 )
-from upsync.config.servers import UNIX, ServerLineError, split_address, unix_address
+from upsync.config.servers import UNIX, ServerLineError, is_ip, split_address, unix_address
 from upsync.config.variables import Template, as_wire_text
 from upsync.units import UnitError, parse_size, parse_time
 
@@ -85,6 +85,7 @@ INHERITED = frozenset(
         "proxy_cookie_domain",
         "proxy_cookie_path",
         "proxy_cookie_flags",
+        "proxy_bind",
         "allow",
         "deny",
         "client_max_body_size",
@@ -211,6 +212,27 @@ def _cookie_flags(nodes: tuple[Node, ...]) -> tuple[CookieFlags, ...]:
         regex = regex_of(node, written[1:], IGNORECASE) if name is None else None
         found.append(CookieFlags(name, regex, tuple(_template(node, f) for f in flags)))
     return tuple(found)
+
+
+def _bind(node: Node | None) -> Template | None:
+    """proxy_bind ADDRESS [transparent] | off: a literal address is checked at load time."""
+    if node is None or node.args[0] == "off":
+        return None
+    if len(node.args) == 2 and node.args[1] != "transparent":
+        raise node.error(f'invalid parameter "{node.args[1]}"')
+    template = _template(node, node.args[0])
+    if template.is_constant:
+        try:
+            host, _ = split_address(node.args[0], default_port=0)
+            if not is_ip(host):
+                raise ServerLineError(f'invalid address "{node.args[0]}"')
+        except ServerLineError as exc:
+            raise node.error(f'{exc} in "proxy_bind" directive') from None
+    return template
+
+
+def _bind_transparent(node: Node | None) -> bool:
+    return node is not None and len(node.args) == 2
 
 
 def _error_pages(nodes: tuple[Node, ...]) -> tuple[ErrorPage, ...]:
@@ -776,6 +798,8 @@ class HttpBuilder:
             cookie_domains=_cookie_rules(scope.all("proxy_cookie_domain"), domain=True),
             cookie_paths=_cookie_rules(scope.all("proxy_cookie_path"), domain=False),
             cookie_flags=_cookie_flags(scope.all("proxy_cookie_flags")),
+            bind=_bind(scope.one("proxy_bind")),
+            bind_transparent=_bind_transparent(scope.one("proxy_bind")),
         )
 
     def _optional_template(self, node: Node | None) -> Template | None:

@@ -184,6 +184,10 @@ class ProxySettings:
     cookie_domains: tuple[RewriteRule, ...] = ()
     cookie_paths: tuple[RewriteRule, ...] = ()
     cookie_flags: tuple[CookieFlags, ...] = ()  # proxy_cookie_flags, the first matching one
+    # proxy_bind ADDRESS[:PORT] [transparent]: the upstream connection's own address (an
+    # empty value: none); transparent binds an address this host does not have (IP_TRANSPARENT)
+    bind: Template | None = None
+    bind_transparent: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,10 +4,12 @@
 import asyncio
 import errno
 import logging
+import socket
 from typing import TYPE_CHECKING, Final
 from urllib.parse import quote
 
 from upsync.config.model import LocationConfig, ProxyPass, ProxySettings
+from upsync.config.servers import ServerLineError, split_address
 from upsync.config.variables import Template, compile_template
 from upsync.proxy.http1 import (
     HOP_BY_HOP,
@@ -65,6 +67,8 @@ _NO_BODY = compile_template("")
 URI_SAFE: Final = "".join(
     chr(c) for c in range(0x21, 0x7F) if chr(c) not in '#%?"<>\\^`{|}' and not chr(c).isalnum()
 )
+
+_IP_TRANSPARENT: Final = getattr(socket, "IP_TRANSPARENT", 19)
 
 LOCAL_RESOURCE_ERRORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -340,7 +344,12 @@ class ProxyExchange:
         group = self.group
         try:
             async with asyncio.timeout(self.settings.connect_timeout or None):
-                if peer.port:
+                # proxy_bind: for a TCP upstream (a unix socket has no address to bind)
+                bound = self.settings.bind is not None and peer.port
+                local = self._local_address() if bound else None
+                if local is not None:
+                    conn = await self._connect_from(local, peer)
+                elif peer.port:
                     _, conn = await self.loop.create_connection(
                         lambda: UpstreamConnection(peer, group.pool), peer.host, peer.port
                     )
@@ -379,6 +388,39 @@ class ProxyExchange:
             # nothing may leave a request hanging: a task's exception would be seen by nobody
             log.exception("error while sending a request to %s", peer.name)
             self._failed("error", 500)
+
+    def _local_address(self) -> tuple[str, int] | None:
+        """proxy_bind's address for this request, or None (off, or an empty value)."""
+        template = self.settings.bind
+        assert template is not None
+        value = template.render(self.req)
+        if not value:
+            return None
+        try:
+            return split_address(value, default_port=0)
+        except ServerLineError:
+            log.error('invalid local address "%s"', value)
+            return None
+
+    async def _connect_from(self, local: tuple[str, int], peer: Peer) -> UpstreamConnection:
+        """A connection from proxy_bind's address; `transparent` sets IP_TRANSPARENT first,
+        so the address need not be this host's (it needs CAP_NET_ADMIN, as for nginx)."""
+        group = self.group
+        family = socket.AF_INET6 if ":" in local[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            if self.settings.bind_transparent:
+                sock.setsockopt(socket.SOL_IP, _IP_TRANSPARENT, 1)
+            sock.bind(local)
+            await self.loop.sock_connect(sock, (peer.host, peer.port))
+        except BaseException:
+            sock.close()
+            raise
+        _, conn = await self.loop.create_connection(
+            lambda: UpstreamConnection(peer, group.pool), sock=sock
+        )
+        return conn
 
     def _send(self, conn: UpstreamConnection) -> None:
         self.conn = conn

@@ -1,4 +1,5 @@
-"""unix: sockets for `listen`, an upstream `server` and `proxy_pass`, as nginx writes them."""
+"""The addresses upsync listens and connects on: unix: sockets for `listen`, an upstream
+`server` and `proxy_pass`, as nginx writes them; proxy_bind's own address upstream."""
 
 import socket
 import socketserver
@@ -8,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.helpers import free_port, request, running_upsync
+from tests.integration.test_request_buffering import listener, read_until
 
 
 class UnixBackend(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -109,3 +111,48 @@ def test_a_unix_socket_someone_listens_on_is_not_taken_over(tmp_path: Path) -> N
         process.stop()
     finally:
         holder.close()
+
+
+def test_proxy_bind_sets_the_upstream_connections_own_address() -> None:
+    """proxy_bind ADDRESS[:PORT] [transparent] | off, inherited, with variables; an empty
+    value binds nothing."""
+    port = free_port()
+    with listener() as upstream:
+        up = upstream.getsockname()[1]
+        text = f"""
+events {{}}
+http {{
+    server {{
+        listen 127.0.0.1:{port};
+        proxy_bind 127.0.0.2;
+        location /inherit {{ proxy_pass http://127.0.0.1:{up}; }}
+        location /off {{ proxy_bind off; proxy_pass http://127.0.0.1:{up}; }}
+        location /var {{ proxy_bind $arg_b; proxy_pass http://127.0.0.1:{up}; }}
+        location /port {{ proxy_bind 127.0.0.3:$arg_p; proxy_pass http://127.0.0.1:{up}; }}
+        location /transparent {{ proxy_bind 127.0.0.4 transparent; proxy_pass http://127.0.0.1:{up}; }}
+    }}
+}}
+"""
+        local_port = free_port()
+        cases = [
+            ("/inherit", ("127.0.0.2", None)),
+            ("/off", ("127.0.0.1", None)),
+            ("/var?b=127.0.0.5", ("127.0.0.5", None)),
+            ("/var?b=", ("127.0.0.1", None)),
+            (f"/port?p={local_port}", ("127.0.0.3", local_port)),
+            ("/transparent", ("127.0.0.4", None)),
+        ]
+        with running_upsync(text, port):
+            for target, (address, wanted_port) in cases:
+                with socket.create_connection(("127.0.0.1", port)) as client:
+                    client.settimeout(5)
+                    client.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                    backend, peer = upstream.accept()
+                    with backend:
+                        backend.settimeout(5)
+                        read_until(backend, b"\r\n\r\n")
+                        backend.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    assert read_until(client, b"ok").startswith(b"HTTP/1.1 200")
+                assert peer[0] == address, target
+                if wanted_port is not None:
+                    assert peer[1] == wanted_port
