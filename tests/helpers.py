@@ -234,6 +234,7 @@ class Backend:
         self.status = status
         self.port = port or free_port()
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.connections = 0  # accepted so far
         backend = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -242,6 +243,10 @@ class Backend:
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                backend.connections += 1
 
             def _handle(self) -> None:
                 if self.path.startswith("/big/"):

@@ -86,6 +86,9 @@ INHERITED = frozenset(
         "proxy_cookie_path",
         "proxy_cookie_flags",
         "proxy_bind",
+        "proxy_limit_rate",
+        "limit_rate",
+        "limit_rate_after",
         "allow",
         "deny",
         "client_max_body_size",
@@ -691,7 +694,18 @@ class HttpBuilder:
             expires=_expires(scope.one("expires")),
             intercept_errors=_flag(scope.one("proxy_intercept_errors"), False),
             recursive_error_pages=_flag(scope.one("recursive_error_pages"), False),
+            limit_rate=self._limit_rate(scope.one("limit_rate")),
+            limit_rate_after=_size(scope.one("limit_rate_after"), 0),
         )
+
+    def _limit_rate(self, node: Node | None) -> Template | None:
+        """limit_rate RATE: a size, or a value with variables read per request; 0 is none."""
+        if node is None:
+            return None
+        template = _template(node, node.args[0])
+        if template.is_constant:
+            return None if _size(node, 0) == 0 else template
+        return template
 
     def _temp_path(self, node: Node | None) -> str:
         path = node.args[0] if node is not None else "client_body_temp"
@@ -800,6 +814,7 @@ class HttpBuilder:
             cookie_flags=_cookie_flags(scope.all("proxy_cookie_flags")),
             bind=_bind(scope.one("proxy_bind")),
             bind_transparent=_bind_transparent(scope.one("proxy_bind")),
+            limit_rate=_size(scope.one("proxy_limit_rate"), 0),
         )
 
     def _optional_template(self, node: Node | None) -> Template | None:

@@ -188,6 +188,7 @@ class ProxySettings:
     # empty value: none); transparent binds an address this host does not have (IP_TRANSPARENT)
     bind: Template | None = None
     bind_transparent: bool = False
+    limit_rate: int = 0  # proxy_limit_rate: bytes a second read from the upstream (0: no limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +253,10 @@ class LocationConfig:
     expires: Expires | None = None  # None: off
     intercept_errors: bool = False  # proxy_intercept_errors: error_page for upstream answers
     recursive_error_pages: bool = False
+    # limit_rate RATE (bytes a second to the client; variables allowed; None: no limit) and
+    # limit_rate_after SIZE (sent before the limit starts)
+    limit_rate: Template | None = None
+    limit_rate_after: int = 0
     # a prefix location ending in "/" with proxy_pass: a request for its name without the
     # slash gets a 301 to it (nginx's auto_redirect)
     auto_redirect: bool = False

@@ -57,6 +57,7 @@ KNOWN_VARIABLES = frozenset(
         "upstream_bytes_sent",
         "request_body",
         "request_body_file",
+        "limit_rate",
         "connection_time",
     }
 )

@@ -35,6 +35,7 @@ from upsync.proxy.intake import (
     parseable_request_line,
     version_in_request_line,
 )
+from upsync.proxy.rate import RateLimit
 from upsync.proxy.request import Request
 from upsync.proxy.routing import ServerTable, normalize_path, request_host
 from upsync.proxy.timer import Deadline
@@ -387,10 +388,8 @@ class ClientConnection(asyncio.Protocol):
             self.writable.set_result(None)
         if self.tunnel is not None:
             self.tunnel.resume_reading()
-        elif self.exchange is not None and self.exchange.conn is not None:
-            transport = self.exchange.conn.transport
-            if transport is not None:
-                transport.resume_reading()
+        elif self.exchange is not None:
+            self.exchange.resume_upstream()
         if self.active is not None:
             self.timer.clear()
 
@@ -569,7 +568,10 @@ class ClientConnection(asyncio.Protocol):
                     return
                 self.exchange.abort()
             self.current = None
-            req = self.active = active or Request(self)
+            if active is None:
+                active = Request(self)
+                active.path = ""  # none was parsed
+            req = self.active = active
             req.keep_alive = False
             req.body_complete = True
             if req.location is None:
@@ -763,6 +765,7 @@ class ClientConnection(asyncio.Protocol):
         path, _, query = target.partition("?")
         normalized = normalize_path(path)
         if normalized is None:
+            req.path = ""  # $uri of a request refused for its URI: empty, as nginx logs it
             raise BadRequest(400)
         req.path = normalized
         req.query = query
@@ -1075,9 +1078,11 @@ class ClientConnection(asyncio.Protocol):
             self._write_response(req, head, 0)
             self.finish_response(keep)
             return
+        rate = req.limit_rate() if location.limit_rate is not None or req.vars else 0
+        limit = RateLimit(rate, location.limit_rate_after, self.loop.time()) if rate else None
         try:
             with open(found.path, "rb") as handle:
-                if found.size <= static.WHOLE_FILE:
+                if found.size <= static.WHOLE_FILE and limit is None:
                     body = handle.read()
                     size = len(body)
                     if chunked:
@@ -1090,14 +1095,26 @@ class ClientConnection(asyncio.Protocol):
             self.send_error(403 if isinstance(exc, PermissionError) else 404)
             return
         self._write_response(req, head, 0)
-        self.sending = asyncio.ensure_future(self._send_file(req, found.path, keep, chunked))
+        self.sending = asyncio.ensure_future(
+            self._send_file(req, found.path, keep, chunked, limit)
+        )
 
-    async def _send_file(self, req: Request, path: str, keep: bool, chunked: bool) -> None:
-        """A large file, block by block as the client takes it (as chunks, with trailers)."""
+    async def _send_file(
+        self, req: Request, path: str, keep: bool, chunked: bool, limit: RateLimit | None
+    ) -> None:
+        """A large file (or one under limit_rate), block by block as the client takes it (as
+        chunks, with trailers)."""
         try:
             with open(path, "rb") as handle:
                 while not self.closed:
-                    block = handle.read(static.BLOCK)
+                    size = static.BLOCK
+                    if limit is not None:
+                        size = max(1, min(size, limit.rate))
+                        delay = limit.wait_for(size, self.loop.time())
+                        if delay:
+                            await asyncio.sleep(delay)  # limit_rate: the next block's moment
+                        limit.sent += size
+                    block = handle.read(size)
                     if not block:
                         if chunked and req.location is not None:
                             trailers = trailers_of(req.location, req, req.status)

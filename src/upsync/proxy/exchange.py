@@ -28,6 +28,7 @@ from upsync.proxy.http1 import (
     trailer_lines,
     trailers_apply,
 )
+from upsync.proxy.rate import RateLimit, limit_for
 from upsync.proxy.redirects import location_rules
 from upsync.proxy.request import Request
 from upsync.proxy.upstream_conn import (
@@ -227,17 +228,21 @@ class ProxyExchange:
         "body_out",
         "client",
         "client_keep_alive",
+        "completion",
         "conn",
         "connecting",
         "finished",
         "frame",
         "group",
         "head_in_read",
+        "held",
         "key",
+        "limit",
         "loop",
         "peer",
         "plan",
         "pumping",
+        "release_timer",
         "req",
         "request_sent",
         "request_written",
@@ -286,6 +291,10 @@ class ProxyExchange:
         self.reused = False
         self.streaming = False  # request body streamed: cannot be replayed after it starts
         self.body_out: list[bytes] | None = None  # streamed body parts of the current read
+        self.limit: RateLimit | None = None  # limit_rate, proxy_limit_rate of the response
+        self.held: list[bytes] | None = None  # response body waiting for the rate
+        self.release_timer: asyncio.TimerHandle | None = None
+        self.completion: tuple[UpstreamConnection, bool] | None = None
         self.connecting: asyncio.Future[None] | None = None
         key_kind = group.balancer.key_kind
         if key_kind == "ip":
@@ -627,6 +636,9 @@ class ProxyExchange:
                 client_keep = False
             out.append(head_end(client_keep, location.keepalive_header))
         self.client_keep_alive = client_keep
+        upstream_rate = self.settings.limit_rate
+        if (upstream_rate or location.limit_rate is not None or req.vars) and not no_body:
+            self.limit = limit_for(location, upstream_rate, req.limit_rate(), req.try_header)
         req.sent_head = head = b"".join(out)
         self.client.write(head)
         return no_body
@@ -642,7 +654,9 @@ class ProxyExchange:
         self.client.send_error(status)
 
     def on_response_body(self, chunk: bytes) -> None:
-        if self.frame == FRAME_CHUNKED:
+        if self.limit is not None:
+            self._hold(chunk)
+        elif self.frame == FRAME_CHUNKED:
             self.client.write(b"%x\r\n%s\r\n" % (len(chunk), chunk), body=len(chunk))
         else:
             self.client.write(chunk, body=len(chunk))
@@ -650,9 +664,68 @@ class ProxyExchange:
     def on_upstream_read(self) -> None:
         """Bytes came and the response goes on: proxy_read_timeout starts again."""
         self.head_in_read = False
-        self._arm(self.settings.read_timeout)
+        if self.held is None:
+            self._arm(self.settings.read_timeout)
+
+    # limit_rate, proxy_limit_rate: what came faster than the rate waits here, and the
+    # upstream is not read meanwhile
+    def _hold(self, chunk: bytes) -> None:
+        held = self.held
+        if held is None:
+            self.held = [chunk]
+        else:
+            held.append(chunk)
+        self._release()
+
+    def _release(self) -> None:
+        self.release_timer = None
+        limit, held = self.limit, self.held
+        if limit is None or held is None or self.finished:
+            return
+        now = self.loop.time()
+        allowed = limit.allowance(now)
+        while held and allowed > 0:
+            chunk = held.pop(0)
+            if len(chunk) > allowed:
+                held.insert(0, chunk[allowed:])
+                chunk = chunk[:allowed]
+            allowed -= len(chunk)
+            limit.sent += len(chunk)
+            if self.frame == FRAME_CHUNKED:
+                self.client.write(b"%x\r\n%s\r\n" % (len(chunk), chunk), body=len(chunk))
+            else:
+                self.client.write(chunk, body=len(chunk))
+        transport = self.conn.transport if self.conn is not None else None
+        if held:
+            if transport is not None:
+                transport.pause_reading()
+            self._disarm()
+            waiting = sum(len(part) for part in held)
+            delay = max(limit.wait_for(waiting, now), 0.001)
+            self.release_timer = self.loop.call_later(delay, self._release)
+            return
+        self.held = None
+        completion = self.completion
+        if completion is not None:
+            self.completion = None
+            if completion[0].transport is not None:
+                completion[0].transport.resume_reading()  # it may go back to the pool
+            self.on_response_complete(*completion)
+        elif transport is not None:
+            if not self.client.write_paused:
+                transport.resume_reading()
+            self._arm(self.settings.read_timeout)
+
+    def resume_upstream(self) -> None:
+        """The client takes more: read the upstream again, unless the rate holds it."""
+        conn = self.conn
+        if self.held is None and conn is not None and conn.transport is not None:
+            conn.transport.resume_reading()
 
     def on_response_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
+        if self.held is not None:
+            self.completion = (conn, keep_alive)  # once what is held has gone
+            return
         req = self.req
         if self.frame == FRAME_CHUNKED:
             location = self.plan.location
@@ -813,6 +886,9 @@ class ProxyExchange:
 
     def abort(self) -> None:
         """The client went away: drop the upstream side too (proxy_ignore_client_abort off)."""
+        if self.release_timer is not None:
+            self.release_timer.cancel()
+            self.release_timer = None
         if self.finished:
             return
         self.finished = True

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final, Protocol
 
+from upsync.proxy.rate import client_rate
+
 _wall_clock: Final = time.time
 
 
@@ -185,6 +187,14 @@ class Request:
             if key.lower() == name:
                 return value
         return None
+
+    def limit_rate(self) -> int:
+        """$limit_rate: bytes a second to the client (0: none); `set $limit_rate` changes it."""
+        location = self.location
+        assigned = self.vars.get("limit_rate") if self.vars is not None else None
+        if location is None:
+            return 0
+        return client_rate(location, self, assigned)
 
     def joined_header(self, name: bytes) -> str:
         """$http_NAME: every such header's value, joined as nginx joins repeated ones (";" for
@@ -399,6 +409,7 @@ _VARIABLES: dict[str, Callable[[Request], str]] = {
     "upstream_bytes_sent": _tries_field(7),
     "request_body": _request_body,
     "request_body_file": lambda r: r.body.file_name if r.body is not None else "",
+    "limit_rate": lambda r: str(r.limit_rate()),
     "connection_time": lambda r: f"{r.connection.age():.3f}",
     "status": lambda r: str(r.status),
     "request": lambda r: f"{r.method.decode('latin-1')} {r.target} HTTP/{r.version}",
