@@ -1520,3 +1520,43 @@ def test_an_error_found_reading_the_request_gets_the_servers_error_page() -> Non
             answers.append(sorted(line for line in head.split("\r\n") if not line.startswith(("Date", "Server"))))
     assert answers[0] == answers[1]
     assert "Location: http://127.0.0.1:PORT/redirect" in answers[0]
+
+
+def limit_except_answers(runner: Runner, root: Path) -> list[str]:
+    """limit_except with its own rules and inheriting the location's; include inside `if`,
+    `limit_except` and `upstream`."""
+    port = free_port()
+    with Backend("a") as backend:
+        (root / "ups.conf").write_text(f"server 127.0.0.1:{backend.port};")
+        (root / "lif.conf").write_text("return 200 LIF;")
+        (root / "lmt.conf").write_text("deny all;")
+        servers = f"""
+    upstream included {{ include {root}/ups.conf; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location /get {{ limit_except GET {{ deny all; }} proxy_pass http://included; }}
+        location /inherit {{ deny 127.0.0.1; limit_except POST PUT {{ }} return 200 in; }}
+        location /inc {{
+            if ($arg_l) {{ include {root}/lif.conf; }}
+            limit_except GET {{ include {root}/lmt.conf; }}
+            return 200 plain;
+        }}
+    }}
+"""
+        answers = []
+        with runner(http_config(servers), port):
+            for method, path in (
+                ("GET", "/get"), ("HEAD", "/get"), ("POST", "/get"), ("DELETE", "/get"),
+                ("GET", "/inherit"), ("POST", "/inherit"), ("PUT", "/inherit"),
+                ("GET", "/inc?l=1"), ("GET", "/inc"), ("POST", "/inc"),
+            ):
+                status, _, body = request(port, path, method=method, body=b"")
+                answers.append(f"{method} {path} {status} {body.decode() if status == 200 else ''}")
+    return answers
+
+
+def test_limit_except_and_include_anywhere_as_nginx_does(tmp_path: Path) -> None:
+    ours = limit_except_answers(running_upsync, tmp_path)
+    theirs = limit_except_answers(running_nginx, tmp_path)
+    assert ours == theirs
+    assert theirs[:4] == ["GET /get 200 a\n", "HEAD /get 200 ", "POST /get 403 ", "DELETE /get 403 "]

@@ -31,9 +31,19 @@ NEWER_NGINX_DIRECTIVES: dict[str, list[int]] = {
 }
 
 
+# nginx takes `include` in any block (its NGX_ANY_CONF has every context bit); crossplane's
+# leaves out `if` and `limit_except`
+_IF_AND_LIMIT_EXCEPT = (
+    analyzer.NGX_HTTP_SIF_CONF | analyzer.NGX_HTTP_LIF_CONF | analyzer.NGX_HTTP_LMT_CONF
+)
+
+
 def register() -> None:
     for name, masks in NEWER_NGINX_DIRECTIVES.items():
         analyzer.DIRECTIVES.setdefault(name, masks)
+    analyzer.DIRECTIVES["include"] = [
+        mask | _IF_AND_LIMIT_EXCEPT for mask in analyzer.DIRECTIVES["include"]
+    ]
     for name, masks in UPSYNC_DIRECTIVES.items():
         analyzer.DIRECTIVES[name] = masks
 

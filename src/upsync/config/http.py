@@ -529,7 +529,13 @@ class HttpBuilder:
         rewrites: list[Node] = []
         alias: Node | None = None
         nested: list[Node] = []
+        limit_except: Node | None = None
         for child in node.block or ():
+            if child.name == "limit_except":
+                if limit_except is not None:
+                    raise child.error('"limit_except" directive is duplicate')
+                limit_except = child
+                continue
             if child.name == "alias":
                 if alias is not None:
                     raise child.error('"alias" directive is duplicate')
@@ -581,6 +587,10 @@ class HttpBuilder:
                 self._path(alias.args[0], alias), True, self._index(scope)
             )
         built = self._location_from(node, modifier, path, regex, handler, scope, steps, files)
+        if limit_except is not None:
+            built = dataclasses.replace(
+                built, limit_except=self._limit_except(limit_except, scope)
+            )
         if modifier in ("", "^~") and len(path) > 1 and path.endswith("/"):
             built = dataclasses.replace(built, auto_redirect=isinstance(handler, ProxyPass))
         if nested:
@@ -819,6 +829,24 @@ class HttpBuilder:
 
     def _optional_template(self, node: Node | None) -> Template | None:
         return None if node is None else _template(node, node.args[0])
+
+    def _limit_except(
+        self, node: Node, scope: Scope
+    ) -> tuple[frozenset[bytes], tuple[AccessRule, ...]]:
+        """limit_except METHOD... { allow|deny ...; }: the methods named, and the rules the
+        others meet (the location's when the block has none, as nginx inherits them)."""
+        methods = {method.upper().encode() for method in node.args}
+        if b"GET" in methods:
+            methods.add(b"HEAD")
+        rules: list[Node] = []
+        for child in node.block or ():
+            if child.name not in ("allow", "deny"):
+                raise child.error(
+                    f'"{child.name}" directive inside "limit_except" is not supported by upsync '
+                    "(only allow and deny)"
+                )
+            rules.append(child)
+        return frozenset(methods), self._access(scope.child(rules))
 
     def _access(self, scope: Scope) -> tuple[AccessRule, ...]:
         rules = []

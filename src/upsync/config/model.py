@@ -257,6 +257,9 @@ class LocationConfig:
     # limit_rate_after SIZE (sent before the limit starts)
     limit_rate: Template | None = None
     limit_rate_after: int = 0
+    # limit_except METHOD... { allow/deny }: the methods it names (GET brings HEAD), and the
+    # access rules every other method meets instead of the location's
+    limit_except: tuple[frozenset[bytes], tuple["AccessRule", ...]] | None = None
     # a prefix location ending in "/" with proxy_pass: a request for its name without the
     # slash gets a 301 to it (nginx's auto_redirect)
     auto_redirect: bool = False

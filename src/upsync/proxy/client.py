@@ -107,6 +107,13 @@ _REQUEST_HEADERS: Final = http1.HeaderClasses(
 )
 
 
+def excepted_method(location: LocationConfig, req: Request) -> bool:
+    """A method limit_except does not name: nginx serves it with the limit_except block's
+    settings, which have none of the location's rewrite phase (return, rewrite, if)."""
+    limited = location.limit_except
+    return limited is not None and req.method not in limited[0]
+
+
 def keepalive_disabled(disabled: frozenset[str], req: Request) -> bool:
     if "safari" not in disabled and req.method != b"POST":
         return False  # msie6 alone: only a POST matters, and most requests are not one
@@ -864,7 +871,7 @@ class ClientConnection(asyncio.Protocol):
             req.location = location
             self._auto_redirect(req, location)
             return
-        if location.rewrites:
+        if location.rewrites and not excepted_method(location, req):
             chosen = self._location_rewrites(req, location)
             if chosen is None:
                 return  # answered
@@ -915,17 +922,12 @@ class ClientConnection(asyncio.Protocol):
         return None
 
     def _serve_location(self, req: Request, location: LocationConfig) -> None:
-        """The location's access rules, body limit and handler; again for an error page."""
+        """The location's body limit, access rules and handler, in nginx's phase order (a
+        `return` comes from the rewrite phase, before access rules); again for an error page."""
         if location.access_logs:
             # the access log line may be written after the client has gone (499), when the
             # socket can no longer tell its peer
             _ = self.remote
-        if location.access and not access_allowed(location.access, req.remote_addr):
-            log.error(
-                'access forbidden by rule, client: %s, request: "%s"', req.remote_addr, req.target
-            )
-            self.send_error(403)
-            return
         limit = location.client_max_body_size
         if (
             limit
@@ -936,9 +938,24 @@ class ClientConnection(asyncio.Protocol):
             req.keep_alive = False
             self.send_error(413)
             return
+        rules = location.access
+        limited = location.limit_except
+        if limited is not None and req.method not in limited[0]:
+            rules = limited[1]  # limit_except: the other methods meet its rules
+        elif isinstance(location.handler, Return):
+            self._send_return(req, location, location.handler)
+            return
+        if rules and not access_allowed(rules, req.remote_addr):
+            log.error(
+                'access forbidden by rule, client: %s, request: "%s"', req.remote_addr, req.target
+            )
+            self.send_error(403)
+            return
         if location.try_files and not self._tried_files(req, location):
             return  # the last resort answered
         handler = location.handler
+        if isinstance(handler, Return):
+            handler = location.files  # a method limit_except excepts: no rewrite phase
         if isinstance(handler, ProxyPass):
             has_body = (req.chunked or bool(req.content_length)) and not req.body_dropped
             if req.expect_continue and req.version == "1.1" and not req.redirects:
@@ -1024,7 +1041,7 @@ class ClientConnection(asyncio.Protocol):
                 req.location = chosen
                 self._auto_redirect(req, chosen)
                 return
-            if chosen.rewrites:
+            if chosen.rewrites and not excepted_method(chosen, req):
                 chosen = self._location_rewrites(req, chosen)
                 if chosen is None:
                     return  # its rewrite phase answered
