@@ -8,7 +8,21 @@ import logging
 from typing import TYPE_CHECKING
 
 from upsync.admin.show import show_answer
-from upsync.config.model import Config, LocationConfig, ProxyPass, ServerBlock
+from upsync.config.model import (
+    BalanceMethod,
+    Config,
+    LocationConfig,
+    ProxyPass,
+    ServerBlock,
+    UpstreamConfig,
+)
+from upsync.config.servers import (
+    ServerLineError,
+    format_name,
+    is_ip,
+    parse_server_params,
+    split_address,
+)
 from upsync.logs import AccessLogFiles
 from upsync.proxy.exchange import ProxyExchange, ProxyPlan, proxy_host_of
 from upsync.proxy.request import Request
@@ -21,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("upsync")
 
 BindKey = tuple[str, int]
+MAX_ADDRESS_GROUPS = 256
 
 
 def bind_keys(config: Config) -> dict[BindKey, list[int]]:
@@ -62,6 +77,7 @@ class Generation:
             for key, indexes in bind_keys(config).items()
         }
         self.plans: dict[int, ProxyPlan] = {}
+        self.address_groups: dict[str, UpstreamGroup] = {}  # see _address_group
         for server in config.servers:
             for location in _every_location(server):
                 if isinstance(location.handler, ProxyPass):
@@ -95,13 +111,23 @@ class Generation:
                 log.error('invalid URL prefix in "%s"', url)
                 client.send_error(500)
                 return None
-            name, slash, rest = rendered.partition("/")
-            if slash:
-                uri_override = "/" + rest
+            if rendered.startswith("unix:"):
+                # "unix:/path/to.sock" or "unix:/path/to.sock:/uri", as in a literal proxy_pass
+                end = rendered.find(":", 5)
+                name = rendered[:end] if end > 0 else rendered
+                if end > 0 and rendered[end + 1 :]:
+                    uri_override = rendered[end + 1 :]
+            else:
+                name, slash, rest = rendered.partition("/")
+                if slash:
+                    uri_override = "/" + rest
         group = self.groups.get(name)
         if group is None:
+            group = self._address_group(name)
+        if group is None:
             log.error(
-                'no upstream "%s" for "%s" (proxy_pass variables resolve to upstream names only)',
+                'no upstream "%s" for "%s" (a proxy_pass with variables names an upstream, an '
+                "IP address or a unix socket; upsync resolves no name at run time)",
                 name,
                 req.target,
             )
@@ -109,6 +135,25 @@ class Generation:
             return None
         req.proxy_host = proxy_host_of(name)
         return ProxyExchange(client, req, plan, group, uri_override)
+
+    def _address_group(self, name: str) -> UpstreamGroup | None:
+        """A proxy_pass with variables that names an address, not an upstream: an IP address
+        and port, or a unix socket, needs no resolving, so nginx connects to it as a one-server
+        upstream of its own; the ones made are kept (a bounded number) for their connections."""
+        group = self.address_groups.get(name)
+        if group is not None:
+            return group
+        try:
+            spec = parse_server_params(name if name.startswith("unix:") else _with_port(name), ())
+        except ServerLineError:
+            return None
+        if not (spec.host.startswith("unix:") or is_ip(spec.host)):
+            return None
+        if len(self.address_groups) >= MAX_ADDRESS_GROUPS:
+            self.address_groups.pop(next(iter(self.address_groups)))
+        config = UpstreamConfig(name, (spec,), BalanceMethod(), implicit=True)
+        group = self.address_groups[name] = UpstreamGroup(config)
+        return group
 
     def can_stream_body(self, req: Request) -> bool:
         """A chunked body of unknown length can only be streamed to an HTTP/1.1 upstream; for
@@ -141,6 +186,12 @@ class Generation:
                 self.access_logs.get(access_log.path).write(line + "\n")
             except OSError as exc:
                 log.error("cannot write access log %s: %s", access_log.path, exc)
+
+
+def _with_port(address: str) -> str:
+    """An address a variable gave, with nginx's default port when it names none."""
+    host, port = split_address(address)
+    return format_name(host, port)
 
 
 def _every_location(server: ServerBlock) -> list[LocationConfig]:

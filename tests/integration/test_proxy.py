@@ -356,6 +356,27 @@ http {{
             assert request(port, "/x", headers={"Host": "example.com"})[0] == 502
 
 
+def test_proxy_pass_with_variables_reaches_an_address_that_needs_no_resolving() -> None:
+    """An IP address and port, as nginx connects to it without a resolver; a name is not."""
+    port = free_port()
+    with Backend("a") as a:
+        text = f"""
+events {{}}
+http {{
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ proxy_pass http://$arg_b/t; }}
+    }}
+}}
+"""
+        with running_upsync(text, port):
+            for _ in range(2):  # the second through the same one-server upstream
+                assert request(port, f"/?b=127.0.0.1:{a.port}")[2] == b"a\n"
+            assert a.requests[-1][1] == "/t"
+            assert request(port, f"/?b=localhost:{a.port}")[0] == 502  # a name: not resolved
+            assert request(port, "/?b=127.0.0.1:bad")[0] == 502
+
+
 def test_proxy_pass_whose_variables_make_the_url_prefix_too() -> None:
     """nginx-tests' `proxy_pass http:/$uri`: the whole URL is computed per request and its
     prefix checked then (500 when it is not http://, as nginx)."""
