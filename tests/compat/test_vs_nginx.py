@@ -302,6 +302,11 @@ EDGE_REQUESTS = [
     b"GET http:/// HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     b"GET http://../ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     b"GET http://a:70000/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    # the absolute-form authority as nginx's request-line parser takes it
+    *(
+        b"GET http://" + authority + b"/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        for authority in (b"example.com.:1.2", b"1.2.3.4:9000:80", b"[::1].", b"[::1].:80", b"a_b", b"A-b.c:")
+    ),
     # a "%" without two hex digits is a 400; a fragment is no part of $uri or $args
     b"GET /foo/bar% HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     b"GET /foo/bar%1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",

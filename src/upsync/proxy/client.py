@@ -26,6 +26,7 @@ from upsync.proxy import error_pages, http1, rewriting, static
 from upsync.proxy.body import RequestBody
 from upsync.proxy.exchange import REPLAYABLE_BODY, URI_SAFE, trailers_of, trailing
 from upsync.proxy.intake import (
+    ABSOLUTE_AUTHORITY,
     NAME_INVALID,
     NAME_UNDERSCORED,
     bare_crs,
@@ -759,7 +760,10 @@ class ClientConnection(asyncio.Protocol):
                 found = rest.find(mark)
                 if 0 <= found < cut:
                     cut = found
-            authority = request_host(rest[:cut])
+            written = rest[:cut]
+            if not ABSOLUTE_AUTHORITY.fullmatch(written):
+                raise BadRequest(400)
+            authority = request_host(written)
             if authority is None:
                 raise BadRequest(400)
             req.host = authority

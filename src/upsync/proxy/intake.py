@@ -114,3 +114,10 @@ def browser_keepalive_disabled(disabled: frozenset[str], method: bytes, user_age
         and b"Safari/" in user_agent
         and b"Mac OS X" in user_agent
     )
+
+
+# the authority of an absolute-form request line as nginx's request-line parser takes it: a
+# name of letters, digits, "." and "-", or a bracketed IP literal, then ":" and digits only
+ABSOLUTE_AUTHORITY: Final = re.compile(
+    r"(?:\[[0-9A-Za-z:._~!$&'()*+,;=-]*\]|[A-Za-z0-9.-]*)(?::[0-9]*)?"
+)
