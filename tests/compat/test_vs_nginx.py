@@ -1565,3 +1565,56 @@ def test_limit_except_and_include_anywhere_as_nginx_does(tmp_path: Path) -> None
     theirs = limit_except_answers(running_nginx, tmp_path)
     assert ours == theirs
     assert theirs[:4] == ["GET /get 200 a\n", "HEAD /get 200 ", "POST /get 403 ", "DELETE /get 403 "]
+
+
+def accel_redirect_answers(runner: Runner, root: Path) -> list[str]:
+    """X-Accel-Redirect to an `internal` location of files, a named location, with arguments,
+    unsafe, ignored; the headers kept from the upstream."""
+    from tests.helpers import RawRequest, ScriptedBackend
+
+    redirects = {
+        "/app/file": "/protected/f.txt",
+        "/app/space": "/protected/a%20b.txt",
+        "/app/named": "@named",
+        "/app/unsafe": "/protected/../f.txt",
+        "/app/escaped": "/protected/.%2e/f.txt",
+        "/ignored/file": "/protected/f.txt",
+    }
+
+    def scripted(req: RawRequest) -> tuple[bytes, bool]:
+        target = redirects[req.path.split("?")[0]]
+        head = (
+            f"HTTP/1.1 200 OK\r\nX-Accel-Redirect: {target}\r\nContent-Type: text/x-kept\r\n"
+            "Set-Cookie: s=1\r\nCache-Control: no-store\r\nX-Other: dropped\r\nContent-Length: 2\r\n\r\n"
+        )
+        return head.encode() + b"up", True
+
+    (root / "f.txt").write_text("file\n")
+    (root / "a b.txt").write_text("spaced\n")
+    port = free_port()
+    answers = []
+    with ScriptedBackend(scripted) as backend:
+        locations = f"""
+        location /app/ {{ proxy_pass http://backend; }}
+        location /ignored/ {{ proxy_ignore_headers X-Accel-Redirect; proxy_pass http://backend; }}
+        location /protected/ {{ internal; alias {root}/; }}
+        location @named {{ return 200 "named $upstream_http_x_accel_redirect $uri $request_method"; }}
+"""
+        with runner(with_locations(port, backend.port, locations), port):
+            for method, path in (
+                ("GET", "/protected/f.txt"), ("GET", "/app/file"), ("POST", "/app/file"),
+                ("HEAD", "/app/file"), ("GET", "/app/space"), ("POST", "/app/named"),
+                ("GET", "/app/unsafe"), ("GET", "/app/escaped"), ("GET", "/ignored/file"),
+            ):
+                status, headers, body = request(port, path, method=method, body=b"x")
+                shown = [f"{name}={headers.get(name, '-')}" for name in ("content-type", "set-cookie", "cache-control", "x-other", "x-accel-redirect")]
+                text = body.decode() if status == 200 else ""
+                answers.append(f"{method} {path} {status} {' '.join(shown)} {text}")
+    return answers
+
+
+def test_x_accel_redirect_and_internal_locations_as_nginx_does(tmp_path: Path) -> None:
+    ours = accel_redirect_answers(running_upsync, tmp_path)
+    theirs = accel_redirect_answers(running_nginx, tmp_path)
+    assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
+    assert theirs[1].startswith("GET /app/file 200 content-type=text/x-kept set-cookie=s=1")

@@ -87,6 +87,7 @@ INHERITED = frozenset(
         "proxy_cookie_flags",
         "proxy_bind",
         "proxy_limit_rate",
+        "proxy_ignore_headers",
         "limit_rate",
         "limit_rate_after",
         "allow",
@@ -215,6 +216,31 @@ def _cookie_flags(nodes: tuple[Node, ...]) -> tuple[CookieFlags, ...]:
         regex = regex_of(node, written[1:], IGNORECASE) if name is None else None
         found.append(CookieFlags(name, regex, tuple(_template(node, f) for f in flags)))
     return tuple(found)
+
+
+IGNORABLE_HEADERS = frozenset(
+    {
+        "x-accel-redirect",
+        "x-accel-expires",
+        "x-accel-limit-rate",
+        "x-accel-buffering",
+        "x-accel-charset",
+        "expires",
+        "cache-control",
+        "set-cookie",
+        "vary",
+    }
+)
+
+
+def _ignored_headers(node: Node | None) -> frozenset[str]:
+    if node is None:
+        return frozenset()
+    names = frozenset(arg.lower() for arg in node.args)
+    for arg in node.args:
+        if arg.lower() not in IGNORABLE_HEADERS:
+            raise node.invalid(arg)
+    return names
 
 
 def _bind(node: Node | None) -> Template | None:
@@ -530,7 +556,11 @@ class HttpBuilder:
         alias: Node | None = None
         nested: list[Node] = []
         limit_except: Node | None = None
+        internal = False
         for child in node.block or ():
+            if child.name == "internal":
+                internal = True
+                continue
             if child.name == "limit_except":
                 if limit_except is not None:
                     raise child.error('"limit_except" directive is duplicate')
@@ -591,6 +621,8 @@ class HttpBuilder:
             built = dataclasses.replace(
                 built, limit_except=self._limit_except(limit_except, scope)
             )
+        if internal:
+            built = dataclasses.replace(built, internal=True)
         if modifier in ("", "^~") and len(path) > 1 and path.endswith("/"):
             built = dataclasses.replace(built, auto_redirect=isinstance(handler, ProxyPass))
         if nested:
@@ -825,6 +857,7 @@ class HttpBuilder:
             bind=_bind(scope.one("proxy_bind")),
             bind_transparent=_bind_transparent(scope.one("proxy_bind")),
             limit_rate=_size(scope.one("proxy_limit_rate"), 0),
+            ignore_headers=_ignored_headers(scope.one("proxy_ignore_headers")),
         )
 
     def _optional_template(self, node: Node | None) -> Template | None:

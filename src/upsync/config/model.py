@@ -189,6 +189,9 @@ class ProxySettings:
     bind: Template | None = None
     bind_transparent: bool = False
     limit_rate: int = 0  # proxy_limit_rate: bytes a second read from the upstream (0: no limit)
+    # proxy_ignore_headers, lower case: of them X-Accel-Redirect and X-Accel-Limit-Rate change
+    # what upsync does; the others only matter to a cache, which upsync does not have
+    ignore_headers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +260,7 @@ class LocationConfig:
     # limit_rate_after SIZE (sent before the limit starts)
     limit_rate: Template | None = None
     limit_rate_after: int = 0
+    internal: bool = False  # only internal redirects reach it (others get 404)
     # limit_except METHOD... { allow/deny }: the methods it names (GET brings HEAD), and the
     # access rules every other method meets instead of the location's
     limit_except: tuple[frozenset[bytes], tuple["AccessRule", ...]] | None = None

@@ -36,9 +36,10 @@ from upsync.proxy.intake import (
     parseable_request_line,
     version_in_request_line,
 )
+from upsync.proxy.accel import redirect_target
 from upsync.proxy.rate import RateLimit
 from upsync.proxy.request import Request
-from upsync.proxy.routing import ServerTable, normalize_path, request_host
+from upsync.proxy.routing import ServerTable, VirtualServer, normalize_path, request_host
 from upsync.proxy.timer import Deadline
 
 if TYPE_CHECKING:
@@ -864,22 +865,10 @@ class ClientConnection(asyncio.Protocol):
             return
         server = self.table.find(req.host)
         req.server = server
-        if server.block.rewrites:
-            outcome = rewriting.run(server.block.rewrites, req)
-            if outcome[0] == rewriting.ANSWER:
-                req.location = server.block.fallback
-                self._answer(req, server.block.fallback, outcome[1], outcome[2])
-                return
-        location = server.locations.match(req.path)
-        if location.auto_redirect and len(location.path) == len(req.path) + 1:
-            req.location = location
-            self._auto_redirect(req, location)
-            return
-        if location.rewrites and not excepted_method(location, req):
-            chosen = self._location_rewrites(req, location)
-            if chosen is None:
-                return  # answered
-            location = chosen
+        found = self._find_location(req, server)
+        if found is None:
+            return  # answered
+        location = found
         req.location = location
         self.keepalive_timeout = location.keepalive_timeout
         self.keepalive_time = location.keepalive_time
@@ -888,6 +877,28 @@ class ClientConnection(asyncio.Protocol):
         elif location.keepalive_disable and req.keep_alive:
             req.keep_alive = not keepalive_disabled(location.keepalive_disable, req)
         self._serve_location(req, location)
+
+    def _find_location(self, req: Request, server: VirtualServer) -> LocationConfig | None:
+        """nginx's phases before access for req.path: the server's rewrites, the location's
+        choice (an auto redirect), the location's rewrites; None when one of them answered."""
+        if server.block.rewrites:
+            outcome = rewriting.run(server.block.rewrites, req)
+            if outcome[0] == rewriting.ANSWER:
+                req.location = server.block.fallback
+                self._answer(req, server.block.fallback, outcome[1], outcome[2])
+                return None
+        location = server.locations.match(req.path)
+        if location.auto_redirect and len(location.path) == len(req.path) + 1:
+            req.location = location
+            self._auto_redirect(req, location)
+            return None
+        if location.internal and not req.redirects:
+            req.location = location
+            self.send_error(404)  # `internal`: reached by internal redirects only
+            return None
+        if location.rewrites and not excepted_method(location, req):
+            return self._location_rewrites(req, location)
+        return location
 
     def _auto_redirect(self, req: Request, location: LocationConfig) -> None:
         """nginx's auto_redirect: "/app" to "location /app/ { proxy_pass ...; }" is a 301 to
@@ -1014,10 +1025,13 @@ class ClientConnection(asyncio.Protocol):
         self._redirect_internally(req, target, keep_args=True)
         return False
 
-    def _redirect_internally(self, req: Request, target: str, keep_args: bool) -> None:
-        """An internal redirect (index, try_files, error_page): to a named location, or to a
-        URI whose location is chosen again, its rewrite phase included; at most
-        MAX_REDIRECTS per request. `keep_args`: a URI without "?" keeps the arguments."""
+    def _redirect_internally(
+        self, req: Request, target: str, keep_args: bool, path: str | None = None
+    ) -> None:
+        """An internal redirect (index, try_files, error_page, X-Accel-Redirect): to a named
+        location, or to a URI whose location is chosen again, rewrite phases included; at
+        most MAX_REDIRECTS per request. `keep_args`: a URI without "?" keeps the arguments;
+        `path`: a decoded path given apart (then `target` is unused)."""
         server = req.server
         assert server is not None
         if req.redirects >= error_pages.MAX_REDIRECTS:
@@ -1035,22 +1049,43 @@ class ClientConnection(asyncio.Protocol):
                 self.send_error(500)
                 return
         else:
-            path, question, query = target.partition("?")
+            if path is None:
+                path, question, query = target.partition("?")
+                if question or not keep_args:
+                    req.query = query
             req.path = path
-            if question or not keep_args:
-                req.query = query
             req.rewritten = req.rewritten or 1
-            chosen = server.locations.match(path)
-            if chosen.auto_redirect and len(chosen.path) == len(path) + 1:
-                req.location = chosen
-                self._auto_redirect(req, chosen)
-                return
-            if chosen.rewrites and not excepted_method(chosen, req):
-                chosen = self._location_rewrites(req, chosen)
-                if chosen is None:
-                    return  # its rewrite phase answered
+            # as a new request: the server's rewrites too (nginx's internal redirect)
+            chosen = self._find_location(req, server)
+            if chosen is None:
+                return  # a rewrite phase answered
         req.location = chosen
         self._serve_location(req, chosen)
+
+    def accel_redirect(self, req: Request, target: str, kept: list[bytes]) -> None:
+        """An upstream's X-Accel-Redirect: the request goes on, as a GET (HEAD stays HEAD)
+        without its body, to that URI (percent-decoded; one with a ".." segment is a 404) or
+        named location; the upstream headers nginx keeps go with the answer."""
+        self.exchange = None
+        self.body_sink = None
+        req.kept_lines = kept or None
+        req.body_dropped = True  # what is left of it is read and dropped
+        self.resume_reading_for("upstream")
+        self.resume_reading_for("connecting")
+        if target.startswith("@"):
+            self._redirect_internally(req, target, keep_args=True)  # the method kept
+            return
+        if req.method != b"HEAD":
+            req.method = b"GET"
+        parsed = redirect_target(target)
+        if parsed is None:
+            log.error('X-Accel-Redirect "%s" is unsafe', target)
+            self.send_error(404)
+            return
+        path, args = parsed
+        req.query = args
+        # the path goes as decoded: a "?" in it is no argument separator
+        self._redirect_internally(req, "", keep_args=True, path=path)
 
     def _serve_file(self, req: Request, location: LocationConfig, handler: StaticFiles) -> None:
         found = static.find(handler, location, req.path, req.method)
@@ -1082,8 +1117,12 @@ class ClientConnection(asyncio.Protocol):
         else:
             extra = b"".join(own)
         chunked = trailing(location, req, status)
+        content_type = static.content_type(location, found.path).encode("latin-1")
+        if req.kept_lines is not None:  # after an X-Accel-Redirect: the upstream's headers
+            content_type, kept = http1.split_content_type(req.kept_lines, content_type)
+            extra += kept
         described = b"Content-Type: %s\r\n%s" % (
-            static.content_type(location, found.path).encode("latin-1"),
+            content_type,
             b"Transfer-Encoding: chunked\r\n"
             if chunked
             else b"Content-Length: %d\r\n" % found.size,
@@ -1243,6 +1282,9 @@ class ClientConnection(asyncio.Protocol):
         req.status = status
         head_only = req.method == b"HEAD"
         location = self._answering_location(req)
+        if req.kept_lines is not None:
+            content_type, kept = http1.split_content_type(req.kept_lines, content_type)
+            extra += kept
         if location.expires is not None or location.add_headers:
             made: list[bytes] = []
             req.headers_out = made
@@ -1288,10 +1330,12 @@ class ClientConnection(asyncio.Protocol):
         location = self._answering_location(req)
         tokens = location.server_tokens
         extra = b""
+        if req.kept_lines is not None:  # after an X-Accel-Redirect, an error page keeps them
+            extra = http1.split_content_type(req.kept_lines, b"")[1]
         if location.add_headers:
             made: list[bytes] = []
             req.headers_out = made
-            extra = http1.header_filter(location, status, req, made=made)[0]
+            extra += http1.header_filter(location, status, req, made=made)[0]
         head_only = req.method == b"HEAD"
         if status not in http1.PAGED_CODES:
             # as nginx: no page of its own for this code, an empty answer

@@ -28,6 +28,7 @@ from upsync.proxy.http1 import (
     trailer_lines,
     trailers_apply,
 )
+from upsync.proxy.accel import accel_value, kept_on_redirect, limit_rate_value
 from upsync.proxy.rate import RateLimit, limit_for
 from upsync.proxy.redirects import location_rules
 from upsync.proxy.request import Request
@@ -583,6 +584,14 @@ class ProxyExchange:
             conn.exchange = None
             self._intercepted(conn, status)
             return True
+        accel = conn.accel
+        if accel is not None:
+            req.upstream_accel = accel
+            redirect = accel_value(accel, b"x-accel-redirect:")
+            if redirect is not None and "x-accel-redirect" not in self.settings.ignore_headers:
+                conn.exchange = None
+                self._accel_redirect(conn, status, redirect)
+                return True
         self.response_started = True
         req.try_header = self.loop.time()
         self.head_in_read = True
@@ -637,11 +646,31 @@ class ProxyExchange:
             out.append(head_end(client_keep, location.keepalive_header))
         self.client_keep_alive = client_keep
         upstream_rate = self.settings.limit_rate
-        if (upstream_rate or location.limit_rate is not None or req.vars) and not no_body:
-            self.limit = limit_for(location, upstream_rate, req.limit_rate(), req.try_header)
+        if (upstream_rate or location.limit_rate is not None or req.vars or accel) and not no_body:
+            rate = req.limit_rate()
+            told = accel_value(accel, b"x-accel-limit-rate:") if accel is not None else None
+            if told is not None and "x-accel-limit-rate" not in self.settings.ignore_headers:
+                told_rate = limit_rate_value(told)
+                rate = rate if told_rate is None else told_rate
+            self.limit = limit_for(location, upstream_rate, rate, req.try_header)
         req.sent_head = head = b"".join(out)
         self.client.write(head)
         return no_body
+
+    def _accel_redirect(self, conn: UpstreamConnection, status: int, target: str) -> None:
+        """X-Accel-Redirect: the upstream's body is dropped and the request goes on, as a GET,
+        to that URI or named location, keeping some of the upstream's headers."""
+        self._disarm()
+        self.req.end_try(status, self.loop.time())
+        req = self.req
+        req.upstream_lines = conn.lines
+        kept = kept_on_redirect(conn.lines)
+        conn.detach()
+        conn.abort()
+        self.conn = None
+        self._finish_peer(failed=False)
+        self.finished = True
+        self.client.accel_redirect(req, target, kept)
 
     def _intercepted(self, conn: UpstreamConnection, status: int) -> None:
         self._disarm()

@@ -307,6 +307,18 @@ def last_modified_of(lines: list[bytes]) -> float:
     return -1.0
 
 
+def split_content_type(lines: list[bytes], default: bytes) -> tuple[bytes, bytes]:
+    """The Content-Type among header lines (else `default`), and the other lines joined."""
+    content_type = default
+    others = []
+    for line in lines:
+        if line[:13].lower() == b"content-type:":
+            content_type = line[13:].strip()
+        else:
+            others.append(line)
+    return content_type, b"".join(others)
+
+
 def drop_headers(lines: list[bytes], names: tuple[bytes, ...]) -> list[bytes]:
     """The response's header lines without those named (lower case, with the colon)."""
     return [line for line in lines if line[: line.find(b":") + 1].lower() not in names]

@@ -61,6 +61,7 @@ class Request:
         "headers_out",
         "host",
         "keep_alive",
+        "kept_lines",
         "location",
         "method",
         "nth",
@@ -89,6 +90,7 @@ class Request:
         "try_started",
         "try_status",
         "upgrade",
+        "upstream_accel",
         "upstream_lines",
         "vars",
         "version",
@@ -133,6 +135,9 @@ class Request:
         self.headers_out: list[bytes] | None = None  # its header lines while it is made
         self.sent_trailers: list[bytes] | None = None  # add_trailer's lines, as they are made
         self.upstream_lines: list[bytes] | None = None  # the upstream response's header lines
+        self.upstream_accel: list[bytes] | None = None  # its X-Accel-* lines, not passed on
+        # after an X-Accel-Redirect, the upstream's headers the answer keeps
+        self.kept_lines: list[bytes] | None = None
         self.captures: RegexMatch | None = None  # of the last map regex that matched
         self.redirects = 0  # to error pages
         self.status_override = 0  # the status an error page's answer is sent with (0: its own)
@@ -236,7 +241,10 @@ class Request:
                     return arg
             return ""
         if name.startswith("upstream_http_"):
-            return _header_in(self.upstream_lines or (), name[14:])
+            found = _header_in(self.upstream_lines or (), name[14:])
+            if not found and self.upstream_accel is not None:
+                return _header_in(self.upstream_accel, name[14:])
+            return found
         if name.startswith("upstream_cookie_"):
             return _cookie_in(self.upstream_lines or (), name[16:])
         if name.startswith("sent_http_"):

@@ -30,6 +30,8 @@ _DROP: Final = 4
 _LOCATION: Final = 5  # proxy_redirect applies
 _REFRESH: Final = 6  # proxy_redirect applies after "url="
 _COOKIE: Final = 7  # proxy_cookie_domain, proxy_cookie_path, proxy_cookie_flags apply
+_ACCEL: Final = 8  # X-Accel-Redirect, X-Accel-Limit-Rate: acted on, not passed
+ACCEL_HEADERS: Final = frozenset({b"x-accel-redirect", b"x-accel-limit-rate"})
 
 
 def response_header_classes(
@@ -49,6 +51,8 @@ def response_header_classes(
     }
     if cookies and b"set-cookie" not in dropped:
         classes[b"set-cookie"] = _COOKIE
+    for name in ACCEL_HEADERS - passed:
+        classes[name] = _ACCEL
     return HeaderClasses(classes, _PASS)
 
 
@@ -73,6 +77,7 @@ class UpstreamConnection(PooledConnection):
         "interim",
         "keep_alive",
         "length",
+        "accel",
         "lines",
         "max_head",
         "parser",
@@ -97,6 +102,7 @@ class UpstreamConnection(PooledConnection):
         # the response head as it is parsed: lines to pass on, and what the proxy itself needs
         self.lines: list[bytes] = []
         self.upgrade_lines: list[bytes] = []
+        self.accel: list[bytes] | None = None  # X-Accel-* lines, for nginx's special meaning
         self.length: bytes | None = None
         self.chunked = False
         self.received_any = False
@@ -242,6 +248,7 @@ class UpstreamConnection(PooledConnection):
     def _reset_head(self) -> None:
         self.lines = []
         self.upgrade_lines = []
+        self.accel = None
         self.length = None
         self.chunked = False
 
@@ -262,6 +269,10 @@ class UpstreamConnection(PooledConnection):
             self.chunked = b"chunked" in value.lower()
         elif kind == _UPGRADE:
             self.upgrade_lines.append(name + b": " + value + b"\r\n")
+        elif kind == _ACCEL:
+            if self.accel is None:
+                self.accel = []
+            self.accel.append(name + b": " + value + b"\r\n")
         elif kind == _COOKIE:
             exchange = self.exchange
             assert exchange is not None
