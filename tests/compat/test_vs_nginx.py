@@ -909,11 +909,13 @@ ERROR_PAGE_SERVER = """
         location /intercepted {
             proxy_intercept_errors on;
             error_page 500 503 /oops;
+            error_page 401 /who;
             error_page 404 = @upstream;
             proxy_pass http://127.0.0.1:BACKEND;
         }
         location /passed { error_page 500 /oops; proxy_pass http://127.0.0.1:BACKEND; }
         location = /oops { proxy_pass http://127.0.0.1:BACKEND/fine; }
+        location = /who { return 200 "who\n"; }
         location @upstream { proxy_pass http://127.0.0.1:BACKEND; }
         location /away { error_page 404 http://example.com/nf; return 404; }
         location /moved { error_page 404 =301 http://example.com/moved?x=1; return 404; }
@@ -936,6 +938,11 @@ def error_page_answers(runner: Runner, ports: dict[str, int]) -> list[str]:
     def scripted(req: RawRequest) -> tuple[bytes, bool]:
         if req.path.startswith("/intercepted/500"):
             return b"HTTP/1.1 500 Broken\r\nContent-Length: 6\r\n\r\nbroken", True
+        if req.path.startswith("/intercepted/401"):
+            return (
+                b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=x\r\n"
+                b"X-Other: y\r\nContent-Length: 4\r\n\r\nnone"
+            ), True
         if req.path.startswith(("/intercepted/404", "/passed")):
             code = b"404 Not Found" if "404" in req.path else b"500 Broken"
             return b"HTTP/1.1 " + code + b"\r\nContent-Length: 4\r\n\r\nnone", True
@@ -959,6 +966,7 @@ def error_page_answers(runner: Runner, ports: dict[str, int]) -> list[str]:
                 ("GET", "/intercepted/500"),
                 ("POST", "/intercepted/404"),
                 ("GET", "/intercepted/ok"),
+                ("GET", "/intercepted/401"),
                 ("GET", "/passed"),
                 ("GET", "/away"),
                 ("GET", "/moved"),
@@ -976,8 +984,9 @@ def error_page_answers(runner: Runner, ports: dict[str, int]) -> list[str]:
                 shown = body.decode() if status == 200 or b"nginx" not in body else "<page>"
                 if b"<center>" in body:
                     shown = "<page>"  # the built-in page: the server's name differs
+                challenge = headers.get("www-authenticate", "-") + headers.get("x-other", "-")
                 answers.append(
-                    f"{method} {path} {status} {headers.get('location', '-')} {shown}".replace(
+                    f"{method} {path} {status} {headers.get('location', '-')} {challenge} {shown}".replace(
                         f":{port}/", ":PORT/"
                     )
                 )

@@ -154,3 +154,17 @@ def test_repeated_request_headers_are_joined_as_nginx_joins_them() -> None:
     assert req.variable("cookie_b") == "2"  # found in the second Cookie header
     assert req.variable("cookie_c") == "3"
     assert req.variable("http_missing") == ""
+
+
+def test_upstream_cookie_is_read_as_nginx_reads_it() -> None:
+    req = request([])
+    req.upstream_lines = [
+        b"Set-Cookie: a=1; Path=/\r\n",
+        b"Set-Cookie: tc=\r\n",
+        b"Set-Cookie: tab\t=\tx\r\n",
+        b"Set-Cookie: sp =  con  tent ; Domain=x\r\n",
+    ]
+    assert req.variable("upstream_cookie_a") == "1"
+    assert req.variable("upstream_cookie_tc") == ""  # never the line's end
+    assert req.variable("upstream_cookie_tab") == ""  # a tab is no space to nginx
+    assert req.variable("upstream_cookie_sp") == "con  tent"

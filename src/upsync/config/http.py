@@ -528,7 +528,9 @@ class HttpBuilder:
             raise node.error(f'invalid port in "{address}" of the "listen" directive')
         return Listen(host, port, default_server)
 
-    def location(self, node: Node, server_scope: Scope) -> LocationConfig:
+    def location(
+        self, node: Node, server_scope: Scope, parent_files: StaticFiles | None = None
+    ) -> LocationConfig:
         args = node.args
         if len(args) == 2:
             modifier, path = args
@@ -614,8 +616,19 @@ class HttpBuilder:
             if handler is not None:
                 raise alias.error('"alias" with a handler other than files is not supported')
             handler = files = StaticFiles(
-                self._path(alias.args[0], alias), True, self._index(scope)
+                self._path(alias.args[0], alias),
+                True,
+                self._index(scope),
+                None if regex is not None else path,
             )
+        elif (
+            parent_files is not None
+            and parent_files.alias
+            and not any(child.name == "root" for child in node.block or ())
+        ):
+            files = dataclasses.replace(parent_files, index=self._index(scope))  # inherited
+            if handler is None:
+                handler = files
         built = self._location_from(node, modifier, path, regex, handler, scope, steps, files)
         if limit_except is not None:
             built = dataclasses.replace(
@@ -645,7 +658,7 @@ class HttpBuilder:
             )
         if written.startswith("@"):
             raise node.error(f'named location "{written}" can be on the server level only')
-        child = self.location(node, scope)
+        child = self.location(node, scope, parent.files)
         if child.regex is None and not child.path.startswith(parent.path):
             raise node.error(f'location "{child.path}" is outside location "{parent.path}"')
         return child

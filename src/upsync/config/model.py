@@ -114,6 +114,9 @@ class StaticFiles:
     root: str  # absolute; with `alias`, what replaces the location's prefix
     alias: bool
     index: tuple[str, ...] = ("index.html",)
+    # the prefix an alias replaces: its location's, also in a nested location that inherits
+    # it (nginx); None in a regex location (the URI goes after the alias whole)
+    prefix: str | None = None
 
 
 Handler = ProxyPass | Return | UpstreamShow | StaticFiles | None

@@ -675,6 +675,10 @@ class ProxyExchange:
     def _intercepted(self, conn: UpstreamConnection, status: int) -> None:
         self._disarm()
         self.req.end_try(status, self.loop.time())
+        if status == 401:
+            # the error page's answer keeps the upstream's challenge, as nginx's does
+            challenges = [line for line in conn.lines if line[:17].lower() == b"www-authenticate:"]
+            self.req.kept_lines = challenges or None
         conn.detach()
         conn.abort()
         self.conn = None

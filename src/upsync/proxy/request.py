@@ -306,9 +306,10 @@ def _cookie_in(lines: "list[bytes] | tuple[bytes, ...]", wanted: str) -> str:
         name, _, value = line.partition(b":")
         if name.strip().lower() != b"set-cookie":
             continue
-        key, equals, rest = value.strip().partition(b"=")
-        if equals and key.strip().decode("latin-1") == wanted:
-            return rest.split(b";", 1)[0].strip().decode("latin-1")
+        # spaces around the name and the value, never tabs, as nginx's parser takes them
+        key, equals, rest = value.rstrip(b"\r\n").strip(b" ").partition(b"=")
+        if equals and key.strip(b" ").decode("latin-1") == wanted:
+            return rest.split(b";", 1)[0].strip(b" ").decode("latin-1")
     return ""
 
 

@@ -28,8 +28,9 @@ class Found:
 
 
 def file_path(handler: StaticFiles, location: LocationConfig, uri: str) -> str:
-    if handler.alias and location.regex is None:
-        return handler.root + uri[len(location.path) :]
+    prefix = handler.prefix
+    if handler.alias and prefix is not None:
+        return handler.root + uri[len(prefix) :]
     return handler.root + uri
 
 
