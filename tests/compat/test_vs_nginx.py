@@ -1000,7 +1000,7 @@ def test_error_page_and_proxy_intercept_errors_as_nginx_does() -> None:
     ours = error_page_answers(running_upsync, ports)
     theirs = error_page_answers(running_nginx, ports)
     assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
-    assert theirs[0] == "GET /missing 404 - custom 404 /404.html /missing GET\n"
+    assert theirs[0] == "GET /missing 404 - -- custom 404 /404.html /missing GET\n"
 
 
 def cookie_and_body_headers(runner: Runner) -> list[tuple[int, list[str]]]:
