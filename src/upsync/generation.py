@@ -16,6 +16,7 @@ from upsync.config.model import (
     ServerBlock,
     UpstreamConfig,
 )
+from upsync.config.rewrite import IfBlock, Step
 from upsync.config.servers import (
     ServerLineError,
     format_name,
@@ -201,4 +202,10 @@ def _every_location(server: ServerBlock) -> list[LocationConfig]:
         location = pending.pop()
         found.append(location)
         pending.extend(location.locations)
+        pending.extend(_if_locations(location.rewrites))
     return found
+
+
+def _if_locations(steps: "tuple[Step, ...]") -> list[LocationConfig]:
+    """The locations `if` blocks with other directives stand for (they are served too)."""
+    return [step.location for step in steps if isinstance(step, IfBlock) and step.location]

@@ -1627,3 +1627,75 @@ def test_x_accel_redirect_and_internal_locations_as_nginx_does(tmp_path: Path) -
     theirs = accel_redirect_answers(running_nginx, tmp_path)
     assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
     assert theirs[1].startswith("GET /app/file 200 content-type=text/x-kept set-cookie=s=1")
+
+
+IF_LOCATIONS = """
+        location /api/ {
+            if ($request_method = OPTIONS) {
+                add_header Access-Control-Allow-Origin "*";
+                add_header Access-Control-Allow-Methods "GET, POST";
+                return 204;
+            }
+            add_header X-Outer outer;
+            proxy_pass http://backend;
+        }
+        location /hdr/ {
+            if ($arg_x) {
+                add_header X-If "yes $arg_x";
+                set $seen "if";
+            }
+            proxy_set_header X-Up "outer $seen";
+            add_header X-Seen "$seen";
+            proxy_pass http://backend;
+        }
+        location /switch/ {
+            if ($arg_to = other) { proxy_pass http://127.0.0.1:OTHER; }
+            proxy_pass http://backend;
+        }
+        location /files/ {
+            if ($arg_deny) { return 403; }
+            if ($arg_h) { expires 1h; }
+            root ROOT;
+        }
+"""
+
+
+def if_location_answers(runner: Runner, root: Path) -> list[str]:
+    """An `if` with other directives than the rewrite module's, nginx's location of its own:
+    the CORS recipe, add_header and proxy_set_header inside, proxy_pass inside, files."""
+    from tests.helpers import RawRequest, ScriptedBackend, ok_response
+
+    def scripted(req: RawRequest) -> tuple[bytes, bool]:
+        return ok_response(f"main {req.path} up={req.header('x-up')}".encode()), True
+
+    def other(req: RawRequest) -> tuple[bytes, bool]:
+        return ok_response(f"other {req.path}".encode()), True
+
+    (root / "files").mkdir(exist_ok=True)
+    (root / "files" / "a.txt").write_text("file\n")
+    port = free_port()
+    answers = []
+    with ScriptedBackend(scripted) as backend, ScriptedBackend(other) as second:
+        locations = IF_LOCATIONS.replace("OTHER", str(second.port)).replace("ROOT", str(root))
+        with runner(with_locations(port, backend.port, locations), port):
+            for method, path in (
+                ("OPTIONS", "/api/x"), ("GET", "/api/x"), ("GET", "/hdr/a?x=1"), ("GET", "/hdr/b"),
+                ("GET", "/switch/c?to=other"), ("GET", "/switch/d"), ("GET", "/files/a.txt?h=1"),
+                ("GET", "/files/a.txt"), ("GET", "/files/a.txt?deny=1"),
+            ):
+                status, headers, body = request(port, path, method=method)
+                shown = " ".join(
+                    f"{name}={headers.get(name, '-')}"
+                    for name in ("access-control-allow-origin", "access-control-allow-methods",
+                                 "x-outer", "x-if", "x-seen", "cache-control")
+                )
+                text = "<page>" if b"<center>" in body else body.decode(errors="replace")
+                answers.append(f"{method} {path} {status} {shown} {text}")
+    return answers
+
+
+def test_if_with_other_directives_is_a_location_as_nginx_builds_it(tmp_path: Path) -> None:
+    ours = if_location_answers(running_upsync, tmp_path)
+    theirs = if_location_answers(running_nginx, tmp_path)
+    assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
+    assert theirs[0].startswith("OPTIONS /api/x 204 access-control-allow-origin=* ")

@@ -31,6 +31,7 @@ from upsync.config.regex import IGNORECASE, Regex, RegexError, compile_regex
 from upsync.config.rewrite import (
     REWRITE_DIRECTIVES,
     REWRITE_LOGGING,
+    IfLocationMaker,
     Step,
     build_step,
     parse_return,
@@ -166,12 +167,12 @@ def _added_headers(nodes: tuple[Node, ...]) -> tuple[tuple[str, Template, bool],
     return tuple(added)
 
 
-def _steps(nodes: list[Node]) -> tuple[Step, ...]:
+def _steps(nodes: list[Node], if_location: IfLocationMaker | None = None) -> tuple[Step, ...]:
     """The rewrite phase of a level; none when it has only `return`s (a location's `return`
     alone is its handler: the common case stays the plain one)."""
     if all(node.name == "return" for node in nodes):
         return ()
-    return tuple(build_step(node) for node in nodes)
+    return tuple(build_step(node, if_location=if_location) for node in nodes)
 
 
 def _cookie_rules(nodes: tuple[Node, ...], domain: bool) -> tuple[RewriteRule, ...]:
@@ -529,8 +530,15 @@ class HttpBuilder:
         return Listen(host, port, default_server)
 
     def location(
-        self, node: Node, server_scope: Scope, parent_files: StaticFiles | None = None
+        self,
+        node: Node,
+        server_scope: Scope,
+        parent_files: StaticFiles | None = None,
+        if_handler: Handler = None,
+        in_if: bool = False,
     ) -> LocationConfig:
+        """A `location` block; also, given `if_handler` (the enclosing location's, None
+        included), the location an `if` block in it stands for."""
         args = node.args
         if len(args) == 2:
             modifier, path = args
@@ -602,11 +610,13 @@ class HttpBuilder:
                 )
         scope = server_scope.child(inherited)
         handler: Handler = None
-        steps = _steps(rewrites)
-        if steps and handler_node is not None and handler_node.name == "return":
+        has_steps = not all(child.name == "return" for child in rewrites)
+        if has_steps and handler_node is not None and handler_node.name == "return":
             handler_node = None  # the return is one of the steps, in the order written
         if handler_node is not None:
-            handler = self._handler(handler_node, regex is not None)
+            handler = self._handler(handler_node, regex is not None or in_if)
+        elif if_handler is not None:
+            handler = if_handler  # an `if` without proxy_pass serves with its location's
         files: StaticFiles | None = None
         if alias is not None:
             if scope.one("root") is not None and any(n.name == "root" for n in inherited):
@@ -629,11 +639,22 @@ class HttpBuilder:
             files = dataclasses.replace(parent_files, index=self._index(scope))  # inherited
             if handler is None:
                 handler = files
+
+        def if_location(if_node: Node) -> LocationConfig:
+            """nginx's location for an `if` with other directives: this one's settings, the
+            block's own over them, and this one's handler unless it has proxy_pass."""
+            own = tuple(
+                child
+                for child in if_node.block or ()
+                if child.name not in REWRITE_DIRECTIVES and child.name not in REWRITE_LOGGING
+            )
+            synthetic = Node("location", node.args, if_node.file, if_node.line, own)
+            return self.location(synthetic, scope, files or parent_files, handler, in_if=True)
+
+        steps = _steps(rewrites, if_location) if has_steps else ()
         built = self._location_from(node, modifier, path, regex, handler, scope, steps, files)
         if limit_except is not None:
-            built = dataclasses.replace(
-                built, limit_except=self._limit_except(limit_except, scope)
-            )
+            built = dataclasses.replace(built, limit_except=self._limit_except(limit_except, scope))
         if internal:
             built = dataclasses.replace(built, internal=True)
         if modifier in ("", "^~") and len(path) > 1 and path.endswith("/"):
@@ -685,6 +706,7 @@ class HttpBuilder:
                     built[extension.lower()] = entry.name
             self._built_types[id(node)] = built
         return built
+
     def _location_from(
         self,
         node: Node,
@@ -803,7 +825,8 @@ class HttpBuilder:
                 raise node.error(f'invalid URL prefix in "{url}"')
             if socket_uri and in_regex:
                 raise node.error(
-                    '"proxy_pass" cannot have URI part in location given by regular expression'
+                    '"proxy_pass" cannot have URI part in location given by regular expression, or '
+                    'inside "if" statement'
                 )
             self.implicit_upstreams.setdefault(host, node)
             return ProxyPass("http", host, None, socket_uri or None)
@@ -812,7 +835,8 @@ class HttpBuilder:
             raise node.error(f'no host in "{url}" of the "proxy_pass" directive')
         if slash and in_regex:
             raise node.error(
-                '"proxy_pass" cannot have URI part in location given by regular expression'
+                '"proxy_pass" cannot have URI part in location given by regular expression, or '
+                'inside "if" statement'
             )
         if host not in self.upstream_names:
             try:

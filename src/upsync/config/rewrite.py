@@ -1,12 +1,16 @@
 """The rewrite module's directives (`set`, `rewrite`, `break`, `return`, `if`) as steps run in
 order at a server's or a location's rewrite phase, built from the parsed block."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from upsync.config.nodes import Node
 from upsync.config.regex import IGNORECASE, Regex, RegexError, compile_regex
 from upsync.config.variables import Template, VariableError, as_wire_text, compile_template
+
+if TYPE_CHECKING:
+    from upsync.config.model import LocationConfig
 
 REWRITE_DIRECTIVES = frozenset({"set", "rewrite", "break", "if", "return"})
 # accepted and without effect on answers: they only choose what is logged
@@ -55,6 +59,13 @@ class Condition:
 class IfBlock:
     condition: Condition
     steps: tuple["Step", ...]
+    # in a location, an `if` with other directives (add_header, proxy_pass, ...) is a location
+    # of its own, as nginx builds it: when the condition holds, the request is served by it
+    location: "LocationConfig | None" = None
+
+
+# builds the location an `if` block with other than rewrite directives stands for
+IfLocationMaker = Callable[[Node], "LocationConfig"]
 
 
 Step = SetVariable | Rewrite | Stop | ReturnStep | IfBlock
@@ -116,7 +127,9 @@ def parse_return(node: Node) -> ReturnStep:
     return ReturnStep(code, template_of(node, args[1]) if len(args) == 2 else None)
 
 
-def build_step(node: Node, in_if: bool = False) -> Step:
+def build_step(
+    node: Node, in_if: bool = False, if_location: IfLocationMaker | None = None
+) -> Step:
     name, args = node.name, node.args
     if name == "set":
         if len(args) != 2 or not args[0].startswith("$") or len(args[0]) < 2:
@@ -144,14 +157,19 @@ def build_step(node: Node, in_if: bool = False) -> Step:
         if in_if:
             raise node.error('"if" directive is not allowed here')
         steps = []
+        others = False
         for child in node.block or ():
             if child.name in REWRITE_LOGGING:
                 continue
             if child.name not in REWRITE_DIRECTIVES:
-                raise child.error(
-                    f'"{child.name}" directive inside "if" is not supported by upsync (only '
-                    "set, rewrite, return and break are)"
-                )
+                if if_location is None:
+                    raise child.error(
+                        f'"{child.name}" directive inside a server\'s "if" is not supported by '
+                        "upsync (only set, rewrite, return and break are)"
+                    )
+                others = True
+                continue
             steps.append(build_step(child, in_if=True))
-        return IfBlock(_condition(node), tuple(steps))
+        location = if_location(node) if others and if_location is not None else None
+        return IfBlock(_condition(node), tuple(steps), location)
     raise node.error(f'"{name}" is not a rewrite directive')

@@ -23,6 +23,7 @@ from upsync.config.model import (
     UpstreamShow,
 )
 from upsync.proxy import error_pages, http1, rewriting, static
+from upsync.proxy.accel import redirect_target
 from upsync.proxy.body import RequestBody
 from upsync.proxy.exchange import REPLAYABLE_BODY, URI_SAFE, trailers_of, trailing
 from upsync.proxy.intake import (
@@ -36,7 +37,6 @@ from upsync.proxy.intake import (
     parseable_request_line,
     version_in_request_line,
 )
-from upsync.proxy.accel import redirect_target
 from upsync.proxy.rate import RateLimit
 from upsync.proxy.request import Request
 from upsync.proxy.routing import ServerTable, VirtualServer, normalize_path, request_host
@@ -915,19 +915,22 @@ class ClientConnection(asyncio.Protocol):
         for _ in range(rewriting.MAX_URI_CHANGES):
             before = req.rewritten
             req.rewritten = 0
+            req.if_location = None
             outcome = rewriting.run(location.rewrites, req)
             changed, req.rewritten = req.rewritten, req.rewritten or before
             kind = outcome[0]
+            # an `if` with other directives that held serves the request with its settings
+            chosen = req.if_location or location
             if kind == rewriting.ANSWER:
-                req.location = location
-                self._answer(req, location, outcome[1], outcome[2])
+                req.location = chosen
+                self._answer(req, chosen, outcome[1], outcome[2])
                 return None
             if kind == rewriting.BREAK:
                 if changed:
                     req.rewritten = 2
-                return location
+                return chosen
             if kind == rewriting.NEXT and not changed:
-                return location
+                return chosen
             location = server.locations.match(req.path)
             if not location.rewrites:
                 return location

@@ -11,6 +11,7 @@ from urllib.parse import quote
 from upsync.config.model import LocationConfig, ProxyPass, ProxySettings
 from upsync.config.servers import ServerLineError, split_address
 from upsync.config.variables import Template, compile_template
+from upsync.proxy.accel import accel_value, kept_on_redirect, limit_rate_value
 from upsync.proxy.http1 import (
     HOP_BY_HOP,
     NON_IDEMPOTENT,
@@ -28,7 +29,6 @@ from upsync.proxy.http1 import (
     trailer_lines,
     trailers_apply,
 )
-from upsync.proxy.accel import accel_value, kept_on_redirect, limit_rate_value
 from upsync.proxy.rate import RateLimit, limit_for
 from upsync.proxy.redirects import location_rules
 from upsync.proxy.request import Request

@@ -60,6 +60,7 @@ class Request:
         "headers",
         "headers_out",
         "host",
+        "if_location",
         "keep_alive",
         "kept_lines",
         "location",
@@ -116,6 +117,7 @@ class Request:
         self.connection = connection
         self.server: VirtualServer | None = None
         self.location: LocationConfig | None = None
+        self.if_location: LocationConfig | None = None  # an `if` location whose condition held
         self.start = _wall_clock()
         self.status = 0
         self.bytes_sent = 0  # of the response body

@@ -68,6 +68,7 @@ class UpstreamConnection(PooledConnection):
     so the exchange may hand this connection to the next request without re-entering the parser."""
 
     __slots__ = (
+        "accel",
         "chunked",
         "closed",
         "done",
@@ -77,7 +78,6 @@ class UpstreamConnection(PooledConnection):
         "interim",
         "keep_alive",
         "length",
-        "accel",
         "lines",
         "max_head",
         "parser",
