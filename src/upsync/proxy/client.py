@@ -1283,7 +1283,6 @@ class ClientConnection(asyncio.Protocol):
         keep = req.keep_alive and self.keep_alive_allowed()
         status = req.status_override or status
         req.status = status
-        head_only = req.method == b"HEAD"
         location = self._answering_location(req)
         if req.kept_lines is not None:
             content_type, kept = http1.split_content_type(req.kept_lines, content_type)
@@ -1292,21 +1291,7 @@ class ClientConnection(asyncio.Protocol):
             made: list[bytes] = []
             req.headers_out = made
             extra += http1.header_filter(location, status, req, made=made)[0]
-        tokens = location.server_tokens
-        trailers = trailers_of(location, req, status) if trailing(location, req, status) else None
-        response = http1.simple_response(
-            status,
-            body,
-            content_type,
-            keep,
-            head_only,
-            extra,
-            tokens,
-            trailers,
-            location.keepalive_header,
-        )
-        self._write_response(req, response, 0 if head_only else len(body))
-        self.finish_response(keep)
+        self._send_whole(req, location, status, body, content_type, keep, extra)
 
     def _write_response(self, req: Request, response: bytes, body_size: int) -> None:
         req.sent_head = response[: len(response) - body_size]
@@ -1339,7 +1324,6 @@ class ClientConnection(asyncio.Protocol):
             made: list[bytes] = []
             req.headers_out = made
             extra += http1.header_filter(location, status, req, made=made)[0]
-        head_only = req.method == b"HEAD"
         if status not in http1.PAGED_CODES:
             # as nginx: no page of its own for this code, an empty answer
             response = (
@@ -1353,15 +1337,30 @@ class ClientConnection(asyncio.Protocol):
             self.finish_response(keep)
             return
         body = http1.error_body(status, tokens)
+        self._send_whole(req, location, status, body, b"text/html", keep, extra)
+
+    def _send_whole(
+        self,
+        req: Request,
+        location: LocationConfig,
+        status: int,
+        body: bytes,
+        content_type: bytes,
+        keep: bool,
+        extra: bytes,
+    ) -> None:
+        """An answer made whole here (`return`, an error page): chunked with trailers when
+        add_trailer applies, the body left out for HEAD."""
+        head_only = req.method == b"HEAD"
         trailers = trailers_of(location, req, status) if trailing(location, req, status) else None
         response = http1.simple_response(
             status,
             body,
-            b"text/html",
+            content_type,
             keep,
             head_only,
             extra,
-            tokens,
+            location.server_tokens,
             trailers,
             location.keepalive_header,
         )
