@@ -134,7 +134,7 @@ class Generation:
             )
             client.send_error(502)
             return None
-        req.proxy_host = proxy_host_of(name)
+        req.proxy_host = plan.proxy_host if plan.upstream is not None else proxy_host_of(name)
         return ProxyExchange(client, req, plan, group, uri_override)
 
     def _address_group(self, name: str) -> UpstreamGroup | None:

@@ -102,7 +102,7 @@ def test_add_header_replaces_etag_and_last_modified_and_sees_earlier_lines() -> 
     )
     req = request([])
     made = [b"Cache-Control: up\r\n"]
-    req.headers_out = made
+    req.extras().headers_out = made
     lines, replaced = http1.added_headers(added, 200, req, made)
     assert lines == (
         b"Cache-Control: a\r\nCache-Control: b\r\nX-Seen: up, a, b\r\nLast-Modified: x\r\n"
@@ -127,7 +127,7 @@ def test_add_trailer_lines_see_the_earlier_trailers() -> None:
     )
     req = request([])
     made: list[bytes] = []
-    req.sent_trailers = made
+    req.extras().sent_trailers = made
     assert http1.trailer_lines(trailers, 200, req, made) == (
         b"Foo: foo\r\nFoo: bar\r\nX-Sent: foo, bar\r\nX-Always: yes\r\n"
     )

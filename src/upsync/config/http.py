@@ -719,6 +719,7 @@ class HttpBuilder:
         files: StaticFiles | None = None,
     ) -> LocationConfig:
         keepalive = scope.one("keepalive_timeout")
+        disabled = self._keepalive_disable(scope.one("keepalive_disable"))
         default_type = scope.one("default_type")
         if files is None:
             root = scope.one("root")
@@ -751,7 +752,8 @@ class HttpBuilder:
             keepalive_header=(
                 int(_time(keepalive, 0.0, index=1)) if keepalive and len(keepalive.args) > 1 else 0
             ),
-            keepalive_disable=self._keepalive_disable(scope.one("keepalive_disable")),
+            keepalive_disable_msie6="msie6" in disabled,
+            keepalive_disable_safari="safari" in disabled,
             keepalive_time=_time(scope.one("keepalive_time"), 3600.0),
             default_type=default_type.args[0] if default_type else "text/plain",
             access_logs=self._access_logs(scope),

@@ -230,9 +230,10 @@ class LocationConfig:
     keepalive_time: float  # a connection's longest life: the response after it says close
     keepalive_requests: int  # a connection's last request, per location as in nginx
     keepalive_header: int  # keepalive_timeout's second value: "Keep-Alive: timeout=N" (0: none)
-    # keepalive_disable: the browsers kept-alive connections are closed for ("msie6" for its
-    # POSTs, "safari"); none by `keepalive_disable none`
-    keepalive_disable: frozenset[str]
+    # keepalive_disable: the browsers kept-alive connections are closed for (msie6: after a
+    # POST from MSIE 6 and older; safari); neither with `keepalive_disable none`
+    keepalive_disable_msie6: bool
+    keepalive_disable_safari: bool
     default_type: str
     access_logs: tuple[AccessLog, ...]  # none: off
     where: tuple[str, int] = ("", 0)

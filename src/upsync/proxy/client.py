@@ -116,11 +116,14 @@ def excepted_method(location: LocationConfig, req: Request) -> bool:
     return limited is not None and req.method not in limited[0]
 
 
-def keepalive_disabled(disabled: frozenset[str], req: Request) -> bool:
-    if "safari" not in disabled and req.method != b"POST":
-        return False  # msie6 alone: only a POST matters, and most requests are not one
+def keepalive_disabled(location: LocationConfig, req: Request) -> bool:
     user_agent = req.header(b"user-agent")
-    return user_agent is not None and browser_keepalive_disabled(disabled, req.method, user_agent)
+    if user_agent is None:
+        return False
+    disabled = {"msie6"} if location.keepalive_disable_msie6 else set()
+    if location.keepalive_disable_safari:
+        disabled.add("safari")
+    return browser_keepalive_disabled(frozenset(disabled), req.method, user_agent)
 
 
 def access_allowed(rules: tuple[AccessRule, ...], address: str) -> bool:
@@ -865,7 +868,12 @@ class ClientConnection(asyncio.Protocol):
             return
         server = self.table.find(req.host)
         req.server = server
-        found = self._find_location(req, server)
+        if server.block.rewrites:
+            found = self._find_location(req, server)
+        else:
+            found = server.locations.match(req.path)
+            if found.rewrites or found.auto_redirect or found.internal:
+                found = self._enter_location(req, found)
         if found is None:
             return  # answered
         location = found
@@ -874,8 +882,11 @@ class ClientConnection(asyncio.Protocol):
         self.keepalive_time = location.keepalive_time
         if self.requests >= location.keepalive_requests:
             req.keep_alive = False
-        elif location.keepalive_disable and req.keep_alive:
-            req.keep_alive = not keepalive_disabled(location.keepalive_disable, req)
+        elif req.keep_alive and (
+            location.keepalive_disable_safari
+            or (location.keepalive_disable_msie6 and req.method == b"POST")
+        ):
+            req.keep_alive = not keepalive_disabled(location, req)
         self._serve_location(req, location)
 
     def _find_location(self, req: Request, server: VirtualServer) -> LocationConfig | None:
@@ -887,7 +898,11 @@ class ClientConnection(asyncio.Protocol):
                 req.location = server.block.fallback
                 self._answer(req, server.block.fallback, outcome[1], outcome[2])
                 return None
-        location = server.locations.match(req.path)
+        return self._enter_location(req, server.locations.match(req.path))
+
+    def _enter_location(self, req: Request, location: LocationConfig) -> LocationConfig | None:
+        """The location chosen for req.path: an auto redirect, `internal`, its rewrite
+        phase; the location that serves the request, or None when one of them answered."""
         if location.auto_redirect and len(location.path) == len(req.path) + 1:
             req.location = location
             self._auto_redirect(req, location)
@@ -915,12 +930,13 @@ class ClientConnection(asyncio.Protocol):
         for _ in range(rewriting.MAX_URI_CHANGES):
             before = req.rewritten
             req.rewritten = 0
-            req.if_location = None
+            if req.extra is not None:
+                req.extra.if_location = None
             outcome = rewriting.run(location.rewrites, req)
             changed, req.rewritten = req.rewritten, req.rewritten or before
             kind = outcome[0]
             # an `if` with other directives that held serves the request with its settings
-            chosen = req.if_location or location
+            chosen = (req.extra.if_location if req.extra is not None else None) or location
             if kind == rewriting.ANSWER:
                 req.location = chosen
                 self._answer(req, chosen, outcome[1], outcome[2])
@@ -1071,7 +1087,8 @@ class ClientConnection(asyncio.Protocol):
         named location; the upstream headers nginx keeps go with the answer."""
         self.exchange = None
         self.body_sink = None
-        req.kept_lines = kept or None
+        if kept:
+            req.extras().kept_lines = kept
         req.body_dropped = True  # what is left of it is read and dropped
         self.resume_reading_for("upstream")
         self.resume_reading_for("connecting")
@@ -1113,7 +1130,7 @@ class ClientConnection(asyncio.Protocol):
         req.status = status
         own = static.validators(found)
         if location.expires is not None or location.add_headers:
-            req.headers_out = made = list(own)
+            req.extras().headers_out = made = list(own)
             extra, replaced = http1.header_filter(location, status, req, found.mtime, made)
             own = http1.drop_headers(own, replaced) if replaced else own
             extra = b"".join(own) + extra
@@ -1121,8 +1138,9 @@ class ClientConnection(asyncio.Protocol):
             extra = b"".join(own)
         chunked = trailing(location, req, status)
         content_type = static.content_type(location, found.path).encode("latin-1")
-        if req.kept_lines is not None:  # after an X-Accel-Redirect: the upstream's headers
-            content_type, kept = http1.split_content_type(req.kept_lines, content_type)
+        kept_lines = req.extra.kept_lines if req.extra is not None else None
+        if kept_lines is not None:  # after an X-Accel-Redirect: the upstream's headers
+            content_type, kept = http1.split_content_type(kept_lines, content_type)
             extra += kept
         described = b"Content-Type: %s\r\n%s" % (
             content_type,
@@ -1284,12 +1302,13 @@ class ClientConnection(asyncio.Protocol):
         status = req.status_override or status
         req.status = status
         location = self._answering_location(req)
-        if req.kept_lines is not None:
-            content_type, kept = http1.split_content_type(req.kept_lines, content_type)
+        kept_lines = req.extra.kept_lines if req.extra is not None else None
+        if kept_lines is not None:
+            content_type, kept = http1.split_content_type(kept_lines, content_type)
             extra += kept
         if location.expires is not None or location.add_headers:
             made: list[bytes] = []
-            req.headers_out = made
+            req.extras().headers_out = made
             extra += http1.header_filter(location, status, req, made=made)[0]
         self._send_whole(req, location, status, body, content_type, keep, extra)
 
@@ -1318,11 +1337,12 @@ class ClientConnection(asyncio.Protocol):
         location = self._answering_location(req)
         tokens = location.server_tokens
         extra = b""
-        if req.kept_lines is not None:  # after an X-Accel-Redirect, an error page keeps them
-            extra = http1.split_content_type(req.kept_lines, b"")[1]
+        kept_lines = req.extra.kept_lines if req.extra is not None else None
+        if kept_lines is not None:  # after an X-Accel-Redirect, an error page keeps them
+            extra = http1.split_content_type(kept_lines, b"")[1]
         if location.add_headers:
             made: list[bytes] = []
-            req.headers_out = made
+            req.extras().headers_out = made
             extra += http1.header_filter(location, status, req, made=made)[0]
         if status not in http1.PAGED_CODES:
             # as nginx: no page of its own for this code, an empty answer

@@ -13,7 +13,9 @@ from upsync.config.servers import ServerLineError, split_address
 from upsync.config.variables import Template, compile_template
 from upsync.proxy.accel import accel_value, kept_on_redirect, limit_rate_value
 from upsync.proxy.http1 import (
+    CLOSE_END,
     HOP_BY_HOP,
+    KEEP_ALIVE_END,
     NON_IDEMPOTENT,
     HeaderClasses,
     common_headers,
@@ -107,7 +109,7 @@ def trailing(location: LocationConfig, req: Request, status: int) -> bool:
 
 def trailers_of(location: LocationConfig, req: Request, status: int) -> bytes:
     made: list[bytes] = []
-    req.sent_trailers = made
+    req.extras().sent_trailers = made
     return trailer_lines(location.add_trailers, status, req, made)
 
 
@@ -119,10 +121,12 @@ class ProxyPlan:
         "headers",
         "length_kept",
         "location",
+        "may_limit",
         "method",
         "own_date",
         "own_server",
         "passes",
+        "proxy_host",
         "redirects",
         "response_headers",
         "static",
@@ -137,6 +141,9 @@ class ProxyPlan:
         settings = location.proxy
         self.location = location
         self.upstream = handler.upstream
+        self.proxy_host = proxy_host_of(handler.upstream) if handler.upstream is not None else ""
+        # limit_rate or proxy_limit_rate may apply: the rate is worked out per response then
+        self.may_limit = bool(settings.limit_rate) or location.limit_rate is not None
         self.target = handler.target
         self.uri = handler.uri
         self.method = settings.method
@@ -224,26 +231,36 @@ class ProxyPlan:
         return b"".join(parts)
 
 
+class Throttle:
+    """A response under limit_rate or proxy_limit_rate: its count, the body that waits for the
+    rate (the upstream is not read meanwhile), the timer that sends it on, and a completion
+    that waits for it."""
+
+    __slots__ = ("completion", "held", "limit", "timer")
+
+    def __init__(self, limit: RateLimit) -> None:
+        self.limit = limit
+        self.held: list[bytes] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.completion: tuple[UpstreamConnection, bool] | None = None
+
+
 class ProxyExchange:
     __slots__ = (
         "body_out",
         "client",
         "client_keep_alive",
-        "completion",
         "conn",
         "connecting",
         "finished",
         "frame",
         "group",
         "head_in_read",
-        "held",
         "key",
-        "limit",
         "loop",
         "peer",
         "plan",
         "pumping",
-        "release_timer",
         "req",
         "request_sent",
         "request_written",
@@ -252,6 +269,7 @@ class ProxyExchange:
         "settings",
         "started",
         "streaming",
+        "throttle",
         "tried",
         "tries_left",
         "until_close",
@@ -292,10 +310,7 @@ class ProxyExchange:
         self.reused = False
         self.streaming = False  # request body streamed: cannot be replayed after it starts
         self.body_out: list[bytes] | None = None  # streamed body parts of the current read
-        self.limit: RateLimit | None = None  # limit_rate, proxy_limit_rate of the response
-        self.held: list[bytes] | None = None  # response body waiting for the rate
-        self.release_timer: asyncio.TimerHandle | None = None
-        self.completion: tuple[UpstreamConnection, bool] | None = None
+        self.throttle: Throttle | None = None  # limit_rate, proxy_limit_rate of the response
         self.connecting: asyncio.Future[None] | None = None
         key_kind = group.balancer.key_kind
         if key_kind == "ip":
@@ -586,7 +601,7 @@ class ProxyExchange:
             return True
         accel = conn.accel
         if accel is not None:
-            req.upstream_accel = accel
+            req.extras().upstream_accel = accel
             redirect = accel_value(accel, b"x-accel-redirect:")
             if redirect is not None and "x-accel-redirect" not in self.settings.ignore_headers:
                 conn.exchange = None
@@ -616,7 +631,7 @@ class ProxyExchange:
                 if expires is not None and expires.kind == "modified"
                 else -1.0
             )
-            req.headers_out = made = list(conn.lines)
+            req.extras().headers_out = made = list(conn.lines)
             extra, replaced = header_filter(location, status, req, modified, made)
             lines = drop_headers(conn.lines, replaced) if replaced else conn.lines
             out = [status_line(status), common, *lines, extra]
@@ -634,7 +649,11 @@ class ProxyExchange:
                 self.frame = FRAME_NONE
                 if length is not None:
                     out.append(b"Content-Length: " + length + b"\r\n")
-            elif length is not None and not chunked and not trailing(location, req, status):
+            elif (
+                length is not None
+                and not chunked
+                and not (location.add_trailers and trailing(location, req, status))
+            ):
                 self.frame = FRAME_LENGTH
                 out.append(b"Content-Length: " + length + b"\r\n")
             elif req.version == "1.1" and location.chunked_transfer_encoding:
@@ -643,16 +662,21 @@ class ProxyExchange:
             else:
                 self.frame = FRAME_CLOSE
                 client_keep = False
-            out.append(head_end(client_keep, location.keepalive_header))
+            if location.keepalive_header:
+                out.append(head_end(client_keep, location.keepalive_header))
+            else:
+                out.append(KEEP_ALIVE_END if client_keep else CLOSE_END)
         self.client_keep_alive = client_keep
         upstream_rate = self.settings.limit_rate
-        if (upstream_rate or location.limit_rate is not None or req.vars or accel) and not no_body:
+        if (plan.may_limit or req.vars or accel) and not no_body:
             rate = req.limit_rate()
             told = accel_value(accel, b"x-accel-limit-rate:") if accel is not None else None
             if told is not None and "x-accel-limit-rate" not in self.settings.ignore_headers:
                 told_rate = limit_rate_value(told)
                 rate = rate if told_rate is None else told_rate
-            self.limit = limit_for(location, upstream_rate, rate, req.try_header)
+            limit = limit_for(location, upstream_rate, rate, req.try_header)
+            if limit is not None:
+                self.throttle = Throttle(limit)
         req.sent_head = head = b"".join(out)
         self.client.write(head)
         return no_body
@@ -678,7 +702,8 @@ class ProxyExchange:
         if status == 401:
             # the error page's answer keeps the upstream's challenge, as nginx's does
             challenges = [line for line in conn.lines if line[:17].lower() == b"www-authenticate:"]
-            self.req.kept_lines = challenges or None
+            if challenges:
+                self.req.extras().kept_lines = challenges
         conn.detach()
         conn.abort()
         self.conn = None
@@ -687,8 +712,9 @@ class ProxyExchange:
         self.client.send_error(status)
 
     def on_response_body(self, chunk: bytes) -> None:
-        if self.limit is not None:
-            self._hold(chunk)
+        throttle = self.throttle
+        if throttle is not None:
+            self._hold(throttle, chunk)
         elif self.frame == FRAME_CHUNKED:
             self.client.write(b"%x\r\n%s\r\n" % (len(chunk), chunk), body=len(chunk))
         else:
@@ -697,24 +723,23 @@ class ProxyExchange:
     def on_upstream_read(self) -> None:
         """Bytes came and the response goes on: proxy_read_timeout starts again."""
         self.head_in_read = False
-        if self.held is None:
+        throttle = self.throttle
+        if throttle is None or not throttle.held:
             self._arm(self.settings.read_timeout)
 
     # limit_rate, proxy_limit_rate: what came faster than the rate waits here, and the
     # upstream is not read meanwhile
-    def _hold(self, chunk: bytes) -> None:
-        held = self.held
-        if held is None:
-            self.held = [chunk]
-        else:
-            held.append(chunk)
-        self._release()
+    def _hold(self, throttle: "Throttle", chunk: bytes) -> None:
+        throttle.held.append(chunk)
+        if throttle.timer is None:
+            self._release()
 
     def _release(self) -> None:
-        self.release_timer = None
-        limit, held = self.limit, self.held
-        if limit is None or held is None or self.finished:
+        throttle = self.throttle
+        if throttle is None or self.finished:
             return
+        throttle.timer = None
+        limit, held = throttle.limit, throttle.held
         now = self.loop.time()
         allowed = limit.allowance(now)
         while held and allowed > 0:
@@ -735,12 +760,11 @@ class ProxyExchange:
             self._disarm()
             waiting = sum(len(part) for part in held)
             delay = max(limit.wait_for(waiting, now), 0.001)
-            self.release_timer = self.loop.call_later(delay, self._release)
+            throttle.timer = self.loop.call_later(delay, self._release)
             return
-        self.held = None
-        completion = self.completion
+        completion = throttle.completion
         if completion is not None:
-            self.completion = None
+            throttle.completion = None
             if completion[0].transport is not None:
                 completion[0].transport.resume_reading()  # it may go back to the pool
             self.on_response_complete(*completion)
@@ -752,17 +776,20 @@ class ProxyExchange:
     def resume_upstream(self) -> None:
         """The client takes more: read the upstream again, unless the rate holds it."""
         conn = self.conn
-        if self.held is None and conn is not None and conn.transport is not None:
+        throttle = self.throttle
+        held = throttle is not None and throttle.held
+        if not held and conn is not None and conn.transport is not None:
             conn.transport.resume_reading()
 
     def on_response_complete(self, conn: UpstreamConnection, keep_alive: bool) -> None:
-        if self.held is not None:
-            self.completion = (conn, keep_alive)  # once what is held has gone
+        throttle = self.throttle
+        if throttle is not None and throttle.held:
+            throttle.completion = (conn, keep_alive)  # once what is held has gone
             return
         req = self.req
         if self.frame == FRAME_CHUNKED:
             location = self.plan.location
-            if trailing(location, req, req.status):
+            if location.add_trailers and trailing(location, req, req.status):
                 self.client.write(last_chunk(trailers_of(location, req, req.status)))
             else:
                 self.client.write(b"0\r\n\r\n")
@@ -919,9 +946,10 @@ class ProxyExchange:
 
     def abort(self) -> None:
         """The client went away: drop the upstream side too (proxy_ignore_client_abort off)."""
-        if self.release_timer is not None:
-            self.release_timer.cancel()
-            self.release_timer = None
+        throttle = self.throttle
+        if throttle is not None and throttle.timer is not None:
+            throttle.timer.cancel()
+            throttle.timer = None
         if self.finished:
             return
         self.finished = True

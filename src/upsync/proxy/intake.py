@@ -24,13 +24,22 @@ def header_name_class(lower_name: bytes) -> int:
     return NAME_INVALID
 
 
+_SMALL_READ: Final = 4096
+
+
 def bare_crs(data: bytes) -> list[int]:
     """Offsets of the CRs in `data` not followed by LF. A CR ending `data` is not counted: its LF
     may open the next read. The parser is lenient about line endings to accept bare LF as nginx
     does, which also lets a bare CR end a request line or a header section; nginx rejects those,
     and so does upsync (the caller knows which of these CRs fall inside a head)."""
-    if data.count(b"\r") == data.count(b"\r\n"):
-        return []  # every CR ends a line: the usual case, decided without copying
+    # every CR ends a line: the usual case. A read the size of a request head is checked with
+    # one copy (a bytes method call costs more than copying a few hundred bytes: about 1,800
+    # instructions against 2,900 for two counts); a large one without copying
+    if len(data) <= _SMALL_READ:
+        if 13 not in data.replace(b"\r\n", b""):
+            return []
+    elif data.count(b"\r") == data.count(b"\r\n"):
+        return []
     found: list[int] = []
     last = len(data) - 1
     at = data.find(b"\r")

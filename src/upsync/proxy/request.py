@@ -44,6 +44,21 @@ if TYPE_CHECKING:
     from upsync.proxy.routing import VirtualServer
 
 
+class RequestExtras:
+    """What only some requests need, kept apart so the plain proxied request carries none of
+    it: made on first use."""
+
+    __slots__ = ("headers_out", "if_location", "kept_lines", "sent_trailers", "upstream_accel")
+
+    def __init__(self) -> None:
+        self.if_location: LocationConfig | None = None  # an `if` location whose condition held
+        self.headers_out: list[bytes] | None = None  # the answer's header lines while made
+        self.sent_trailers: list[bytes] | None = None  # add_trailer's lines, as they are made
+        self.upstream_accel: list[bytes] | None = None  # its X-Accel-* lines, not passed on
+        # after an X-Accel-Redirect (or an intercepted 401), the upstream headers kept
+        self.kept_lines: list[bytes] | None = None
+
+
 class Request:
     __slots__ = (
         "body",
@@ -56,13 +71,11 @@ class Request:
         "connection",
         "content_length",
         "expect_continue",
+        "extra",
         "head_size",
         "headers",
-        "headers_out",
         "host",
-        "if_location",
         "keep_alive",
-        "kept_lines",
         "location",
         "method",
         "nth",
@@ -75,7 +88,6 @@ class Request:
         "response_done",
         "rewritten",
         "sent_head",
-        "sent_trailers",
         "server",
         "start",
         "status",
@@ -91,7 +103,6 @@ class Request:
         "try_started",
         "try_status",
         "upgrade",
-        "upstream_accel",
         "upstream_lines",
         "vars",
         "version",
@@ -117,7 +128,7 @@ class Request:
         self.connection = connection
         self.server: VirtualServer | None = None
         self.location: LocationConfig | None = None
-        self.if_location: LocationConfig | None = None  # an `if` location whose condition held
+        self.extra: RequestExtras | None = None  # what few requests need, made when they do
         self.start = _wall_clock()
         self.status = 0
         self.bytes_sent = 0  # of the response body
@@ -134,12 +145,7 @@ class Request:
         self.pipelined = False  # read behind another request's bytes
         self.request_id = ""
         self.sent_head = b""  # the response head as written to the client
-        self.headers_out: list[bytes] | None = None  # its header lines while it is made
-        self.sent_trailers: list[bytes] | None = None  # add_trailer's lines, as they are made
         self.upstream_lines: list[bytes] | None = None  # the upstream response's header lines
-        self.upstream_accel: list[bytes] | None = None  # its X-Accel-* lines, not passed on
-        # after an X-Accel-Redirect, the upstream's headers the answer keeps
-        self.kept_lines: list[bytes] | None = None
         self.captures: RegexMatch | None = None  # of the last map regex that matched
         self.redirects = 0  # to error pages
         self.status_override = 0  # the status an error page's answer is sent with (0: its own)
@@ -195,6 +201,12 @@ class Request:
                 return value
         return None
 
+    def extras(self) -> RequestExtras:
+        extra = self.extra
+        if extra is None:
+            extra = self.extra = RequestExtras()
+        return extra
+
     def limit_rate(self) -> int:
         """$limit_rate: bytes a second to the client (0: none); `set $limit_rate` changes it."""
         location = self.location
@@ -244,18 +256,21 @@ class Request:
             return ""
         if name.startswith("upstream_http_"):
             found = _header_in(self.upstream_lines or (), name[14:])
-            if not found and self.upstream_accel is not None:
-                return _header_in(self.upstream_accel, name[14:])
+            extra = self.extra
+            if not found and extra is not None and extra.upstream_accel is not None:
+                return _header_in(extra.upstream_accel, name[14:])
             return found
         if name.startswith("upstream_cookie_"):
             return _cookie_in(self.upstream_lines or (), name[16:])
         if name.startswith("sent_http_"):
             head = self.sent_head
             if not head:  # the head is being made: its lines so far
-                return _header_in(self.headers_out or (), name[10:])
+                lines = self.extra.headers_out if self.extra is not None else None
+                return _header_in(lines or (), name[10:])
             return _header_in(head[: head.find(b"\r\n\r\n")].split(b"\r\n")[1:], name[10:])
         if name.startswith("sent_trailer_"):
-            return _header_in(self.sent_trailers or (), name[13:])
+            trailers = self.extra.sent_trailers if self.extra is not None else None
+            return _header_in(trailers or (), name[13:])
         if name.startswith("cookie_"):
             cookie_wanted = name[7:]
             for header_name, value in self.headers:

@@ -44,7 +44,7 @@ def run(steps: tuple[Step, ...], req: Request) -> Outcome:
             return (BREAK, 0, None)
         elif isinstance(step, IfBlock) and holds(step.condition, req):
             if step.location is not None:
-                req.if_location = step.location
+                req.extras().if_location = step.location
             outcome = run(step.steps, req)
             if outcome[0] != NEXT:
                 return outcome
