@@ -40,7 +40,9 @@ test: system-deps $(STAMP) lint
 	PYTHONPATH=$(CURDIR)/src $(BIN)/pytest -q tests/unit tests/integration/test_proxy.py \
 		tests/integration/test_bad_input.py tests/integration/test_memory.py \
 		tests/integration/test_hostile_backends.py tests/integration/test_hostile_clients.py \
-		tests/integration/test_invariants.py tests/integration/test_workers.py
+		tests/integration/test_invariants.py tests/integration/test_workers.py \
+		tests/integration/test_request_buffering.py tests/integration/test_addresses.py \
+		tests/integration/test_rate_limits.py
 
 bench: system-deps $(STAMP)
 	$(BIN)/python bench/proxy_bench.py
