@@ -32,6 +32,9 @@ _REFRESH: Final = 6  # proxy_redirect applies after "url="
 _COOKIE: Final = 7  # proxy_cookie_domain, proxy_cookie_path, proxy_cookie_flags apply
 _ACCEL: Final = 8  # X-Accel-Redirect, X-Accel-Limit-Rate: acted on, not passed
 ACCEL_HEADERS: Final = frozenset({b"x-accel-redirect", b"x-accel-limit-rate"})
+# passed on once: a repeated one is dropped, the first kept (nginx 1.23 on); one class each
+_ONCE: Final = 9
+ONCE_HEADERS: Final = (b"content-type", b"last-modified", b"etag", b"expires")
 
 
 def response_header_classes(
@@ -53,7 +56,14 @@ def response_header_classes(
         classes[b"set-cookie"] = _COOKIE
     for name in ACCEL_HEADERS - passed:
         classes[name] = _ACCEL
+    for offset, name in enumerate(ONCE_HEADERS):
+        if name not in dropped:
+            classes[name] = _ONCE + offset
     return HeaderClasses(classes, _PASS)
+
+
+class UnknownTransferEncoding(Exception):
+    """An upstream Transfer-Encoding other than one "chunked" (nginx 1.23 on: 502)."""
 
 
 RESPONSE_HEADERS: Final = response_header_classes(frozenset(), frozenset())
@@ -83,6 +93,7 @@ class UpstreamConnection(PooledConnection):
         "parser",
         "pool",
         "received_any",
+        "seen",
         "skip_body",
         "timer",
         "trailing",
@@ -103,6 +114,7 @@ class UpstreamConnection(PooledConnection):
         self.lines: list[bytes] = []
         self.upgrade_lines: list[bytes] = []
         self.accel: list[bytes] | None = None  # X-Accel-* lines, for nginx's special meaning
+        self.seen = 0  # of the headers taken once, by class bit
         self.length: bytes | None = None
         self.chunked = False
         self.received_any = False
@@ -249,6 +261,7 @@ class UpstreamConnection(PooledConnection):
         self.lines = []
         self.upgrade_lines = []
         self.accel = None
+        self.seen = 0
         self.length = None
         self.chunked = False
 
@@ -263,10 +276,23 @@ class UpstreamConnection(PooledConnection):
         kind = self.header_classes.of(name)
         if kind == _PASS:
             self.lines.append(name + b": " + value + b"\r\n")
-        elif kind == _LENGTH:
+            return
+        if kind >= _ONCE or kind in (_LOCATION, _REFRESH, _ENCODING):
+            once = 1 << kind
+            if self.seen & once:
+                if kind == _ENCODING:
+                    raise UnknownTransferEncoding()
+                return  # a repeated one: the first stands (nginx logs and drops it)
+            self.seen |= once
+            if kind >= _ONCE:
+                self.lines.append(name + b": " + value + b"\r\n")
+                return
+        if kind == _LENGTH:
             self.length = value
         elif kind == _ENCODING:
-            self.chunked = b"chunked" in value.lower()
+            if value.strip().lower() != b"chunked":
+                raise UnknownTransferEncoding()
+            self.chunked = True
         elif kind == _UPGRADE:
             self.upgrade_lines.append(name + b": " + value + b"\r\n")
         elif kind == _ACCEL:
