@@ -1112,6 +1112,7 @@ def expires_answers(runner: Runner) -> list[tuple[str, int, str, str, str]]:
                 fixed = expires in ("-", "0") or " 1970 " in expires or " 2037 " in expires
                 if "@" in path or "daily" in path:
                     expires = expires.split()[4]  # the time of day, whatever the day
+                    controls = re.sub(r"\d+", "N", controls)  # seconds to it: they run on
                 elif not fixed:
                     date = parsedate_to_datetime(response.headers["Date"])
                     expires = str(round((parsedate_to_datetime(expires) - date).total_seconds()))
