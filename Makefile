@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py | cksum | cut -d' ' -f1)
 SOURCES := $(shell find src -name '*.py')
 
-.PHONY: venv run etcd test lint unit system-deps bench nginx-tests clean
+.PHONY: venv run etcd test lint unit system-deps bench-deps bench nginx-tests clean
 
 # a regular (not editable) install: the hot path is compiled by mypyc (setup.py), so the package
 # in .venv is rebuilt whenever a source file changes
@@ -29,6 +29,10 @@ etcd: $(STAMP)
 system-deps:
 	PYTHON=$(PYTHON) sh scripts/install-system-deps.sh
 
+# HAProxy and Caddy, measured beside upsync and nginx by make bench only
+bench-deps:
+	sh scripts/install-bench-deps.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench setup.py
 	$(BIN)/mypy
@@ -44,7 +48,7 @@ test: system-deps $(STAMP) lint
 		tests/integration/test_request_buffering.py tests/integration/test_addresses.py \
 		tests/integration/test_rate_limits.py
 
-bench: system-deps $(STAMP)
+bench: system-deps bench-deps $(STAMP)
 	$(BIN)/python bench/proxy_bench.py
 	$(BIN)/python bench/propagation.py
 	$(BIN)/python bench/workers_bench.py

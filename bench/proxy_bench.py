@@ -1,8 +1,11 @@
-"""Throughput and latency of upsync against nginx, same config, same backend, one worker each.
+"""Throughput and latency of upsync against nginx, same config, same backend, one worker each;
+in the same table, the bare relay of bench/relay.py (the ceiling for Python on this stack) and
+the proxies a user would pick instead: HAProxy and Caddy (Debian's, one thread each, configs
+bench/haproxy.cfg and bench/Caddyfile; left out when not installed).
 
 wrk drives each proxy in alternating rounds; the backend is Debian's nginx answering
 `return 200`. The proxy under test is pinned to one CPU and wrk plus the backend to the other,
-so each proxy gets one core. Prints requests/s, p50 and p99 latency and the upsync/nginx ratios.
+so each proxy gets one core. Prints requests/s, p50 and p99 latency and the ratios to nginx.
 
     make bench                      # or: .venv/bin/python bench/proxy_bench.py --rounds 3
 """
@@ -105,6 +108,61 @@ def start_nginx(
     return subprocess.Popen(pinned(cpu, argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def start_relay(workdir: Path, port: int, backend: int, cpu: int | None) -> subprocess.Popen[bytes]:
+    """bench/relay.py, compiled by mypyc (as upsync's hot path is) when it can be."""
+    build = workdir / "relay"
+    build.mkdir()
+    shutil.copy(ROOT / "bench" / "relay.py", build / "relay.py")
+    mypyc = Path(sys.executable).with_name("mypyc")
+    if mypyc.exists():
+        subprocess.run([str(mypyc), "relay.py"], cwd=build, capture_output=True, check=False)
+    argv = [sys.executable, "-c", "import relay; relay.main()", str(port), str(backend)]
+    return subprocess.Popen(
+        pinned(cpu, argv), cwd=build, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def relay_compiled(workdir: Path) -> bool:
+    return any((workdir / "relay").glob("relay*.so"))
+
+
+def start_haproxy(
+    workdir: Path, port: int, backend: int, cpu: int | None
+) -> subprocess.Popen[bytes] | None:
+    binary = shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None
+    )
+    if binary is None:
+        return None
+    conf = workdir / "haproxy.cfg"
+    text = (ROOT / "bench" / "haproxy.cfg").read_text()
+    conf.write_text(text.replace("BACKEND", str(backend)).replace("PORT", str(port)))
+    return subprocess.Popen(
+        pinned(cpu, [binary, "-f", str(conf)]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def start_caddy(
+    workdir: Path, port: int, backend: int, cpu: int | None
+) -> subprocess.Popen[bytes] | None:
+    binary = shutil.which("caddy")
+    if binary is None:
+        return None
+    conf = workdir / "Caddyfile"
+    text = (ROOT / "bench" / "Caddyfile").read_text()
+    conf.write_text(text.replace("BACKEND", str(backend)).replace("PORT", str(port)))
+    env = {
+        **os.environ,
+        "GOMAXPROCS": "1",
+        "XDG_DATA_HOME": str(workdir),
+        "XDG_CONFIG_HOME": str(workdir),
+    }
+    argv = [binary, "run", "--config", str(conf), "--adapter", "caddyfile"]
+    return subprocess.Popen(
+        pinned(cpu, argv), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
 def start_upsync(workdir: Path, text: str, cpu: int | None) -> subprocess.Popen[bytes]:
     conf = workdir / "upsync.conf"
     conf.write_text(text)
@@ -170,6 +228,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="servers to measure beside nginx (default: all)"
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: make bench installs it (apt-get install wrk)")
@@ -177,22 +238,41 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         (workdir / "logs").mkdir()
-        backend_port, nginx_port, upsync_port = free_port(), free_port(), free_port()
+        backend_port = free_port()
+        ports = {name: free_port() for name in ("nginx", "upsync", "relay", "haproxy", "caddy")}
+        wanted = set(args.only) if args.only is not None else set(ports)
         processes = [
             start_nginx(workdir, "backend", backend_config(backend_port), load_cpu),
-            start_nginx(workdir, "proxy", proxy_config(nginx_port, backend_port), proxy_cpu),
-            start_upsync(workdir, proxy_config(upsync_port, backend_port), proxy_cpu),
+            start_nginx(workdir, "proxy", proxy_config(ports["nginx"], backend_port), proxy_cpu),
         ]
+        starters = {
+            "upsync": lambda port: start_upsync(
+                workdir, proxy_config(port, backend_port), proxy_cpu
+            ),
+            "relay": lambda port: start_relay(workdir, port, backend_port, proxy_cpu),
+            "haproxy": lambda port: start_haproxy(workdir, port, backend_port, proxy_cpu),
+            "caddy": lambda port: start_caddy(workdir, port, backend_port, proxy_cpu),
+        }
+        servers = {"nginx": ports["nginx"]}
+        for name, start in starters.items():
+            if name in wanted:
+                process = start(ports[name])
+                if process is not None:
+                    processes.append(process)
+                    servers[name] = ports[name]
         try:
-            for port in (backend_port, nginx_port, upsync_port):
-                wait_port(port)
+            wait_port(backend_port)
+            for port in servers.values():
+                wait_port(port, timeout=60)
+            if "relay" in servers and not relay_compiled(workdir):
+                print("note: mypyc could not compile bench/relay.py: the relay runs interpreted")
             rows = []
             for mode, close in (("keep-alive", False), ("new connection", True)):
-                samples: dict[str, list[Result]] = {"nginx": [], "upsync": []}
-                for port in (nginx_port, upsync_port):  # warm-up
-                    run_wrk(port, 1, args.connections, close, load_cpu)
+                samples: dict[str, list[Result]] = {name: [] for name in servers}
+                for port in servers.values():  # warm-up
+                    run_wrk(port, 1, args.connections, close, load_cpu, quiet=True)
                 for _ in range(args.rounds):
-                    for name, port in (("nginx", nginx_port), ("upsync", upsync_port)):
+                    for name, port in servers.items():
                         samples[name].append(
                             run_wrk(port, args.seconds, args.connections, close, load_cpu)
                         )
@@ -200,26 +280,31 @@ def main() -> int:
         finally:
             for process in processes:
                 process.send_signal(signal.SIGTERM)
-                process.wait(10)
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
     print(
         f"\nwrk -t1 -c{args.connections} -d{args.seconds}s, {args.rounds} alternating rounds, medians;"
         f" proxies pinned to CPU {proxy_cpu}, wrk and backend to CPU {load_cpu}\n"
     )
-    print("| mode | server | requests/s | p50 ms | p99 ms |")
-    print("|---|---|---:|---:|---:|")
+    print("| mode | server | requests/s | p50 ms | p99 ms | requests/s to nginx | p99 to nginx |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for mode, samples in rows:
-        medians = {}
-        for name, results in samples.items():
-            medians[name] = Result(
+        medians = {
+            name: Result(
                 statistics.median(r.rps for r in results),
                 statistics.median(r.p50_ms for r in results),
                 statistics.median(r.p99_ms for r in results),
             )
-            m = medians[name]
-            print(f"| {mode} | {name} | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} |")
-        ratio_rps = medians["upsync"].rps / medians["nginx"].rps
-        ratio_p99 = medians["upsync"].p99_ms / medians["nginx"].p99_ms
-        print(f"| {mode} | upsync/nginx | {ratio_rps:.2f} | | {ratio_p99:.2f} |")
+            for name, results in samples.items()
+        }
+        base = medians["nginx"]
+        for name, m in medians.items():
+            print(
+                f"| {mode} | {name} | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} "
+                f"| {m.rps / base.rps:.2f} | {m.p99_ms / base.p99_ms:.2f} |"
+            )
     return 0
 
 
