@@ -72,7 +72,8 @@ _EXPECT: Final = 4
 _UPGRADE: Final = 5
 _UNDERSCORED: Final = 6
 _INVALID_NAME: Final = 7
-_UNIQUE: Final = 8  # and above: a header nginx takes once (a second one is a 400), by bit
+_HOP: Final = 8  # hop-by-hop: never passed on
+_UNIQUE: Final = 16  # and above: a header nginx takes once (a second one is a 400), by bit
 
 
 def _unlisted_header(lower_name: bytes) -> int:
@@ -89,6 +90,9 @@ _REQUEST_HEADERS: Final = http1.HeaderClasses(
         b"transfer-encoding": _TRANSFER_ENCODING,
         b"expect": _EXPECT,
         b"upgrade": _UPGRADE,
+        **dict.fromkeys(
+            (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer"), _HOP
+        ),
         **{
             name: _UNIQUE << bit
             for bit, name in enumerate(
@@ -789,10 +793,17 @@ class ClientConnection(asyncio.Protocol):
         unique_seen = 0
         transfer_encoding: bytes | None = None
         expect: bytes | None = None
+        # the headers never passed on, by position: the upstream head is made without
+        # classifying each name again
+        skip_mask = 0
+        index = -1
         for name, value in req.headers:
+            index += 1
             kind = _REQUEST_HEADERS.of(name)
             if kind == _OTHER:
                 continue
+            if kind <= _HOP and kind != _UNDERSCORED and kind != _INVALID_NAME:
+                skip_mask |= 1 << index
             if kind >= _UNIQUE:
                 if unique_seen & kind:
                     raise BadRequest(400)
@@ -815,7 +826,7 @@ class ClientConnection(asyncio.Protocol):
                 expect = value
             elif kind == _UPGRADE:
                 req.upgrade = True
-            else:
+            elif kind != _HOP:
                 invalid_names = True
         if transfer_encoding is not None:
             if transfer_encoding.strip().lower() != b"chunked":
@@ -826,6 +837,7 @@ class ClientConnection(asyncio.Protocol):
         # nginx acts on 100-continue and passes any other expectation on
         if expect is not None and expect.strip().lower() == b"100-continue":
             req.expect_continue = True
+        req.skip_mask = skip_mask
         if invalid_names and self.limits.ignore_invalid_headers:
             self._drop_invalid_headers(req)
         if not req.host:
@@ -849,7 +861,8 @@ class ClientConnection(asyncio.Protocol):
         X_Real_IP as X-Real-IP could otherwise be told a forged address."""
         underscores = self.limits.underscores_in_headers
         kept: list[tuple[bytes, bytes]] = []
-        for name, value in req.headers:
+        old_mask, skip_mask = req.skip_mask, 0
+        for index, (name, value) in enumerate(req.headers):
             kind = _REQUEST_HEADERS.of(name)
             if kind == _INVALID_NAME or (kind == _UNDERSCORED and not underscores):
                 log.info(
@@ -858,8 +871,11 @@ class ClientConnection(asyncio.Protocol):
                     name.decode("latin-1"),
                 )
             else:
+                if old_mask >> index & 1:
+                    skip_mask |= 1 << len(kept)  # its position among the headers kept
                 kept.append((name, value))
         req.headers = kept
+        req.skip_mask = skip_mask
 
     def _dispatch(self, req: Request) -> None:
         if req.status:  # a rejected request waiting its turn

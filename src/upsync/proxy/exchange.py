@@ -125,6 +125,7 @@ class ProxyPlan:
         "method",
         "own_date",
         "own_server",
+        "pass_headers",
         "passes",
         "proxy_host",
         "redirects",
@@ -184,11 +185,11 @@ class ProxyPlan:
         self.static = b"".join(static)
         self.headers = tuple(dynamic)
         # 1 for a client header passed on, 0 for one dropped or set by the location
-        skipped = _SKIP_REQUEST_HEADERS | {name.encode("latin-1") for name in overridden}
-        # proxy_pass_request_headers off: only the location's own headers go
-        self.passes = HeaderClasses(
-            dict.fromkeys(skipped, 0), 1 if settings.pass_request_headers else 0
-        )
+        # the client's headers the location sets itself (beyond those never passed on, which
+        # the request's skip mask marks): None when there are none, the usual case
+        extra = {name.encode("latin-1") for name in overridden} - _SKIP_REQUEST_HEADERS
+        self.passes = HeaderClasses(dict.fromkeys(extra, 0), 1) if extra else None
+        self.pass_headers = settings.pass_request_headers  # off: only the location's go
         self.redirects = location_rules(location, handler)
         hidden = frozenset(name.encode("latin-1") for name in settings.hide_headers)
         passed = frozenset(name.encode("latin-1") for name in settings.pass_headers)
@@ -222,10 +223,14 @@ class ProxyPlan:
             rendered = template.render(req)
             if rendered:
                 parts += (name, b": ", rendered.encode("latin-1"), b"\r\n")
-        passes = self.passes
-        for name, value in req.headers:
-            if passes.of(name):
-                parts += (name, b": ", value, b"\r\n")
+        if self.pass_headers:
+            passes = self.passes
+            skip_mask = req.skip_mask
+            index = -1
+            for name, value in req.headers:
+                index += 1
+                if not skip_mask >> index & 1 and (passes is None or passes.of(name)):
+                    parts += (name, b": ", value, b"\r\n")
         parts.append(framing)
         parts.append(b"\r\n")
         return b"".join(parts)

@@ -89,6 +89,7 @@ class Request:
         "rewritten",
         "sent_head",
         "server",
+        "skip_mask",
         "start",
         "status",
         "status_override",
@@ -115,6 +116,7 @@ class Request:
         self.query = ""
         self.version = "1.1"
         self.headers: list[tuple[bytes, bytes]] = []
+        self.skip_mask = 0  # by position, the headers never passed upstream (hop-by-hop, ...)
         self.host = ""
         self.keep_alive = True
         self.content_length: int | None = None
