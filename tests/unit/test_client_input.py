@@ -1,14 +1,17 @@
 import pytest
 
 from upsync.proxy.intake import (
+    LINE_HTTP09,
+    LINE_HTTP10,
+    LINE_HTTP11,
+    LINE_UNKNOWN,
     NAME_INVALID,
     NAME_UNDERSCORED,
     NAME_VALID,
     bare_crs,
     header_name_class,
-    is_http09_line,
+    line_after_target,
     parseable_request_line,
-    version_in_request_line,
 )
 
 
@@ -29,20 +32,23 @@ def test_bare_crs(data: bytes, offsets: list[int]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "version"),
+    ("data", "target", "line"),
     [
-        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "1.1"),
-        (b"GET /a?b HTTP/1.0\r\n\r\n", "1.0"),
-        (b"GET / HTTP/1.0\nHost: x\n\n", "1.0"),  # bare LF
-        (b"GET / HTTP/1.1", None),  # the line is not whole yet: the parser is asked
-        (b"GET /HTTP/1.1\r\n\r\n", None),  # no version: not the parser's 1.1
-        (b"GET / HTTP/2.0\r\n\r\n", None),
-        (b"\r\nGET / HTTP/1.1\r\n\r\n", None),  # leading empty line
-        (b"HTTP/1.1\r\n", None),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1, LINE_HTTP11),
+        (b"GET /a?b HTTP/1.0\r\n\r\n", 4, LINE_HTTP10),
+        (b"GET / HTTP/1.0\nHost: x\n\n", 1, LINE_HTTP10),  # bare LF
+        (b"GET / HTTP/1.1", 1, LINE_UNKNOWN),  # the line is not whole yet: the parser is asked
+        (b"GET /long", 5, LINE_UNKNOWN),  # the target goes on in the next read
+        (b"GET / HTTP/2.0\r\n\r\n", 1, LINE_UNKNOWN),
+        (b"GET / HTTP/1.1x\r\n\r\n", 1, LINE_UNKNOWN),
+        (b"\r\nGET / HTTP/1.1\r\n\r\n", 1, LINE_UNKNOWN),  # leading empty line
+        (b"M-SEARCH * HTTP/1.1\r\n\r\n", 1, LINE_HTTP11),
+        (b"GET /x\r\n", 2, LINE_HTTP09),
+        (b"GET /x\n", 2, LINE_HTTP09),
     ],
 )
-def test_version_in_request_line(data: bytes, version: str | None) -> None:
-    assert version_in_request_line(data) == version
+def test_line_after_target(data: bytes, target: int, line: int) -> None:
+    assert line_after_target(data, target) == line
 
 
 @pytest.mark.parametrize(
@@ -56,13 +62,6 @@ def test_version_in_request_line(data: bytes, version: str | None) -> None:
 )
 def test_header_name_class(name: bytes, kind: int) -> None:
     assert header_name_class(name) == kind
-
-
-def test_http09_line() -> None:
-    assert is_http09_line(b"GET /x\r\n")
-    assert is_http09_line(b"GET /x\n")
-    assert not is_http09_line(b"GET /x HTTP/1.1\r\n")
-    assert not is_http09_line(b"GET /x")  # the line is not whole yet
 
 
 def test_parseable_request_line_keeps_what_was_sent() -> None:

@@ -28,14 +28,16 @@ from upsync.proxy.body import RequestBody
 from upsync.proxy.exchange import REPLAYABLE_BODY, URI_SAFE, trailers_of, trailing
 from upsync.proxy.intake import (
     ABSOLUTE_AUTHORITY,
+    LINE_HTTP09,
+    LINE_HTTP10,
+    LINE_HTTP11,
     NAME_INVALID,
     NAME_UNDERSCORED,
     bare_crs,
     browser_keepalive_disabled,
     header_name_class,
-    is_http09_line,
+    line_after_target,
     parseable_request_line,
-    version_in_request_line,
 )
 from upsync.proxy.rate import RateLimit
 from upsync.proxy.request import Request
@@ -55,6 +57,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("upsync.client")
 
 UPGRADE_BUFFER_LIMIT: Final = 1024 * 1024
+
+
+class Http09Request(Exception):
+    """The request line ends after its target (raised from the parser's callback)."""
 
 
 class BadRequest(Exception):
@@ -170,6 +176,7 @@ class ClientConnection(asyncio.Protocol):
         "last_host",
         "last_host_header",
         "limits",
+        "line_data",
         "line_override",
         "linger_until",
         "linger_wanted",
@@ -224,6 +231,7 @@ class ClientConnection(asyncio.Protocol):
         self.read_pause_reasons: set[str] = set()
         self.upgrade_buffer: bytes | None = None
         self.version_hint: str | None = None
+        self.line_data: bytes | None = None  # a read that starts with a request line
         # the request count when a read began at a message boundary, else -1
         self.boundary_requests = -1
         # the method and target as sent, when the parser was given a stand-in request line
@@ -454,19 +462,8 @@ class ClientConnection(asyncio.Protocol):
                 self._reject(400)
                 return
         at_boundary = self.in_headers and self.current is None
-        if at_boundary:
-            self.version_hint = version_in_request_line(data)
-            if self.version_hint is None and is_http09_line(data):
-                if self.requests or not data.startswith(b"GET "):
-                    # HTTP/0.9 knows only GET, on a fresh connection: the error page alone
-                    tokens = self.table.default.block.fallback.server_tokens
-                    self._write_and_close(http1.error_body(400, tokens))
-                    return
-                # served as nginx does: as HTTP/1.0 without headers, answered with the body
-                # alone (no head), then closed; nothing after the line is read
-                self.http09 = True
-                data = data[: data.find(b"\n")].rstrip(b"\r") + b" HTTP/1.0\r\n\r\n"
-                self.version_hint = "1.0"
+        # the request line is read from the data when the parser has found its target
+        self.line_data = data if at_boundary else None
         self.boundary_requests = self.requests if at_boundary else -1
         start = 0
         for at in bare_crs(data):
@@ -536,6 +533,8 @@ class ClientConnection(asyncio.Protocol):
                 and self.requests == self.boundary_requests + 1
             ):
                 return self._feed_stand_in(data)
+            if isinstance(cause, Http09Request):
+                return self._serve_http09(data)
             if isinstance(cause, BadRequest):
                 self._reject(cause.status)
             elif cause is not None and not isinstance(cause, httptools.HttpParserError):
@@ -545,6 +544,23 @@ class ClientConnection(asyncio.Protocol):
                 self._reject(400)
             return False
         return not self.closed and self.parser is parser
+
+    def _serve_http09(self, data: bytes) -> bool:
+        """A request line without a version (HTTP/0.9): only a GET, on a fresh connection, is
+        served as nginx does, as HTTP/1.0 without headers, answered with the body alone (no
+        head), then closed; nothing after the line is read. Else the error page alone."""
+        if self.requests > 1 or not data.startswith(b"GET "):
+            tokens = self.table.default.block.fallback.server_tokens
+            self._write_and_close(http1.error_body(400, tokens))
+            return False
+        self.http09 = True
+        self.requests -= 1
+        self.current = None
+        self.in_headers = True
+        line = data[: data.find(b"\n")].rstrip(b"\r") + b" HTTP/1.0\r\n\r\n"
+        self.parser = parser = self._new_parser()
+        self._feed(parser, line, 0, len(line))
+        return False
 
     def _feed_stand_in(self, data: bytes) -> bool:
         """The read's first request line was refused by the parser; nginx takes some of those
@@ -615,6 +631,7 @@ class ClientConnection(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         self.head_timed = False
+        self.version_hint = None  # until on_url reads it from the request line
         self.current = req = Request(self)
         self.in_headers = True
         self.header_size = 0
@@ -627,6 +644,16 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         req = self.current
         assert req is not None
+        data = self.line_data
+        if data is not None and not req.target:
+            self.line_data = None
+            line = line_after_target(data, len(url))
+            if line == LINE_HTTP11:
+                self.version_hint = "1.1"
+            elif line == LINE_HTTP10:
+                self.version_hint = "1.0"
+            elif line == LINE_HTTP09:
+                raise Http09Request()
         req.target += url.decode("latin-1")
         self.header_size += len(url)
         if len(req.target) > self.limits.line_size:
@@ -666,8 +693,6 @@ class ClientConnection(asyncio.Protocol):
                     version = "1.1"
                 else:
                     raise BadRequest(505 if version[0] > "1" else 400)
-        else:
-            self.version_hint = None
         req.version = version
         req.keep_alive = parser.should_keep_alive()
         self._check_request(req)

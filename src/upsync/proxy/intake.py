@@ -50,33 +50,46 @@ def bare_crs(data: bytes) -> list[int]:
     return found
 
 
-def version_in_request_line(data: bytes) -> str | None:
-    """The HTTP version at the end of the first line of `data`, when `data` starts with a whole
-    request line naming 1.1 or 1.0; None otherwise. The parser checks the line and finds the
-    same version; asking it costs a string format per request, this a few byte comparisons."""
-    end = data.find(b"\n")
-    if end < 9:
-        return None
-    if data[end - 1] == 13:  # CRLF; a bare LF is accepted too
-        end -= 1
-    if data[end - 9] != 32:  # "GET /HTTP/1.1" names no version at all
-        return None
-    tail = data[end - 8 : end]
-    if tail == b"HTTP/1.1":
-        return "1.1"
-    if tail == b"HTTP/1.0":
-        return "1.0"
-    return None
+# what follows the target of a request line (line_after_target)
+LINE_UNKNOWN: Final = 0  # the parser is asked
+LINE_HTTP11: Final = 1
+LINE_HTTP10: Final = 2
+LINE_HTTP09: Final = 3  # the line ends after the target: HTTP/0.9, which the parser waits on
 
 
-def is_http09_line(data: bytes) -> bool:
-    """A whole first line with a method and a target but no version: an HTTP/0.9 request, which
-    the parser would wait on for ever."""
-    end = data.find(b"\n")
-    if end < 0:
-        return False
-    parts = data[:end].rstrip(b"\r").split(b" ")
-    return len(parts) == 2 and bool(parts[0]) and parts[1].startswith(b"/")
+def line_after_target(data: bytes, target_length: int) -> int:
+    """For a read that starts with a request line whose target the parser found to be
+    `target_length` bytes: whether the line names HTTP/1.1 or 1.0, or ends right after the
+    target. Found by position, as the parser found the method and target (asking the parser
+    for the version formats a string; a bytes method call costs more than this walk)."""
+    size = len(data)
+    at = 0
+    while at < size and at < 24:  # the method: up to the first space
+        char = data[at]
+        if char == 32:
+            break
+        if char == 13 or char == 10:
+            return LINE_UNKNOWN  # an empty line first
+        at += 1
+    else:
+        return LINE_UNKNOWN
+    at += 1 + target_length
+    if at >= size:
+        return LINE_UNKNOWN
+    char = data[at]
+    if char == 13 or char == 10:
+        return LINE_HTTP09
+    if char != 32 or at + 9 >= size:
+        return LINE_UNKNOWN
+    end = data[at + 9]
+    if end != 13 and end != 10:
+        return LINE_UNKNOWN
+    version = data[at + 1 : at + 9]
+    if version == b"HTTP/1.1":
+        return LINE_HTTP11
+    if version == b"HTTP/1.0":
+        return LINE_HTTP10
+    return LINE_UNKNOWN
 
 
 def _percent_encode(match: re.Match[bytes]) -> bytes:
