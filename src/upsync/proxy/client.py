@@ -654,7 +654,12 @@ class ClientConnection(asyncio.Protocol):
                 self.version_hint = "1.0"
             elif line == LINE_HTTP09:
                 raise Http09Request()
-        req.target += url.decode("latin-1")
+        if req.target:
+            req.target += url.decode("latin-1")
+            req.raw_target += url
+        else:
+            req.target = url.decode("latin-1")
+            req.raw_target = url
         self.header_size += len(url)
         if len(req.target) > self.limits.line_size:
             raise BadRequest(414)
@@ -684,6 +689,7 @@ class ClientConnection(asyncio.Protocol):
             self.line_override = None
             req.method = method
             req.target = target.decode("latin-1")
+            req.raw_target = target
         version = self.version_hint
         if version is None:
             version = parser.get_http_version()
@@ -804,6 +810,7 @@ class ClientConnection(asyncio.Protocol):
             if not target.startswith("/"):
                 target = "/" + target  # "http://host?q" asks for "/?q"
             req.target = target
+            req.raw_target = b""  # not as it came: encoded when it goes upstream
         if "#" in target:
             target = target.partition("#")[0]  # a fragment is no part of $uri or $args
         path, _, query = target.partition("?")

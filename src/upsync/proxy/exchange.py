@@ -18,7 +18,7 @@ from upsync.proxy.http1 import (
     KEEP_ALIVE_END,
     NON_IDEMPOTENT,
     HeaderClasses,
-    common_headers,
+    common_headers_at,
     date_header,
     drop_headers,
     head_end,
@@ -218,7 +218,8 @@ class ProxyPlan:
 
     def head(self, req: Request, uri: str, framing: bytes) -> bytes:
         method = req.method if self.method is None else self.method.render(req).encode("latin-1")
-        parts = [method, b" ", uri.encode("latin-1"), self.version_line, self.static]
+        target = req.raw_target if uri is req.target else b""
+        parts = [method, b" ", target or uri.encode("latin-1"), self.version_line, self.static]
         for name, template in self.headers:
             rendered = template.render(req)
             if rendered:
@@ -624,7 +625,7 @@ class ProxyExchange:
         chunked = conn.chunked
         plan = self.plan
         if plan.own_server and plan.own_date:
-            common = common_headers(location.server_tokens)
+            common = common_headers_at(location.server_tokens, req.try_header)
         else:
             common = (server_header(location.server_tokens) if plan.own_server else b"") + (
                 date_header() if plan.own_date else b""
@@ -660,7 +661,7 @@ class ProxyExchange:
                 and not (location.add_trailers and trailing(location, req, status))
             ):
                 self.frame = FRAME_LENGTH
-                out.append(b"Content-Length: " + length + b"\r\n")
+                out += (b"Content-Length: ", length, b"\r\n")
             elif req.version == "1.1" and location.chunked_transfer_encoding:
                 self.frame = FRAME_CHUNKED
                 out.append(b"Transfer-Encoding: chunked\r\n")

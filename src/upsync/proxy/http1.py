@@ -77,6 +77,9 @@ class _PerSecond:
         self.date = b""
         self.common = b""
         self.common_unversioned = b""
+        # the event loop's (monotonic) time at which this second ends: up to then, a caller
+        # that has read the loop's clock needs no wall clock reading
+        self.until = 0.0
 
     def refresh(self, now: int) -> None:
         self.second = now
@@ -93,6 +96,19 @@ def _this_second() -> _PerSecond:
     if now != _per_second.second:
         _per_second.refresh(now)
     return _per_second
+
+
+def common_headers_at(server_tokens: bool, loop_now: float) -> bytes:
+    """common_headers() for a caller that has read the event loop's clock: the wall clock is
+    read once a second, not once a response (as nginx caches its time)."""
+    second = _per_second
+    if loop_now >= second.until or loop_now < second.until - 1.0:
+        wall = _wall_clock()
+        now = int(wall)
+        if now != second.second:
+            second.refresh(now)
+        second.until = loop_now + (now + 1 - wall)
+    return second.common if server_tokens else second.common_unversioned
 
 
 def date_header() -> bytes:

@@ -83,6 +83,7 @@ class Request:
         "pipelined",
         "proxy_host",
         "query",
+        "raw_target",
         "redirects",
         "request_id",
         "response_done",
@@ -112,6 +113,7 @@ class Request:
     def __init__(self, connection: "ConnectionAddresses") -> None:
         self.method = b""
         self.target = ""
+        self.raw_target = b""  # the target's bytes as they came, while `target` is them
         self.path = "/"
         self.query = ""
         self.version = "1.1"
