@@ -49,6 +49,8 @@ class Upstream(asyncio.Protocol):
         if client is not None and client.transport is not None:
             client.transport.write(b"".join(self.head))
             client.busy = False
+            if not client.keep_alive:
+                client.transport.close()
         self.pool.append(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -64,6 +66,7 @@ class Client(asyncio.Protocol):
         self.url = b""
         self.headers: list[bytes] = []
         self.busy = False
+        self.keep_alive = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -79,6 +82,7 @@ class Client(asyncio.Protocol):
             self.headers.append(name + b": " + value + b"\r\n")
 
     def on_message_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()
         head = (
             self.parser.get_method()
             + b" "
