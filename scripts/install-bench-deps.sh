@@ -5,15 +5,5 @@ set -eu
 missing=""
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing="$missing haproxy"
 command -v caddy >/dev/null 2>&1 || missing="$missing caddy"
-[ -z "$missing" ] && exit 0
-if [ "$(id -u)" != 0 ]; then
-    echo "missing Debian packages:$missing (run as root, or: sudo apt-get install$missing)" >&2
-    exit 1
-fi
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-# policy-rc.d keeps the packaged services from starting
-printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-chmod +x /usr/sbin/policy-rc.d
-trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-apt-get install -y -qq --no-install-recommends $missing >/dev/null
+# shellcheck disable=SC2086
+exec sh "$(dirname "$0")/apt-install.sh" $missing
