@@ -62,6 +62,9 @@ def response_header_classes(
     return HeaderClasses(classes, _PASS)
 
 
+_KNOWN_HEADERS: Final = 32  # how many of a response's header names are remembered
+
+
 class UnknownTransferEncoding(Exception):
     """An upstream Transfer-Encoding other than one "chunked" (nginx 1.23 on: 502)."""
 
@@ -85,8 +88,11 @@ class UpstreamConnection(PooledConnection):
         "exchange",
         "head_size",
         "header_classes",
+        "header_index",
         "interim",
         "keep_alive",
+        "known_kinds",
+        "known_names",
         "length",
         "lines",
         "max_head",
@@ -115,6 +121,12 @@ class UpstreamConnection(PooledConnection):
         self.upgrade_lines: list[bytes] = []
         self.accel: list[bytes] | None = None  # X-Accel-* lines, for nginx's special meaning
         self.seen = 0  # of the headers taken once, by class bit
+        # the previous response's header names and their classes, by position: an upstream
+        # sends the same names in the same order, and comparing a name with the one before
+        # costs less than looking it up (which hashes each new name)
+        self.known_names: list[bytes] = []
+        self.known_kinds: list[int] = []
+        self.header_index = 0
         self.length: bytes | None = None
         self.chunked = False
         self.received_any = False
@@ -143,7 +155,11 @@ class UpstreamConnection(PooledConnection):
 
     def attach(self, exchange: "ProxyExchange") -> None:
         self.exchange = exchange
-        self.header_classes = exchange.plan.response_headers
+        classes = exchange.plan.response_headers
+        if classes is not self.header_classes:
+            self.header_classes = classes
+            self.known_names = []  # classes of another location: learnt again
+            self.known_kinds = []
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
             # nginx takes a response whose lines end in a bare LF (old servers send them); the
@@ -262,6 +278,7 @@ class UpstreamConnection(PooledConnection):
         self.upgrade_lines = []
         self.accel = None
         self.seen = 0
+        self.header_index = 0
         self.length = None
         self.chunked = False
 
@@ -273,7 +290,19 @@ class UpstreamConnection(PooledConnection):
         self.head_size = size
         if size > self.max_head:
             raise HeadTooBig()
-        kind = self.header_classes.of(name)
+        index = self.header_index
+        self.header_index = index + 1
+        names = self.known_names
+        if index < len(names) and names[index] == name:
+            kind = self.known_kinds[index]
+        else:
+            kind = self.header_classes.of(name)
+            if index < len(names):
+                names[index] = name
+                self.known_kinds[index] = kind
+            elif index < _KNOWN_HEADERS:
+                names.append(name)
+                self.known_kinds.append(kind)
         if kind == _PASS:
             self.lines.append(name + b": " + value + b"\r\n")
             return
