@@ -57,6 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("upsync.client")
 
 UPGRADE_BUFFER_LIMIT: Final = 1024 * 1024
+_KNOWN_HEADERS: Final = 32  # how many of a request's header names are remembered
+_NOT_LEARNT: Final[list[int]] = []  # never written: a connection learns into its own lists
 
 
 class Http09Request(Exception):
@@ -172,6 +174,8 @@ class ClientConnection(asyncio.Protocol):
         "in_headers",
         "keepalive_time",
         "keepalive_timeout",
+        "known_kinds",
+        "known_names",
         "last_chunk_open",
         "last_host",
         "last_host_header",
@@ -232,6 +236,9 @@ class ClientConnection(asyncio.Protocol):
         self.upgrade_buffer: bytes | None = None
         self.version_hint: str | None = None
         self.line_data: bytes | None = None  # a read that starts with a request line
+        # the previous request's header names by position, and their classes
+        self.known_names: list[bytes] | None = None
+        self.known_kinds: list[int] = _NOT_LEARNT  # its own list once names are learnt
         # the request count when a read began at a message boundary, else -1
         self.boundary_requests = -1
         # the method and target as sent, when the parser was given a stand-in request line
@@ -829,9 +836,24 @@ class ClientConnection(asyncio.Protocol):
         # classifying each name again
         skip_mask = 0
         index = -1
+        # a keep-alive client sends the same names in the same order: the class of the name at
+        # a position last time, unless the name differs (learnt once the client keeps alive)
+        names, kinds = self.known_names, self.known_kinds
+        if names is None and req.keep_alive:
+            names, kinds = self.known_names, self.known_kinds = [], []
         for name, value in req.headers:
             index += 1
-            kind = _REQUEST_HEADERS.of(name)
+            if names is not None and index < len(names) and names[index] == name:
+                kind = kinds[index]
+            else:
+                kind = _REQUEST_HEADERS.of(name)
+                if names is not None:
+                    if index < len(names):
+                        names[index] = name
+                        kinds[index] = kind
+                    elif index < _KNOWN_HEADERS:
+                        names.append(name)
+                        kinds.append(kind)
             if kind == _OTHER:
                 continue
             if kind <= _HOP and kind != _UNDERSCORED and kind != _INVALID_NAME:
