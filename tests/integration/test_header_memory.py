@@ -1,0 +1,85 @@
+"""A connection remembers the previous message's header names by position (a name equal to the
+one before is not looked up again): carried across requests on one keep-alive client
+connection and across responses on one pooled upstream connection, with names that move,
+change and repeat, every header is still passed or dropped by its own name."""
+
+import socket
+
+from tests.helpers import (
+    RawRequest,
+    ScriptedBackend,
+    free_port,
+    keepalive_proxy_config,
+    ok_response,
+    running_upsync,
+)
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole response with a Content-Length body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head
+
+
+def test_request_header_names_that_move_between_requests_keep_their_own_fate() -> None:
+    def echo(req: RawRequest) -> tuple[bytes, bool]:
+        return ok_response(b"ok"), True
+
+    requests = [
+        b"X-A: 1\r\nConnection: keep-alive\r\n",
+        b"Connection: keep-alive\r\nX-A: 2\r\n",  # the two names swap places
+        b"X-A: 3\r\nKeep-Alive: timeout=5\r\nX-B: b\r\n",  # a hop-by-hop name where X-A was
+        b"Upgrade: x\r\nX-A: 4\r\n",
+    ]
+    port = free_port()
+    with ScriptedBackend(echo) as backend, running_upsync(keepalive_proxy_config(backend.port, port), port):
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.settimeout(5)
+            for headers in requests:
+                client.sendall(b"GET /h HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+                assert read_response(client).startswith(b"HTTP/1.1 200")
+    seen = [sorted(line.split(b":")[0].lower() for line in r.head.split(b"\r\n")[1:]) for r in backend.requests]
+    assert seen == [
+        [b"host", b"x-a"],
+        [b"host", b"x-a"],
+        [b"host", b"x-a", b"x-b"],
+        [b"host", b"x-a"],
+    ]
+    assert [r.header("x-a") for r in backend.requests] == ["1", "2", "3", "4"]
+
+
+def test_response_header_names_that_move_on_a_pooled_connection_keep_their_own_fate() -> None:
+    responses = [
+        b"X-Up: 1\r\nServer: backend\r\nContent-Type: a\r\n",
+        b"Server: backend\r\nX-Up: 2\r\nContent-Type: a\r\n",  # swapped
+        b"Content-Type: a\r\nContent-Type: b\r\nX-Up: 3\r\n",  # a repeat where Server was
+        b"X-Accel-Expires: 5\r\nX-Up: 4\r\n",  # hidden by default, where Content-Type was
+    ]
+
+    def scripted(req: RawRequest) -> tuple[bytes, bool]:
+        return ok_response(b"ok", responses[int(req.path.rsplit("/", 1)[1])]), True
+
+    port = free_port()
+    heads = []
+    with ScriptedBackend(scripted) as backend, running_upsync(keepalive_proxy_config(backend.port, port), port):
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.settimeout(5)
+            for index in range(len(responses)):
+                client.sendall(b"GET /r/%d HTTP/1.1\r\nHost: x\r\n\r\n" % index)
+                heads.append(read_response(client).decode().lower())
+    assert backend.connections == 1  # one pooled upstream connection carried all four
+    for index, head in enumerate(heads):
+        assert f"x-up: {index + 1}" in head
+        assert "server: backend" not in head  # upsync's own Server stands
+        assert "x-accel-expires" not in head
+    assert heads[2].count("content-type:") == 1 and "content-type: a" in heads[2]
