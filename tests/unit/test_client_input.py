@@ -75,14 +75,27 @@ def test_parseable_request_line_keeps_what_was_sent() -> None:
 def test_keepalive_disable_knows_browsers_as_nginx_does() -> None:
     from upsync.proxy.intake import browser_keepalive_disabled
 
-    msie6, safari, both = frozenset({"msie6"}), frozenset({"safari"}), frozenset({"msie6", "safari"})
+    msie6, safari, both = (True, False), (False, True), (True, True)
     old = b"Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1)"
-    assert browser_keepalive_disabled(msie6, b"POST", old)
-    assert not browser_keepalive_disabled(msie6, b"GET", old)  # only after a POST
-    assert not browser_keepalive_disabled(msie6, b"POST", old.replace(b"5.1", b"5.1; SV1"))
-    assert not browser_keepalive_disabled(msie6, b"POST", b"Mozilla/4.0 (MSIE 7.0; Windows)")
-    assert not browser_keepalive_disabled(msie6, b"POST", b"Opera/9 (MSIE 5.0; Windows)")
+    assert browser_keepalive_disabled(*msie6, b"POST", old)
+    assert not browser_keepalive_disabled(*msie6, b"GET", old)  # only after a POST
+    assert not browser_keepalive_disabled(*msie6, b"POST", old.replace(b"5.1", b"5.1; SV1"))
+    assert not browser_keepalive_disabled(*msie6, b"POST", b"Mozilla/4.0 (MSIE 7.0; Windows)")
+    assert not browser_keepalive_disabled(*msie6, b"POST", b"Opera/9 (MSIE 5.0; Windows)")
     mac = b"Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) Safari/605.1.15"
-    assert browser_keepalive_disabled(safari, b"GET", mac)
-    assert not browser_keepalive_disabled(msie6, b"GET", mac)
-    assert not browser_keepalive_disabled(both, b"GET", mac.replace(b"Safari", b"Chrome/1 Safari"))
+    assert browser_keepalive_disabled(*safari, b"GET", mac)
+    assert not browser_keepalive_disabled(*msie6, b"GET", mac)
+    assert not browser_keepalive_disabled(*both, b"GET", mac.replace(b"Safari", b"Chrome/1 Safari"))
+
+
+def test_every_header_the_upstream_head_never_carries_is_marked_when_read() -> None:
+    """The request check marks these by position, and the upstream head relies on it."""
+    from upsync.proxy import client
+    from upsync.proxy.exchange import _SKIP_REQUEST_HEADERS
+
+    marked = {
+        name
+        for name, kind in client._LISTED_REQUEST_HEADERS.items()
+        if kind <= client._HOP and kind not in (client._UNDERSCORED, client._INVALID_NAME)
+    }
+    assert marked == set(_SKIP_REQUEST_HEADERS)

@@ -57,8 +57,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("upsync.client")
 
 UPGRADE_BUFFER_LIMIT: Final = 1024 * 1024
-_KNOWN_HEADERS: Final = 32  # how many of a request's header names are remembered
-_NOT_LEARNT: Final[list[int]] = []  # never written: a connection learns into its own lists
 
 
 class Http09Request(Exception):
@@ -91,34 +89,30 @@ def _unlisted_header(lower_name: bytes) -> int:
     return _UNDERSCORED if kind == NAME_UNDERSCORED else _OTHER
 
 
-_REQUEST_HEADERS: Final = http1.HeaderClasses(
-    {
-        b"host": _HOST,
-        b"content-length": _CONTENT_LENGTH,
-        b"transfer-encoding": _TRANSFER_ENCODING,
-        b"expect": _EXPECT,
-        b"upgrade": _UPGRADE,
-        **dict.fromkeys(
-            (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer"), _HOP
-        ),
-        **{
-            name: _UNIQUE << bit
-            for bit, name in enumerate(
-                (
-                    b"if-modified-since",
-                    b"if-unmodified-since",
-                    b"if-match",
-                    b"if-none-match",
-                    b"content-range",
-                    b"if-range",
-                    b"authorization",
-                )
+_LISTED_REQUEST_HEADERS: Final = {
+    b"host": _HOST,
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"expect": _EXPECT,
+    b"upgrade": _UPGRADE,
+    # the rest of what the upstream head never carries (exchange's _SKIP_REQUEST_HEADERS)
+    **dict.fromkeys(http1.HOP_BY_HOP - {b"transfer-encoding", b"upgrade"}, _HOP),
+    **{
+        name: _UNIQUE << bit
+        for bit, name in enumerate(
+            (
+                b"if-modified-since",
+                b"if-unmodified-since",
+                b"if-match",
+                b"if-none-match",
+                b"content-range",
+                b"if-range",
+                b"authorization",
             )
-        },
+        )
     },
-    _OTHER,
-    _unlisted_header,
-)
+}
+_REQUEST_HEADERS: Final = http1.HeaderClasses(_LISTED_REQUEST_HEADERS, _OTHER, _unlisted_header)
 
 
 def excepted_method(location: LocationConfig, req: Request) -> bool:
@@ -132,10 +126,12 @@ def keepalive_disabled(location: LocationConfig, req: Request) -> bool:
     user_agent = req.header(b"user-agent")
     if user_agent is None:
         return False
-    disabled = {"msie6"} if location.keepalive_disable_msie6 else set()
-    if location.keepalive_disable_safari:
-        disabled.add("safari")
-    return browser_keepalive_disabled(frozenset(disabled), req.method, user_agent)
+    return browser_keepalive_disabled(
+        location.keepalive_disable_msie6,
+        location.keepalive_disable_safari,
+        req.method,
+        user_agent,
+    )
 
 
 def access_allowed(rules: tuple[AccessRule, ...], address: str) -> bool:
@@ -174,8 +170,6 @@ class ClientConnection(asyncio.Protocol):
         "in_headers",
         "keepalive_time",
         "keepalive_timeout",
-        "known_kinds",
-        "known_names",
         "last_chunk_open",
         "last_host",
         "last_host_header",
@@ -185,6 +179,7 @@ class ClientConnection(asyncio.Protocol):
         "linger_until",
         "linger_wanted",
         "loop",
+        "memory",
         "parser",
         "queue",
         "raw_header_bytes",
@@ -236,9 +231,8 @@ class ClientConnection(asyncio.Protocol):
         self.upgrade_buffer: bytes | None = None
         self.version_hint: str | None = None
         self.line_data: bytes | None = None  # a read that starts with a request line
-        # the previous request's header names by position, and their classes
-        self.known_names: list[bytes] | None = None
-        self.known_kinds: list[int] = _NOT_LEARNT  # its own list once names are learnt
+        # the previous request's header names by position (made once the client keeps alive)
+        self.memory: http1.HeaderMemory | None = None
         # the request count when a read began at a message boundary, else -1
         self.boundary_requests = -1
         # the method and target as sent, when the parser was given a stand-in request line
@@ -836,24 +830,12 @@ class ClientConnection(asyncio.Protocol):
         # classifying each name again
         skip_mask = 0
         index = -1
-        # a keep-alive client sends the same names in the same order: the class of the name at
-        # a position last time, unless the name differs (learnt once the client keeps alive)
-        names, kinds = self.known_names, self.known_kinds
-        if names is None and req.keep_alive:
-            names, kinds = self.known_names, self.known_kinds = [], []
+        memory = self.memory
+        if memory is None and req.keep_alive:
+            memory = self.memory = http1.HeaderMemory(_REQUEST_HEADERS)
         for name, value in req.headers:
             index += 1
-            if names is not None and index < len(names) and names[index] == name:
-                kind = kinds[index]
-            else:
-                kind = _REQUEST_HEADERS.of(name)
-                if names is not None:
-                    if index < len(names):
-                        names[index] = name
-                        kinds[index] = kind
-                    elif index < _KNOWN_HEADERS:
-                        names.append(name)
-                        kinds.append(kind)
+            kind = memory.kind(index, name) if memory is not None else _REQUEST_HEADERS.of(name)
             if kind == _OTHER:
                 continue
             if kind <= _HOP and kind != _UNDERSCORED and kind != _INVALID_NAME:
@@ -1208,7 +1190,7 @@ class ClientConnection(asyncio.Protocol):
             extra = b"".join(own)
         chunked = trailing(location, req, status)
         content_type = static.content_type(location, found.path).encode("latin-1")
-        kept_lines = req.extra.kept_lines if req.extra is not None else None
+        kept_lines = req.kept_lines()
         if kept_lines is not None:  # after an X-Accel-Redirect: the upstream's headers
             content_type, kept = http1.split_content_type(kept_lines, content_type)
             extra += kept
@@ -1246,9 +1228,7 @@ class ClientConnection(asyncio.Protocol):
             self.send_error(403 if isinstance(exc, PermissionError) else 404)
             return
         self._write_response(req, head, 0)
-        self.sending = asyncio.ensure_future(
-            self._send_file(req, found.path, keep, chunked, limit)
-        )
+        self.sending = asyncio.ensure_future(self._send_file(req, found.path, keep, chunked, limit))
 
     async def _send_file(
         self, req: Request, path: str, keep: bool, chunked: bool, limit: RateLimit | None
@@ -1372,7 +1352,7 @@ class ClientConnection(asyncio.Protocol):
         status = req.status_override or status
         req.status = status
         location = self._answering_location(req)
-        kept_lines = req.extra.kept_lines if req.extra is not None else None
+        kept_lines = req.kept_lines()
         if kept_lines is not None:
             content_type, kept = http1.split_content_type(kept_lines, content_type)
             extra += kept
@@ -1407,7 +1387,7 @@ class ClientConnection(asyncio.Protocol):
         location = self._answering_location(req)
         tokens = location.server_tokens
         extra = b""
-        kept_lines = req.extra.kept_lines if req.extra is not None else None
+        kept_lines = req.kept_lines()
         if kept_lines is not None:  # after an X-Accel-Redirect, an error page keeps them
             extra = http1.split_content_type(kept_lines, b"")[1]
         if location.add_headers:

@@ -28,16 +28,26 @@ _FLAG_BITS = {
 _SAMESITE_VALUES = ((_STRICT, "Strict"), (_LAX, "Lax"), (_NONE, "None"))
 
 
+def _by_regex(rule: RewriteRule, value: str, source: Request) -> str | None:
+    """A regex rule's whole replacement (its captures as $1...), or None when it does not
+    match."""
+    assert rule.regex is not None
+    match = rule.regex.search(value)
+    if match is None:
+        return None
+    source.captures = match
+    return rule.replacement.render(source)
+
+
 def _domain(value: str, rules: tuple[RewriteRule, ...], source: Request) -> str | None:
     dot = "." if value.startswith(".") else ""
     bare = value[len(dot) :]
     for rule in rules:
         if rule.regex is not None:
-            match = rule.regex.search(value)
-            if match is None:
+            replaced = _by_regex(rule, value, source)
+            if replaced is None:
                 continue
-            source.captures = match  # $1... in the replacement
-            return rule.replacement.render(source)
+            return replaced
         assert rule.match is not None
         if bare.lower() == rule.match.render(source).lstrip(".").lower():
             return dot + rule.replacement.render(source).lstrip(".")
@@ -47,11 +57,10 @@ def _domain(value: str, rules: tuple[RewriteRule, ...], source: Request) -> str 
 def _path(value: str, rules: tuple[RewriteRule, ...], source: Request) -> str | None:
     for rule in rules:
         if rule.regex is not None:
-            match = rule.regex.search(value)
-            if match is None:
+            replaced = _by_regex(rule, value, source)
+            if replaced is None:
                 continue
-            source.captures = match
-            return rule.replacement.render(source)
+            return replaced
         assert rule.match is not None
         prefix = rule.match.render(source)
         if value.startswith(prefix):

@@ -158,6 +158,36 @@ class HeaderClasses:
         return found
 
 
+_REMEMBERED_NAMES: Final = 32
+
+
+class HeaderMemory:
+    """A connection's previous message's header names and their classes, by position: a peer
+    sends the same names in the same order, and comparing a name with the one at its place
+    last time costs less than looking it up (a lookup hashes each new bytes name)."""
+
+    __slots__ = ("classes", "kinds", "names")
+
+    def __init__(self, classes: HeaderClasses) -> None:
+        self.classes = classes
+        self.names: list[bytes] = []
+        self.kinds: list[int] = []
+
+    def kind(self, index: int, name: bytes) -> int:
+        """The class of the header at this position of the message."""
+        names = self.names
+        if index < len(names) and names[index] == name:
+            return self.kinds[index]
+        kind = self.classes.of(name)
+        if index < len(names):
+            names[index] = name
+            self.kinds[index] = kind
+        elif index < _REMEMBERED_NAMES:
+            names.append(name)
+            self.kinds.append(kind)
+        return kind
+
+
 _STATUS_LINES: Final[dict[int, bytes]] = {}
 
 

@@ -116,19 +116,21 @@ def parseable_request_line(data: bytes) -> tuple[bytes, bytes, bytes] | None:
     return head + data[end:], method, target
 
 
-def browser_keepalive_disabled(disabled: frozenset[str], method: bytes, user_agent: bytes) -> bool:
+def browser_keepalive_disabled(
+    msie6: bool, safari: bool, method: bytes, user_agent: bytes
+) -> bool:
     """keepalive_disable: nginx closes a kept-alive connection after a POST from MSIE 6 and
     older ("msie6": MSIE may wait on such a connection), or after any request from Safari on
     macOS ("safari": it may send a POST on a connection just closed). The User-Agent tests
     are nginx's own."""
     msie = user_agent.find(b"MSIE ")
     is_msie = msie >= 0 and msie + 7 < len(user_agent) and b"Opera" not in user_agent
-    if "msie6" in disabled and method == b"POST" and is_msie and user_agent[msie + 6] == 46:
+    if msie6 and method == b"POST" and is_msie and user_agent[msie + 6] == 46:
         version = user_agent[msie + 5]
         if version in (52, 53) or (version == 54 and b"SV1" not in user_agent[msie + 8 :]):
             return True
     return (
-        "safari" in disabled
+        safari
         and not is_msie
         and b"Opera" not in user_agent
         and b"Gecko/" not in user_agent

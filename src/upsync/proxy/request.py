@@ -211,6 +211,11 @@ class Request:
             extra = self.extra = RequestExtras()
         return extra
 
+    def kept_lines(self) -> list[bytes] | None:
+        """The upstream headers an answer keeps after an X-Accel-Redirect (or a 401 an error
+        page answers), if any."""
+        return self.extra.kept_lines if self.extra is not None else None
+
     def limit_rate(self) -> int:
         """$limit_rate: bytes a second to the client (0: none); `set $limit_rate` changes it."""
         location = self.location

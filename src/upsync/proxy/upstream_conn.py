@@ -11,6 +11,7 @@ from upsync.proxy.http1 import (
     RESPONSE_DROPPED,
     UPGRADE_KEPT,
     HeaderClasses,
+    HeaderMemory,
 )
 from upsync.proxy.redirects import rewrite_redirect
 from upsync.proxy.timer import Deadline
@@ -62,9 +63,6 @@ def response_header_classes(
     return HeaderClasses(classes, _PASS)
 
 
-_KNOWN_HEADERS: Final = 32  # how many of a response's header names are remembered
-
-
 class UnknownTransferEncoding(Exception):
     """An upstream Transfer-Encoding other than one "chunked" (nginx 1.23 on: 502)."""
 
@@ -87,15 +85,13 @@ class UpstreamConnection(PooledConnection):
         "done",
         "exchange",
         "head_size",
-        "header_classes",
         "header_index",
         "interim",
         "keep_alive",
-        "known_kinds",
-        "known_names",
         "length",
         "lines",
         "max_head",
+        "memory",
         "parser",
         "pool",
         "received_any",
@@ -115,18 +111,14 @@ class UpstreamConnection(PooledConnection):
         self.transport: asyncio.Transport | None = None
         self.exchange: ProxyExchange | None = None
         self.parser: httptools.HttpResponseParser | None = None
-        self.header_classes = RESPONSE_HEADERS  # the request's location's
+        # the request's location's header classes, with the previous response's names
+        self.memory = HeaderMemory(RESPONSE_HEADERS)
         # the response head as it is parsed: lines to pass on, and what the proxy itself needs
         self.lines: list[bytes] = []
         self.upgrade_lines: list[bytes] = []
         self.accel: list[bytes] | None = None  # X-Accel-* lines, for nginx's special meaning
         self.seen = 0  # of the headers taken once, by class bit
-        # the previous response's header names and their classes, by position: an upstream
-        # sends the same names in the same order, and comparing a name with the one before
-        # costs less than looking it up (which hashes each new name)
-        self.known_names: list[bytes] = []
-        self.known_kinds: list[int] = []
-        self.header_index = 0
+        self.header_index = 0  # of the header being read
         self.length: bytes | None = None
         self.chunked = False
         self.received_any = False
@@ -156,10 +148,8 @@ class UpstreamConnection(PooledConnection):
     def attach(self, exchange: "ProxyExchange") -> None:
         self.exchange = exchange
         classes = exchange.plan.response_headers
-        if classes is not self.header_classes:
-            self.header_classes = classes
-            self.known_names = []  # classes of another location: learnt again
-            self.known_kinds = []
+        if classes is not self.memory.classes:
+            self.memory = HeaderMemory(classes)  # another location's: names learnt again
         if self.parser is None:
             self.parser = httptools.HttpResponseParser(self)
             # nginx takes a response whose lines end in a bare LF (old servers send them); the
@@ -292,17 +282,7 @@ class UpstreamConnection(PooledConnection):
             raise HeadTooBig()
         index = self.header_index
         self.header_index = index + 1
-        names = self.known_names
-        if index < len(names) and names[index] == name:
-            kind = self.known_kinds[index]
-        else:
-            kind = self.header_classes.of(name)
-            if index < len(names):
-                names[index] = name
-                self.known_kinds[index] = kind
-            elif index < _KNOWN_HEADERS:
-                names.append(name)
-                self.known_kinds.append(kind)
+        kind = self.memory.kind(index, name)
         if kind == _PASS:
             self.lines.append(name + b": " + value + b"\r\n")
             return
