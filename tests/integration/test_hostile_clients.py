@@ -224,6 +224,63 @@ def test_chunked_body_framed_with_bare_lfs_is_taken(shared) -> None:  # type: ig
         )
 
 
+def read_answers(sock: socket.socket, count: int) -> bytes:
+    """What the proxy answers until `count` whole answers (each ends with the echoed head's
+    blank line and the backend's "ok") have come, or the connection closes."""
+    data = b""
+    while data.count(b"HTTP/1.1 ") < count or not data.endswith((b"\r\n\r\n", b"0\r\n\r\n")):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_line_ends_are_judged_across_a_kept_alive_connection(shared) -> None:  # type: ignore[no-untyped-def]
+    """The parser is strict about line ends until a client sends a bare LF where nginx takes
+    one; each switch point keeps refusing bare CRs and taking bare LFs, on one connection."""
+    port, backend, _ = shared
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+        sock.sendall(b"GET /crlf HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_answers(sock, 1).startswith(b"HTTP/1.1 200")
+        # the next request's line ends with a bare LF: parsed again by a lenient parser
+        sock.sendall(b"GET /lf HTTP/1.1\nHost: x\n\n")
+        assert read_answers(sock, 1).startswith(b"HTTP/1.1 200")
+        assert upstream_line(backend) == b"GET /lf HTTP/1.1"
+        # lenient now: a bare CR ending a line is still refused
+        sock.sendall(b"GET /cr HTTP/1.1\rHost: x\r\n\r\n")
+        assert read_answers(sock, 1).startswith(b"HTTP/1.1 400")
+    assert upstream_line(backend) == b"GET /lf HTTP/1.1"
+
+
+@pytest.mark.parametrize(
+    ("framing", "status", "body"),
+    [
+        (b"3\nabc\n0\n\n", 200, b"abc"),  # bare LFs: taken, as nginx takes them
+        (b"3\rabc\r\n0\r\n\r\n", 400, None),  # a bare CR in the framing
+        (b"3\r\na\rc\r\n0\r\n\r\n", 200, b"a\rc"),  # a bare CR inside a chunk: data
+    ],
+)
+def test_chunked_body_behind_a_pipelined_request_is_framed_as_nginx_frames_it(  # type: ignore[no-untyped-def]
+    shared, framing: bytes, status: int, body: bytes | None
+) -> None:
+    """A chunked head that is not the first of its read: the parser turns lenient about the
+    body's line ends in the middle of the read, having checked the read for bare CRs."""
+    port, backend, _ = shared
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+        sock.sendall(
+            b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + framing
+        )
+        answers = read_answers(sock, 2)
+    assert answers.startswith(b"HTTP/1.1 200")
+    assert answers.count(b"HTTP/1.1 %d" % status) == (2 if status == 200 else 1), answers
+    if body is not None:
+        assert backend.requests[-1].body == body
+    else:
+        assert upstream_line(backend) == b"GET /first HTTP/1.1"
+
+
 def test_request_pipelined_after_a_declined_upgrade_is_answered(shared) -> None:  # type: ignore[no-untyped-def]
     port, backend, _ = shared
     reply = send(

@@ -1,6 +1,7 @@
 import pytest
 
 from upsync.proxy.intake import (
+    LINE_BARE_LF,
     LINE_HTTP09,
     LINE_HTTP10,
     LINE_HTTP11,
@@ -36,7 +37,9 @@ def test_bare_crs(data: bytes, offsets: list[int]) -> None:
     [
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1, LINE_HTTP11),
         (b"GET /a?b HTTP/1.0\r\n\r\n", 4, LINE_HTTP10),
-        (b"GET / HTTP/1.0\nHost: x\n\n", 1, LINE_HTTP10),  # bare LF
+        (b"GET / HTTP/1.0\nHost: x\n\n", 1, LINE_HTTP10 | LINE_BARE_LF),
+        (b"GET / HTTP/1.1\n\n", 1, LINE_HTTP11 | LINE_BARE_LF),
+        (b"GET / HTTP/2.0\n\n", 1, LINE_UNKNOWN | LINE_BARE_LF),
         (b"GET / HTTP/1.1", 1, LINE_UNKNOWN),  # the line is not whole yet: the parser is asked
         (b"GET /long", 5, LINE_UNKNOWN),  # the target goes on in the next read
         (b"GET / HTTP/2.0\r\n\r\n", 1, LINE_UNKNOWN),

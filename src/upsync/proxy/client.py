@@ -28,6 +28,7 @@ from upsync.proxy.body import RequestBody
 from upsync.proxy.exchange import REPLAYABLE_BODY, URI_SAFE, trailers_of, trailing
 from upsync.proxy.intake import (
     ABSOLUTE_AUTHORITY,
+    LINE_BARE_LF,
     LINE_HTTP09,
     LINE_HTTP10,
     LINE_HTTP11,
@@ -61,6 +62,11 @@ UPGRADE_BUFFER_LIMIT: Final = 1024 * 1024
 
 class Http09Request(Exception):
     """The request line ends after its target (raised from the parser's callback)."""
+
+
+class RelaxParser(Exception):
+    """The request needs a parser lenient about line ends (raised from the parser's callback
+    for a request line ending in a bare LF): the read is parsed again by one."""
 
 
 class BadRequest(Exception):
@@ -173,6 +179,7 @@ class ClientConnection(asyncio.Protocol):
         "last_chunk_open",
         "last_host",
         "last_host_header",
+        "lenient",
         "limits",
         "line_data",
         "line_override",
@@ -183,7 +190,9 @@ class ClientConnection(asyncio.Protocol):
         "parser",
         "queue",
         "raw_header_bytes",
+        "read_data",
         "read_pause_reasons",
+        "relax_pending",
         "requests",
         "sending",
         "serial",
@@ -207,6 +216,12 @@ class ClientConnection(asyncio.Protocol):
         self.table = table  # site's table for the address it was accepted on
         self.limits = table.default.block.limits
         self.transport: asyncio.Transport | None = None
+        # strict about line ends until the client sends a bare LF where nginx takes one (a
+        # request line, a chunked body's framing): then lenient, and every read is searched for
+        # the bare CRs the lenient parser would take as line ends (see data_received)
+        self.lenient = False
+        self.relax_pending = False  # lenient from the next read on
+        self.read_data: bytes | None = None  # the read being parsed strictly
         self.parser: httptools.HttpRequestParser | None = self._new_parser()
         self._remote: tuple[str, int] | None = None
         self._local: tuple[str, int] | None = None
@@ -288,17 +303,24 @@ class ClientConnection(asyncio.Protocol):
 
     def _new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
-        # nginx accepts lines ended by a bare LF (the C module's own test suite sends them), and
-        # llhttp needs both flags for that; the request is re-serialised with CRLF towards the
-        # upstream, so no ambiguous line ending is ever passed on
+        # nginx accepts lines ended by a bare LF (the C module's own test suite sends them).
+        # llhttp takes a header line so with the first flag; a request line or a chunk size line
+        # needs the second too, which also lets a bare CR end a line (nginx: 400), so it is set
+        # only once a client needs it. The request is re-serialised with CRLF towards the
+        # upstream, so no ambiguous line ending is ever passed on.
         # Any digit.digit version is parsed so that it gets nginx's answer (505 from HTTP/2 on,
         # 1.x served as 1.1) rather than a plain 400.
         parser.set_dangerous_leniencies(
             lenient_optional_cr_before_lf=True,
-            lenient_optional_lf_after_cr=True,
+            lenient_optional_lf_after_cr=self.lenient,
             lenient_version=True,
         )
         return parser
+
+    def _relax(self, parser: httptools.HttpRequestParser) -> None:
+        """From here on, bare LFs end every line, and reads are searched for bare CRs."""
+        self.lenient = True
+        parser.set_dangerous_leniencies(lenient_optional_lf_after_cr=True)
 
     # connection lifecycle
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -456,16 +478,27 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         if self.closed or parser is None:
             return
-        if self.cr_pending:
-            # the previous read ended with a CR inside a head: it must have been a line's end
-            self.cr_pending = False
-            if not data.startswith(b"\n"):
-                self._reject(400)
-                return
         at_boundary = self.in_headers and self.current is None
         # the request line is read from the data when the parser has found its target
         self.line_data = data if at_boundary else None
         self.boundary_requests = self.requests if at_boundary else -1
+        if not self.lenient:
+            # the strict parser refuses every bare CR in a head and in chunk framing itself
+            self.read_data = data
+            fed = self._feed(parser, data, 0, len(data))
+            self.read_data = None
+            if self.relax_pending and self.parser is not None:
+                self.relax_pending = False
+                self._relax(self.parser)
+            if fed:
+                self._after_read(data)
+            return
+        if self.cr_pending:
+            # the previous read ended with a CR inside a head: it must have been a line's end
+            self.cr_pending = False
+            if data[0] != 10:
+                self._reject(400)
+                return
         start = 0
         for at in bare_crs(data):
             # rare: feed up to the bare CR to learn whether it falls in a head or in a body
@@ -488,18 +521,23 @@ class ClientConnection(asyncio.Protocol):
                 start = at + 1
         if not self._feed(parser, data, start, len(data)):
             return
+        if self.in_headers and data[-1] == 13:
+            self.cr_pending = True
+        self._after_read(data)
+
+    def _after_read(self, data: bytes) -> None:
+        """What follows the parsing of a whole read."""
         if self.last_chunk_open and data.endswith(b"\n\n"):
             # "0\n\n" ends a chunked body with bare LFs, as nginx takes it; the parser waits for
             # one byte of lookahead first, which a client that sent its last request never sends
             self.last_chunk_open = False
-            if not self._feed(parser, b"\n", 0, 1):
+            parser = self.parser
+            if parser is None or not self._feed(parser, b"\n", 0, 1):
                 return
         if self.active is None and self.queue:
             self._advance()  # requests queued while the read was parsed (a retired generation)
             if self.closed:
                 return
-        if self.in_headers and data.endswith(b"\r"):
-            self.cr_pending = True
         if self.in_headers and self.current is not None:
             # a request head still incomplete: client_header_timeout runs from its first bytes
             # for the whole head (a head complete in one read, the usual case, needs no timer)
@@ -534,6 +572,8 @@ class ClientConnection(asyncio.Protocol):
                 and self.requests == self.boundary_requests + 1
             ):
                 return self._feed_stand_in(data)
+            if isinstance(cause, RelaxParser):
+                return self._feed_relaxed(data)
             if isinstance(cause, Http09Request):
                 return self._serve_http09(data)
             if isinstance(cause, BadRequest):
@@ -545,6 +585,30 @@ class ClientConnection(asyncio.Protocol):
                 self._reject(400)
             return False
         return not self.closed and self.parser is parser
+
+    def _feed_relaxed(self, data: bytes) -> bool:
+        """The read's first request line ends with a bare LF: the read is parsed again, from
+        that line on, by a lenient parser (raised from on_url, so nothing of the request was
+        acted on)."""
+        self.requests -= 1
+        self.current = None
+        self.in_headers = True
+        self.lenient = True
+        self.parser = self._new_parser()
+        self.data_received(data)
+        return False
+
+    def _relax_for_chunked_body(self) -> None:
+        """A chunked body comes: nginx takes its framing with bare LFs, which the parser takes
+        only when lenient. The rest of this read is parsed leniently when it has no bare CR the
+        lenient parser would misread; else the next read on is."""
+        parser = self.parser
+        data = self.read_data
+        assert parser is not None
+        if data is not None and bare_crs(data):
+            self.relax_pending = True
+        else:
+            self._relax(parser)
 
     def _serve_http09(self, data: bytes) -> bool:
         """A request line without a version (HTTP/0.9): only a GET, on a fresh connection, is
@@ -577,6 +641,14 @@ class ClientConnection(asyncio.Protocol):
         self.current = None
         self.in_headers = True
         self.line_override = (method, target)
+        if not self.lenient and stand_in[stand_in.find(b"\n") - 1] != 13:
+            # a request line ending with a bare LF: as _feed_relaxed, where a bare CR anywhere
+            # in the read is refused (it was before the stand-in was tried, when lenient)
+            self.lenient = True
+            if bare_crs(stand_in):
+                self._reject(400)
+                return False
+        self.line_data = stand_in
         self.parser = parser = self._new_parser()
         return self._feed(parser, stand_in, 0, len(stand_in))
 
@@ -655,6 +727,8 @@ class ClientConnection(asyncio.Protocol):
                 self.version_hint = "1.0"
             elif line == LINE_HTTP09:
                 raise Http09Request()
+            elif line & LINE_BARE_LF and not self.lenient:
+                raise RelaxParser()
         if req.target:
             req.target += url.decode("latin-1")
             req.raw_target += url
@@ -703,6 +777,8 @@ class ClientConnection(asyncio.Protocol):
         req.version = version
         req.keep_alive = parser.should_keep_alive()
         self._check_request(req)
+        if req.chunked and not self.lenient:
+            self._relax_for_chunked_body()
         if self.active is None and not self._drained():
             self.active = req
             self._dispatch(req)

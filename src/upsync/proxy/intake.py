@@ -55,13 +55,16 @@ LINE_UNKNOWN: Final = 0  # the parser is asked
 LINE_HTTP11: Final = 1
 LINE_HTTP10: Final = 2
 LINE_HTTP09: Final = 3  # the line ends after the target: HTTP/0.9, which the parser waits on
+# added to the above: the line ends with a bare LF (the parser must then be lenient about CRs)
+LINE_BARE_LF: Final = 4
 
 
 def line_after_target(data: bytes, target_length: int) -> int:
     """For a read that starts with a request line whose target the parser found to be
     `target_length` bytes: whether the line names HTTP/1.1 or 1.0, or ends right after the
-    target. Found by position, as the parser found the method and target (asking the parser
-    for the version formats a string; a bytes method call costs more than this walk)."""
+    target, plus LINE_BARE_LF when it ends with a bare LF. Found by position, as the parser
+    found the method and target (asking the parser for the version formats a string; a bytes
+    method call costs more than this walk)."""
     size = len(data)
     at = 0
     while at < size and at < 24:  # the method: up to the first space
@@ -82,14 +85,18 @@ def line_after_target(data: bytes, target_length: int) -> int:
     if char != 32 or at + 9 >= size:
         return LINE_UNKNOWN
     end = data[at + 9]
-    if end != 13 and end != 10:
+    if end == 13:
+        ending = 0
+    elif end == 10:
+        ending = LINE_BARE_LF
+    else:
         return LINE_UNKNOWN
     version = data[at + 1 : at + 9]
     if version == b"HTTP/1.1":
-        return LINE_HTTP11
+        return LINE_HTTP11 | ending
     if version == b"HTTP/1.0":
-        return LINE_HTTP10
-    return LINE_UNKNOWN
+        return LINE_HTTP10 | ending
+    return LINE_UNKNOWN | ending
 
 
 def _percent_encode(match: re.Match[bytes]) -> bytes:
