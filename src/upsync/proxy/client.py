@@ -866,7 +866,7 @@ class ClientConnection(asyncio.Protocol):
             raise BadRequest(405 if target.startswith("/") else 400)
         if req.method == b"TRACE":
             raise BadRequest(405)  # as nginx: never passed on (it would echo credentials)
-        if not target.startswith("/"):
+        if target[:1] != "/":  # not startswith(): a method call costs more
             # absolute-form: its host selects the server block, never the destination
             scheme, sep, rest = target.partition("://")
             if not sep or scheme.lower() not in ("http", "https"):
@@ -890,7 +890,10 @@ class ClientConnection(asyncio.Protocol):
             req.raw_target = b""  # not as it came: encoded when it goes upstream
         if "#" in target:
             target = target.partition("#")[0]  # a fragment is no part of $uri or $args
-        path, _, query = target.partition("?")
+        if "?" in target:
+            path, _, query = target.partition("?")
+        else:
+            path, query = target, ""
         normalized = normalize_path(path)
         if normalized is None:
             req.path = ""  # $uri of a request refused for its URI: empty, as nginx logs it

@@ -231,7 +231,11 @@ class ProxyPlan:
             for name, value in req.headers:
                 index += 1
                 if not skip_mask >> index & 1 and (passes is None or passes.of(name)):
-                    parts += (name, b": ", value, b"\r\n")
+                    # four appends cost less than extending by a tuple or concatenating
+                    parts.append(name)
+                    parts.append(b": ")
+                    parts.append(value)
+                    parts.append(b"\r\n")
         parts.append(framing)
         parts.append(b"\r\n")
         return b"".join(parts)
@@ -661,7 +665,9 @@ class ProxyExchange:
                 and not (location.add_trailers and trailing(location, req, status))
             ):
                 self.frame = FRAME_LENGTH
-                out += (b"Content-Length: ", length, b"\r\n")
+                out.append(b"Content-Length: ")
+                out.append(length)
+                out.append(b"\r\n")
             elif req.version == "1.1" and location.chunked_transfer_encoding:
                 self.frame = FRAME_CHUNKED
                 out.append(b"Transfer-Encoding: chunked\r\n")

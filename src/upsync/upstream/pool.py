@@ -39,7 +39,7 @@ class KeepalivePool:
             conn = idle[index]
             if conn.peer is not peer:
                 continue
-            del idle[index]
+            idle.pop(index)
             if now - conn.idle_since > self.timeout:
                 conn.close()
                 continue
