@@ -12,6 +12,7 @@ from upsync.proxy.intake import (
     bare_crs,
     header_name_class,
     line_after_target,
+    line_method,
     parseable_request_line,
 )
 
@@ -52,6 +53,19 @@ def test_bare_crs(data: bytes, offsets: list[int]) -> None:
 )
 def test_line_after_target(data: bytes, target: int, line: int) -> None:
     assert line_after_target(data, target) == line
+
+
+@pytest.mark.parametrize(
+    ("data", "method"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", b"GET"),
+        (b"GETX / HTTP/1.1\r\n\r\n", b"GETX"),
+        (b"POST /a HTTP/1.0\n\n", b"POST"),
+        (b"M-SEARCH * HTTP/1.1\r\n\r\n", b"M-SEARCH"),
+    ],
+)
+def test_line_method(data: bytes, method: bytes) -> None:
+    assert line_method(data) == method
 
 
 @pytest.mark.parametrize(

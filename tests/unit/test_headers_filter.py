@@ -168,3 +168,7 @@ def test_upstream_cookie_is_read_as_nginx_reads_it() -> None:
     assert req.variable("upstream_cookie_tc") == ""  # never the line's end
     assert req.variable("upstream_cookie_tab") == ""  # a tab is no space to nginx
     assert req.variable("upstream_cookie_sp") == "con  tent"
+
+
+def test_the_constant_200_status_line_is_the_one_status_line_makes() -> None:
+    assert http1.STATUS_200 == http1.status_line(200) == b"HTTP/1.1 200 OK\r\n"

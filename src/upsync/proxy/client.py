@@ -38,6 +38,7 @@ from upsync.proxy.intake import (
     browser_keepalive_disabled,
     header_name_class,
     line_after_target,
+    line_method,
     parseable_request_line,
 )
 from upsync.proxy.rate import RateLimit
@@ -723,8 +724,10 @@ class ClientConnection(asyncio.Protocol):
             line = line_after_target(data, len(url))
             if line == LINE_HTTP11:
                 self.version_hint = "1.1"
+                req.method = line_method(data)
             elif line == LINE_HTTP10:
                 self.version_hint = "1.0"
+                req.method = line_method(data)
             elif line == LINE_HTTP09:
                 raise Http09Request()
             elif line & LINE_BARE_LF and not self.lenient:
@@ -758,15 +761,9 @@ class ClientConnection(asyncio.Protocol):
         req.head_size = self.header_size
         parser = self.parser
         assert parser is not None
-        req.method = parser.get_method()
-        if self.line_override is not None:
-            method, target = self.line_override
-            self.line_override = None
-            req.method = method
-            req.target = target.decode("latin-1")
-            req.raw_target = target
         version = self.version_hint
         if version is None:
+            req.method = parser.get_method()  # else on_url read it with the version
             version = parser.get_http_version()
             if version not in ("1.1", "1.0"):
                 # nginx: 505 from HTTP/2 on; any other 1.x is served as 1.1
@@ -774,6 +771,12 @@ class ClientConnection(asyncio.Protocol):
                     version = "1.1"
                 else:
                     raise BadRequest(505 if version[0] > "1" else 400)
+        if self.line_override is not None:
+            method, target = self.line_override
+            self.line_override = None
+            req.method = method
+            req.target = target.decode("latin-1")
+            req.raw_target = target
         req.version = version
         req.keep_alive = parser.should_keep_alive()
         self._check_request(req)
@@ -1574,7 +1577,8 @@ class ClientConnection(asyncio.Protocol):
             location = self.table.default.block.fallback
         return location
 
-    def finish_response(self, keep_alive: bool) -> None:
+    def finish_response(self, keep_alive: bool, now: float = -1.0) -> None:
+        """`now`: the loop time, when the caller has read it in this turn of the loop."""
         req = self.active
         if req is None:
             return
@@ -1593,7 +1597,7 @@ class ClientConnection(asyncio.Protocol):
             self.current = None
             self.in_headers = True
         if req.body_complete:
-            self._advance()
+            self._advance(now)
             if pending and not self.closed:
                 self.data_received(pending)
         else:
@@ -1604,7 +1608,7 @@ class ClientConnection(asyncio.Protocol):
             self.resume_reading_for("connecting")
             self.timer.set(self.limits.client_body_timeout)
 
-    def _advance(self) -> None:
+    def _advance(self, now: float = -1.0) -> None:
         self.active = None
         if self.closed:
             return
@@ -1620,7 +1624,7 @@ class ClientConnection(asyncio.Protocol):
         # answered, with Connection: close
         if self.read_pause_reasons:
             self.resume_reading_for("pipelined")
-        self.timer.set(self.keepalive_timeout)
+        self.timer.set(self.keepalive_timeout, now)
 
     def start_tunnel(self, upstream: "UpstreamConnection", rest: bytes) -> None:
         """101 Switching Protocols: from now on bytes flow untouched both ways."""

@@ -17,6 +17,7 @@ from upsync.proxy.http1 import (
     HOP_BY_HOP,
     KEEP_ALIVE_END,
     NON_IDEMPOTENT,
+    STATUS_200,
     HeaderClasses,
     common_headers_at,
     date_header,
@@ -332,10 +333,10 @@ class ProxyExchange:
 
     # the upstream read/send timeouts live on the connection, so a pooled connection re-arms its
     # timer instead of scheduling a new one per request
-    def _arm(self, delay: float) -> None:
+    def _arm(self, delay: float, now: float = -1.0) -> None:
         conn = self.conn
         if conn is not None:
-            conn.timer.set(delay)
+            conn.timer.set(delay, now)
 
     def _disarm(self) -> None:
         conn = self.conn
@@ -367,7 +368,7 @@ class ProxyExchange:
             assert isinstance(conn, UpstreamConnection)
             req.try_connected = now
             self.reused = True
-            self._send(conn)
+            self._send(conn, now)
         else:
             self._connect(peer)
 
@@ -416,9 +417,9 @@ class ProxyExchange:
         if self.finished:
             conn.close()
             return
-        self.req.try_connected = conn.born = self.loop.time()
+        self.req.try_connected = conn.born = now = self.loop.time()
         try:
-            self._send(conn)
+            self._send(conn, now)
         except Exception:
             # nothing may leave a request hanging: a task's exception would be seen by nobody
             log.exception("error while sending a request to %s", peer.name)
@@ -457,7 +458,7 @@ class ProxyExchange:
         )
         return conn
 
-    def _send(self, conn: UpstreamConnection) -> None:
+    def _send(self, conn: UpstreamConnection, now: float) -> None:
         self.conn = conn
         conn.attach(self)
         req = self.req
@@ -498,7 +499,7 @@ class ProxyExchange:
             transport.write(data)
             req.try_sent += len(data)
             self.request_written = True
-            self._arm(self.settings.read_timeout)
+            self._arm(self.settings.read_timeout, now)
         else:
             self.streaming = True
             if req.content_length is not None:
@@ -581,7 +582,7 @@ class ProxyExchange:
     # response
     def on_response_head(self, conn: UpstreamConnection, status: int) -> bool:
         """Returns True when no body follows (or the response is dropped for a retry)."""
-        condition = STATUS_CONDITIONS.get(status)
+        condition = STATUS_CONDITIONS.get(status) if status >= 403 else None
         if (
             condition is not None
             and condition in self.settings.next_upstream
@@ -646,7 +647,9 @@ class ProxyExchange:
             lines = drop_headers(conn.lines, replaced) if replaced else conn.lines
             out = [status_line(status), common, *lines, extra]
         else:
-            out = [status_line(status), common, *conn.lines]
+            out = [STATUS_200 if status == 200 else status_line(status), common]
+            for line in conn.lines:  # fewer than extend() costs, for the usual few lines
+                out.append(line)
         no_body = req.method == b"HEAD" or not status_has_body(status)
         self.until_close = not no_body and status != 101 and length is None and not chunked
         if status == 101:
@@ -815,7 +818,7 @@ class ProxyExchange:
         if not (keep_alive and self.request_written and self.group.pool.put(conn, now)):
             conn.close()
         self.finished = True
-        self.client.finish_response(self.client_keep_alive)
+        self.client.finish_response(self.client_keep_alive, now)
 
     def on_upstream_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
         self._disarm()

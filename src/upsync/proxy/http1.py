@@ -191,6 +191,9 @@ class HeaderMemory:
 _STATUS_LINES: Final[dict[int, bytes]] = {}
 
 
+STATUS_200: Final = b"HTTP/1.1 200 OK\r\n"
+
+
 def status_line(code: int) -> bytes:
     line = _STATUS_LINES.get(code)
     if line is None:

@@ -99,6 +99,18 @@ def line_after_target(data: bytes, target_length: int) -> int:
     return LINE_UNKNOWN | ending
 
 
+def line_method(data: bytes) -> bytes:
+    """The method of a read that starts with a request line the parser took, and whose version
+    line_after_target found (so a space follows the method): as the parser names it, without
+    asking the parser (a method call that makes the bytes again)."""
+    if data[0] == 71 and data[1] == 69 and data[2] == 84 and data[3] == 32:
+        return b"GET"
+    at = 0
+    while data[at] != 32:
+        at += 1
+    return data[:at]
+
+
 def _percent_encode(match: re.Match[bytes]) -> bytes:
     return b"%%%02X" % match.group()[0]
 

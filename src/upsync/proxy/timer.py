@@ -19,12 +19,13 @@ class Deadline:
         self._handle: asyncio.TimerHandle | None = None
         self._handle_at = 0.0
 
-    def set(self, delay: float) -> None:
-        """Fire `delay` seconds from now; a zero delay means never (nginx's 0 = no timeout)."""
+    def set(self, delay: float, now: float = -1.0) -> None:
+        """Fire `delay` seconds from now; a zero delay means never (nginx's 0 = no timeout).
+        `now`: the loop time, when the caller has read it in this turn of the loop."""
         if delay <= 0:
             self._at = None
             return
-        at = self._time() + delay
+        at = (self._time() if now < 0 else now) + delay
         self._at = at
         handle = self._handle
         if handle is not None:
