@@ -172,3 +172,21 @@ def test_upstream_cookie_is_read_as_nginx_reads_it() -> None:
 
 def test_the_constant_200_status_line_is_the_one_status_line_makes() -> None:
     assert http1.STATUS_200 == http1.status_line(200) == b"HTTP/1.1 200 OK\r\n"
+
+
+def test_header_memory_gives_a_line_again_only_for_the_same_name_and_value() -> None:
+    memory = http1.HeaderMemory(http1.HeaderClasses({}, 0))
+
+    def line(index: int, name: bytes, value: bytes) -> bytes:
+        memory.kind(index, name)  # as the connections ask: the kind first, then the line
+        return memory.line(index, name, value)
+
+    first = line(0, b"Content-Type", b"text/html")
+    assert first == b"Content-Type: text/html\r\n"
+    assert line(0, b"Content-Type", b"text/html") is first  # remembered
+    assert line(0, b"Content-Type", b"text/plain") == b"Content-Type: text/plain\r\n"
+    assert line(0, b"X-Other", b"text/plain") == b"X-Other: text/plain\r\n"  # another name there
+    assert line(0, b"x-other", b"text/plain") == b"x-other: text/plain\r\n"  # spelled otherwise
+    assert line(1, b"X-Other", b"text/plain") == b"X-Other: text/plain\r\n"
+    for index in range(40):  # past the positions remembered, lines are made each time
+        assert line(index, b"X-%d" % index, b"v") == b"X-%d: v\r\n" % index

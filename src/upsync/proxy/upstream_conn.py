@@ -12,6 +12,7 @@ from upsync.proxy.http1 import (
     UPGRADE_KEPT,
     HeaderClasses,
     HeaderMemory,
+    header_line,
 )
 from upsync.proxy.redirects import rewrite_redirect
 from upsync.proxy.timer import Deadline
@@ -282,9 +283,10 @@ class UpstreamConnection(PooledConnection):
             raise HeadTooBig()
         index = self.header_index
         self.header_index = index + 1
-        kind = self.memory.kind(index, name)
+        memory = self.memory
+        kind = memory.kind(index, name)
         if kind == _PASS:
-            self.lines.append(name + b": " + value + b"\r\n")
+            self.lines.append(memory.line(index, name, value))
             return
         if kind >= _ONCE or kind in (_LOCATION, _REFRESH, _ENCODING):
             once = 1 << kind
@@ -294,7 +296,7 @@ class UpstreamConnection(PooledConnection):
                 return  # a repeated one: the first stands (nginx logs and drops it)
             self.seen |= once
             if kind >= _ONCE:
-                self.lines.append(name + b": " + value + b"\r\n")
+                self.lines.append(memory.line(index, name, value))
                 return
         if kind == _LENGTH:
             self.length = value
@@ -303,17 +305,18 @@ class UpstreamConnection(PooledConnection):
                 raise UnknownTransferEncoding()
             self.chunked = True
         elif kind == _UPGRADE:
-            self.upgrade_lines.append(name + b": " + value + b"\r\n")
+            # kept for a 101 only, and remembered: a Connection line comes with most answers
+            self.upgrade_lines.append(memory.line(index, name, value))
         elif kind == _ACCEL:
             if self.accel is None:
                 self.accel = []
-            self.accel.append(name + b": " + value + b"\r\n")
+            self.accel.append(header_line(name, value))
         elif kind == _COOKIE:
             exchange = self.exchange
             assert exchange is not None
             settings = exchange.settings
             value = rewrite_cookie(value, settings, exchange.req)
-            self.lines.append(name + b": " + value + b"\r\n")
+            self.lines.append(header_line(name, value))
         elif kind in (_LOCATION, _REFRESH):
             exchange = self.exchange
             assert exchange is not None
@@ -325,7 +328,7 @@ class UpstreamConnection(PooledConnection):
                     location = exchange.plan.location
                     rewritten = exchange.client.absolute_location(exchange.req, location, rewritten)
                 value = rewritten
-            self.lines.append(name + b": " + value + b"\r\n")
+            self.lines.append(header_line(name, value))
 
     def on_message_begin(self) -> None:
         if self.done:
