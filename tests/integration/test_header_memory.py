@@ -87,3 +87,27 @@ def test_response_header_names_that_move_on_a_pooled_connection_keep_their_own_f
     assert heads[2].count("content-type:") == 1 and "content-type: a" in heads[2]
     assert "x-up: 5" in heads[4] and "x-down" not in heads[4]
     assert "x-down: 5" in heads[5] and "x-up" not in heads[5]
+
+
+def test_request_header_lines_remembered_by_value_follow_each_change() -> None:
+    """The upstream head takes a keep-alive client's header line as made last time when its
+    name and value are the same at its place: every change of either is seen."""
+    sends = [
+        b"X-A: same\r\nX-B: 1\r\n",
+        b"X-A: same\r\nX-B: 1\r\n",  # both lines as before
+        b"X-A: other\r\nX-B: 1\r\n",  # a value changes
+        b"X-C: other\r\nX-B: 1\r\n",  # a name changes, the value stays
+        b"x-c: other\r\nX-B: 2\r\n",  # spelled otherwise
+        b"X-B: 2\r\n",  # fewer
+    ]
+    port = free_port()
+    with ScriptedBackend(lambda req: (ok_response(b"ok"), True)) as backend, running_upsync(
+        keepalive_proxy_config(backend.port, port), port
+    ):
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.settimeout(5)
+            for headers in sends:
+                client.sendall(b"GET /h HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+                assert read_response(client).startswith(b"HTTP/1.1 200")
+    heads = [r.head.split(b"\r\n", 1)[1] for r in backend.requests]
+    assert heads == [b"Host: backend\r\n" + headers.rstrip(b"\r\n") for headers in sends]

@@ -188,5 +188,10 @@ def test_header_memory_gives_a_line_again_only_for_the_same_name_and_value() -> 
     assert line(0, b"X-Other", b"text/plain") == b"X-Other: text/plain\r\n"  # another name there
     assert line(0, b"x-other", b"text/plain") == b"x-other: text/plain\r\n"  # spelled otherwise
     assert line(1, b"X-Other", b"text/plain") == b"X-Other: text/plain\r\n"
+    # asked without kind() (a retry after a later request was read): the name is checked too
+    memory.kind(0, b"X-New")
+    assert memory.line(0, b"X-Old", b"v") == b"X-Old: v\r\n"
+    assert memory.line(0, b"X-New", b"v") == b"X-New: v\r\n"
+    assert memory.line(0, b"X-Old", b"v") == b"X-Old: v\r\n"
     for index in range(40):  # past the positions remembered, lines are made each time
         assert line(index, b"X-%d" % index, b"v") == b"X-%d: v\r\n" % index

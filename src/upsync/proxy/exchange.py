@@ -19,6 +19,7 @@ from upsync.proxy.http1 import (
     NON_IDEMPOTENT,
     STATUS_200,
     HeaderClasses,
+    HeaderMemory,
     common_headers_at,
     date_header,
     drop_headers,
@@ -121,6 +122,7 @@ class ProxyPlan:
         "body",
         "headers",
         "length_kept",
+        "line_end",
         "location",
         "may_limit",
         "method",
@@ -131,12 +133,10 @@ class ProxyPlan:
         "proxy_host",
         "redirects",
         "response_headers",
-        "static",
         "target",
         "upstream",
         "uri",
         "version",
-        "version_line",
     )
 
     def __init__(self, location: LocationConfig, handler: ProxyPass) -> None:
@@ -160,7 +160,6 @@ class ProxyPlan:
             name.lower() for name, _ in settings.set_headers
         }
         self.version = settings.http_version.encode()
-        self.version_line = b" HTTP/" + self.version + b"\r\n"
         overridden = {name.lower() for name, _ in settings.set_headers}
         headers: list[tuple[bytes, Template]] = []
         if "host" not in overridden:
@@ -183,7 +182,8 @@ class ProxyPlan:
                 dynamic.append((name, template))
             elif value:
                 static.append(name + b": " + value.encode("latin-1") + b"\r\n")
-        self.static = b"".join(static)
+        # what follows the target: the version, and the headers known now
+        self.line_end = b" HTTP/" + self.version + b"\r\n" + b"".join(static)
         self.headers = tuple(dynamic)
         # 1 for a client header passed on, 0 for one dropped or set by the location
         # the client's headers the location sets itself (beyond those never passed on, which
@@ -217,10 +217,21 @@ class ProxyPlan:
         uri = self.uri + quote(rest, safe=URI_SAFE, encoding="latin-1")
         return f"{uri}?{req.query}" if req.query else uri
 
-    def head(self, req: Request, uri: str, framing: bytes) -> bytes:
+    def head(
+        self,
+        req: Request,
+        uri: str,
+        framing: bytes,
+        body: bytes = b"",
+        memory: HeaderMemory | None = None,
+    ) -> bytes:
+        """The request head for the upstream, and `body` after it. `memory`: the client
+        connection's, which gives each header's line as it made it last time (a client repeats
+        most of its headers), where it has it."""
         method = req.method if self.method is None else self.method.render(req).encode("latin-1")
         target = req.raw_target if uri is req.target else b""
-        parts = [method, b" ", target or uri.encode("latin-1"), self.version_line, self.static]
+        # as few parts as may be: each costs the join about as much as a short append
+        parts = [method, b" ", target or uri.encode("latin-1"), self.line_end]
         for name, template in self.headers:
             rendered = template.render(req)
             if rendered:
@@ -232,13 +243,19 @@ class ProxyPlan:
             for name, value in req.headers:
                 index += 1
                 if not skip_mask >> index & 1 and (passes is None or passes.of(name)):
-                    # four appends cost less than extending by a tuple or concatenating
-                    parts.append(name)
-                    parts.append(b": ")
-                    parts.append(value)
-                    parts.append(b"\r\n")
-        parts.append(framing)
+                    if memory is not None:
+                        parts.append(memory.line(index, name, value))
+                    else:
+                        # four appends cost less than extending by a tuple or concatenating
+                        parts.append(name)
+                        parts.append(b": ")
+                        parts.append(value)
+                        parts.append(b"\r\n")
+        if framing:
+            parts.append(framing)
         parts.append(b"\r\n")
+        if body:
+            parts.append(body)
         return b"".join(parts)
 
 
@@ -473,7 +490,7 @@ class ProxyExchange:
                 framing = b"Content-Length: %d\r\n" % len(body)
             elif self.plan.length_kept and req.content_length is not None and not req.body_dropped:
                 framing = b"Content-Length: %d\r\n" % req.content_length
-            data = self.plan.head(req, self.uri, framing) + body
+            data = self.plan.head(req, self.uri, framing, body, self.client.memory)
             transport.write(data)
             req.try_sent += len(data)
             self.request_written = self.request_sent = True
@@ -482,7 +499,9 @@ class ProxyExchange:
         if req.body_complete and not self.streaming:
             if kept is not None and kept.spooled:
                 # a body in a temporary file goes out block by block, as the upstream takes it
-                data = self.plan.head(req, self.uri, b"Content-Length: %d\r\n" % kept.size)
+                data = self.plan.head(
+                    req, self.uri, b"Content-Length: %d\r\n" % kept.size, b"", self.client.memory
+                )
                 transport.write(data)
                 req.try_sent += len(data)
                 kept.rewind()
@@ -495,7 +514,7 @@ class ProxyExchange:
                 if (body or req.content_length is not None)
                 else b""
             )
-            data = self.plan.head(req, self.uri, framing) + body
+            data = self.plan.head(req, self.uri, framing, body, self.client.memory)
             transport.write(data)
             req.try_sent += len(data)
             self.request_written = True
@@ -506,7 +525,7 @@ class ProxyExchange:
                 framing = b"Content-Length: %d\r\n" % req.content_length
             else:
                 framing = b"Transfer-Encoding: chunked\r\n"
-            data = self.plan.head(req, self.uri, framing)
+            data = self.plan.head(req, self.uri, framing, b"", self.client.memory)
             if kept is not None:
                 held = kept.take()  # at most REPLAYABLE_BODY: streaming starts past it
                 if held:

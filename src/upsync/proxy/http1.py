@@ -203,16 +203,19 @@ class HeaderMemory:
         return kind
 
     def line(self, index: int, name: bytes, value: bytes) -> bytes:
-        """header_line(name, value) for the header at this position, whose kind() was just
-        asked: the same bytes as last time when the value is the same."""
+        """header_line(name, value) for the header at this position: the same bytes as last
+        time when the name and value are the same. Remembered when kind() last saw this name
+        at this position."""
         values = self.values
         if index >= len(values):
             return header_line(name, value)
-        if values[index] == value:
+        same_name = self.names[index] == name
+        if same_name and values[index] == value:
             return self.lines[index]
         line = header_line(name, value)
-        values[index] = value
-        self.lines[index] = line
+        if same_name:
+            values[index] = value
+            self.lines[index] = line
         return line
 
 
