@@ -82,7 +82,10 @@ class Generation:
         for server in config.servers:
             for location in _every_location(server):
                 if isinstance(location.handler, ProxyPass):
-                    self.plans[id(location)] = ProxyPlan(location, location.handler)
+                    plan = ProxyPlan(location, location.handler)
+                    if plan.upstream is not None:
+                        plan.group = groups.get(plan.upstream)
+                    self.plans[id(location)] = plan
 
     def retire(self, now: float, drain_window: float) -> None:
         """Replaced by a reload (or by quitting, with no window): from its moment within the
@@ -102,6 +105,9 @@ class Generation:
         assert location is not None
         plan = self.plans[id(location)]
         uri_override: str | None = None
+        if plan.group is not None:
+            req.proxy_host = plan.proxy_host
+            return ProxyExchange(client, req, plan, plan.group, None)
         if plan.upstream is not None:
             name = plan.upstream
         else:

@@ -16,8 +16,9 @@ from upsync.proxy.http1 import (
     CLOSE_END,
     HOP_BY_HOP,
     KEEP_ALIVE_END,
+    LENGTH_CLOSE_END,
+    LENGTH_KEEP_ALIVE_END,
     NON_IDEMPOTENT,
-    STATUS_200,
     HeaderClasses,
     HeaderMemory,
     common_headers_at,
@@ -27,6 +28,7 @@ from upsync.proxy.http1 import (
     header_filter,
     last_chunk,
     last_modified_of,
+    ok_head_start_at,
     server_header,
     status_has_body,
     status_line,
@@ -120,6 +122,7 @@ class ProxyPlan:
 
     __slots__ = (
         "body",
+        "group",
         "headers",
         "length_kept",
         "line_end",
@@ -143,6 +146,8 @@ class ProxyPlan:
         settings = location.proxy
         self.location = location
         self.upstream = handler.upstream
+        # the upstream's group, when its generation knows it by name (set by the generation)
+        self.group: UpstreamGroup | None = None
         self.proxy_host = proxy_host_of(handler.upstream) if handler.upstream is not None else ""
         # limit_rate or proxy_limit_rate may apply: the rate is worked out per response then
         self.may_limit = bool(settings.limit_rate) or location.limit_rate is not None
@@ -648,11 +653,16 @@ class ProxyExchange:
         length = conn.length
         chunked = conn.chunked
         plan = self.plan
-        if plan.own_server and plan.own_date:
-            common = common_headers_at(location.server_tokens, req.try_header)
+        own_common = plan.own_server and plan.own_date
+        if own_common and status == 200:
+            # the status line, Server and Date in one part, made once a second
+            start = ok_head_start_at(location.server_tokens, req.try_header)
+        elif own_common:
+            start = status_line(status) + common_headers_at(location.server_tokens, req.try_header)
         else:
-            common = (server_header(location.server_tokens) if plan.own_server else b"") + (
-                date_header() if plan.own_date else b""
+            start = status_line(status) + (
+                (server_header(location.server_tokens) if plan.own_server else b"")
+                + (date_header() if plan.own_date else b"")
             )
         if location.expires is not None or location.add_headers:
             expires = location.expires
@@ -664,9 +674,9 @@ class ProxyExchange:
             req.extras().headers_out = made = list(conn.lines)
             extra, replaced = header_filter(location, status, req, modified, made)
             lines = drop_headers(conn.lines, replaced) if replaced else conn.lines
-            out = [status_line(status), common, *lines, extra]
+            out = [start, *lines, extra]
         else:
-            out = [STATUS_200 if status == 200 else status_line(status), common]
+            out = [start]
             for line in conn.lines:  # fewer than extend() costs, for the usual few lines
                 out.append(line)
         no_body = req.method == b"HEAD" or not status_has_body(status)
@@ -688,8 +698,7 @@ class ProxyExchange:
             ):
                 self.frame = FRAME_LENGTH
                 out.append(b"Content-Length: ")
-                out.append(length)
-                out.append(b"\r\n")
+                out.append(length)  # its line ends with the connection's line below
             elif req.version == "1.1" and location.chunked_transfer_encoding:
                 self.frame = FRAME_CHUNKED
                 out.append(b"Transfer-Encoding: chunked\r\n")
@@ -697,7 +706,10 @@ class ProxyExchange:
                 self.frame = FRAME_CLOSE
                 client_keep = False
             if location.keepalive_header:
-                out.append(head_end(client_keep, location.keepalive_header))
+                end = head_end(client_keep, location.keepalive_header)
+                out.append(b"\r\n" + end if self.frame == FRAME_LENGTH else end)
+            elif self.frame == FRAME_LENGTH:
+                out.append(LENGTH_KEEP_ALIVE_END if client_keep else LENGTH_CLOSE_END)
             else:
                 out.append(KEEP_ALIVE_END if client_keep else CLOSE_END)
         self.client_keep_alive = client_keep

@@ -69,6 +69,9 @@ _PRODUCT_LINE: Final = b"Server: " + _PRODUCT + b"\r\n"
 _wall_clock: Final = time.time
 
 
+STATUS_200: Final = b"HTTP/1.1 200 OK\r\n"
+
+
 class _PerSecond:
     """Header lines that change once a second, rebuilt when the second turns."""
 
@@ -77,6 +80,8 @@ class _PerSecond:
         self.date = b""
         self.common = b""
         self.common_unversioned = b""
+        self.ok_common = b""  # after a 200's status line
+        self.ok_common_unversioned = b""
         # the event loop's (monotonic) time at which this second ends: up to then, a caller
         # that has read the loop's clock needs no wall clock reading
         self.until = 0.0
@@ -86,6 +91,8 @@ class _PerSecond:
         self.date = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
         self.common = _SERVER_LINE + self.date
         self.common_unversioned = _PRODUCT_LINE + self.date
+        self.ok_common = STATUS_200 + self.common
+        self.ok_common_unversioned = STATUS_200 + self.common_unversioned
 
 
 _per_second: Final = _PerSecond()
@@ -98,9 +105,9 @@ def _this_second() -> _PerSecond:
     return _per_second
 
 
-def common_headers_at(server_tokens: bool, loop_now: float) -> bytes:
-    """common_headers() for a caller that has read the event loop's clock: the wall clock is
-    read once a second, not once a response (as nginx caches its time)."""
+def _second_at(loop_now: float) -> _PerSecond:
+    """This second's lines, for a caller that has read the event loop's clock: the wall clock
+    is read once a second, not once a response (as nginx caches its time)."""
     second = _per_second
     if loop_now >= second.until or loop_now < second.until - 1.0:
         wall = _wall_clock()
@@ -108,7 +115,19 @@ def common_headers_at(server_tokens: bool, loop_now: float) -> bytes:
         if now != second.second:
             second.refresh(now)
         second.until = loop_now + (now + 1 - wall)
+    return second
+
+
+def common_headers_at(server_tokens: bool, loop_now: float) -> bytes:
+    """common_headers(), at the event loop's time."""
+    second = _second_at(loop_now)
     return second.common if server_tokens else second.common_unversioned
+
+
+def ok_head_start_at(server_tokens: bool, loop_now: float) -> bytes:
+    """A 200's status line, then common_headers(), at the event loop's time."""
+    second = _second_at(loop_now)
+    return second.ok_common if server_tokens else second.ok_common_unversioned
 
 
 def date_header() -> bytes:
@@ -222,9 +241,6 @@ class HeaderMemory:
 _STATUS_LINES: Final[dict[int, bytes]] = {}
 
 
-STATUS_200: Final = b"HTTP/1.1 200 OK\r\n"
-
-
 def status_line(code: int) -> bytes:
     line = _STATUS_LINES.get(code)
     if line is None:
@@ -287,6 +303,9 @@ def simple_response(
 
 KEEP_ALIVE_END: Final = b"Connection: keep-alive\r\n\r\n"
 CLOSE_END: Final = b"Connection: close\r\n\r\n"
+# the same after a Content-Length value: one join part fewer
+LENGTH_KEEP_ALIVE_END: Final = b"\r\n" + KEEP_ALIVE_END
+LENGTH_CLOSE_END: Final = b"\r\n" + CLOSE_END
 
 
 def head_end(keep_alive: bool, keepalive_header: int = 0) -> bytes:
