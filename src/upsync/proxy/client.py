@@ -371,7 +371,13 @@ class ClientConnection(asyncio.Protocol):
         if pending is not None:
             self.corked = None
             if pending and self.transport is not None and not self.closed:
-                self.transport.write(b"".join(pending) if len(pending) > 1 else pending[0])
+                count = len(pending)
+                if count == 1:
+                    self.transport.write(pending[0])
+                elif count == 2:  # a head and a body: one concatenation costs less than a join
+                    self.transport.write(pending[0] + pending[1])
+                else:
+                    self.transport.write(b"".join(pending))
 
     def close(self) -> None:
         self.uncork()
