@@ -1,6 +1,9 @@
+import httptools
 import pytest
 
 from upsync.proxy.intake import (
+    CONNECTION_CLOSE,
+    CONNECTION_KEEP_ALIVE,
     LINE_BARE_LF,
     LINE_HTTP09,
     LINE_HTTP10,
@@ -10,6 +13,7 @@ from upsync.proxy.intake import (
     NAME_UNDERSCORED,
     NAME_VALID,
     bare_crs,
+    connection_tokens,
     header_name_class,
     line_after_target,
     line_method,
@@ -116,3 +120,39 @@ def test_every_header_the_upstream_head_never_carries_is_marked_when_read() -> N
         if kind <= client._HOP and kind not in (client._UNDERSCORED, client._INVALID_NAME)
     }
     assert marked == set(_SKIP_REQUEST_HEADERS)
+
+
+CONNECTION_VALUES = [
+    b"close", b"Close", b"keep-alive", b"Keep-Alive", b"close, keep-alive", b"foo, close",
+    b"foo close", b"closex", b"xclose", b"close ,x", b" close", b"close\t", b"upgrade, close",
+    b"keep-alive,close", b",close", b"close,", b"clo se", b"close;x", b"Keep-alive , Upgrade",
+    b"keep-alive close", b"a,,close", b"",
+]  # fmt: skip
+
+
+class KeepAliveAsked:
+    """httptools callbacks that ask the parser whether the request keeps alive, where upsync
+    asked it (the answer is gone once the message is complete)."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.keep_alive: bool | None = None
+
+    def on_headers_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()
+
+
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+@pytest.mark.parametrize("value", CONNECTION_VALUES)
+def test_connection_tokens_keep_alive_as_the_parser_tells(version: bytes, value: bytes) -> None:
+    """upsync reads keep-alive from the Connection headers it classifies anyway, instead of
+    asking the parser per request: the two agree, with a second Connection header too."""
+    for values in ([value], [value, b"foo"], [b"keep-alive", value], [b"close", value]):
+        asked = KeepAliveAsked()
+        lines = b"".join(b"Connection: %s\r\n" % v for v in values)
+        asked.parser.feed_data(b"GET / HTTP/%s\r\nHost: x\r\n%s\r\n" % (version, lines))
+        tokens = 0
+        for v in values:
+            tokens |= connection_tokens(v)
+        ours = tokens & CONNECTION_KEEP_ALIVE if version == b"1.0" else not tokens & CONNECTION_CLOSE
+        assert bool(ours) == asked.keep_alive, values

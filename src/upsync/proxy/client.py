@@ -28,6 +28,8 @@ from upsync.proxy.body import RequestBody
 from upsync.proxy.exchange import REPLAYABLE_BODY, URI_SAFE, trailers_of, trailing
 from upsync.proxy.intake import (
     ABSOLUTE_AUTHORITY,
+    CONNECTION_CLOSE,
+    CONNECTION_KEEP_ALIVE,
     LINE_BARE_LF,
     LINE_HTTP09,
     LINE_HTTP10,
@@ -36,6 +38,7 @@ from upsync.proxy.intake import (
     NAME_UNDERSCORED,
     bare_crs,
     browser_keepalive_disabled,
+    connection_tokens,
     header_name_class,
     line_after_target,
     line_method,
@@ -85,7 +88,8 @@ _EXPECT: Final = 4
 _UPGRADE: Final = 5
 _UNDERSCORED: Final = 6
 _INVALID_NAME: Final = 7
-_HOP: Final = 8  # hop-by-hop: never passed on
+_CONNECTION: Final = 8  # hop-by-hop, and read for keep-alive
+_HOP: Final = 9  # hop-by-hop: never passed on
 _UNIQUE: Final = 16  # and above: a header nginx takes once (a second one is a 400), by bit
 
 
@@ -103,7 +107,8 @@ _LISTED_REQUEST_HEADERS: Final = {
     b"expect": _EXPECT,
     b"upgrade": _UPGRADE,
     # the rest of what the upstream head never carries (exchange's _SKIP_REQUEST_HEADERS)
-    **dict.fromkeys(http1.HOP_BY_HOP - {b"transfer-encoding", b"upgrade"}, _HOP),
+    **dict.fromkeys(http1.HOP_BY_HOP - {b"transfer-encoding", b"upgrade", b"connection"}, _HOP),
+    b"connection": _CONNECTION,
     **{
         name: _UNIQUE << bit
         for bit, name in enumerate(
@@ -784,7 +789,6 @@ class ClientConnection(asyncio.Protocol):
             req.target = target.decode("latin-1")
             req.raw_target = target
         req.version = version
-        req.keep_alive = parser.should_keep_alive()
         self._check_request(req)
         if req.chunked and not self.lenient:
             self._relax_for_chunked_body()
@@ -917,10 +921,9 @@ class ClientConnection(asyncio.Protocol):
         # the headers never passed on, by position: the upstream head is made without
         # classifying each name again
         skip_mask = 0
+        connection = 0  # its tokens: close, keep-alive
         index = -1
         memory = self.memory
-        if memory is None and req.keep_alive:
-            memory = self.memory = http1.HeaderMemory(_REQUEST_HEADERS)
         for name, value in req.headers:
             index += 1
             kind = memory.kind(index, name) if memory is not None else _REQUEST_HEADERS.of(name)
@@ -950,8 +953,18 @@ class ClientConnection(asyncio.Protocol):
                 expect = value
             elif kind == _UPGRADE:
                 req.upgrade = True
+            elif kind == _CONNECTION:
+                connection |= connection_tokens(value)
             elif kind != _HOP:
                 invalid_names = True
+        # as the parser tells it: HTTP/1.0 keeps alive when asked to, later versions unless
+        # asked not to
+        if req.version == "1.0":
+            req.keep_alive = bool(connection & CONNECTION_KEEP_ALIVE)
+        else:
+            req.keep_alive = not connection & CONNECTION_CLOSE
+        if memory is None and req.keep_alive:
+            self.memory = http1.HeaderMemory(_REQUEST_HEADERS)  # the next request learns it
         if transfer_encoding is not None:
             if transfer_encoding.strip().lower() != b"chunked":
                 raise BadRequest(501)

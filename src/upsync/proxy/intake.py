@@ -99,6 +99,28 @@ def line_after_target(data: bytes, target_length: int) -> int:
     return LINE_UNKNOWN | ending
 
 
+# what a request's Connection headers say, as the parser reads them (llhttp): comma-separated
+# tokens, in any case, with spaces and tabs around them
+CONNECTION_CLOSE: Final = 1
+CONNECTION_KEEP_ALIVE: Final = 2
+
+
+def connection_tokens(value: bytes) -> int:
+    """CONNECTION_CLOSE and CONNECTION_KEEP_ALIVE, for the tokens a Connection value holds."""
+    if value == b"keep-alive":
+        return CONNECTION_KEEP_ALIVE
+    if value == b"close":
+        return CONNECTION_CLOSE
+    found = 0
+    for token in value.split(b","):
+        token = token.strip(b" \t").lower()
+        if token == b"close":
+            found |= CONNECTION_CLOSE
+        elif token == b"keep-alive":
+            found |= CONNECTION_KEEP_ALIVE
+    return found
+
+
 def line_method(data: bytes) -> bytes:
     """The method of a read that starts with a request line the parser took, and whose version
     line_after_target found (so a space follows the method): as the parser names it, without
