@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 from urllib.parse import quote
 
@@ -176,6 +177,7 @@ class ClientConnection(asyncio.Protocol):
         "cr_pending",
         "current",
         "exchange",
+        "feed",
         "head_timed",
         "header_size",
         "http09",
@@ -200,6 +202,7 @@ class ClientConnection(asyncio.Protocol):
         "read_pause_reasons",
         "relax_pending",
         "requests",
+        "send",
         "sending",
         "serial",
         "site",
@@ -228,7 +231,13 @@ class ClientConnection(asyncio.Protocol):
         self.lenient = False
         self.relax_pending = False  # lenient from the next read on
         self.read_data: bytes | None = None  # the read being parsed strictly
-        self.parser: httptools.HttpRequestParser | None = self._new_parser()
+        self.parser: httptools.HttpRequestParser | None = None
+        # the parser's feed_data and the transport's write, bound once the connection keeps
+        # alive: a call by name looks the method up each time (about a hundred instructions),
+        # and binding costs about as much, so a connection of one request goes without
+        self.feed: Callable[[bytes], None] | None = None
+        self.send: Callable[[bytes], None] | None = None
+        self._use_parser(self._new_parser())
         self._remote: tuple[str, int] | None = None
         self._local: tuple[str, int] | None = None
         self.last_host_header: bytes | None = None
@@ -362,7 +371,8 @@ class ClientConnection(asyncio.Protocol):
         # the parser and the timer point back at this object; without them it is freed by
         # reference counting as soon as the transport lets go, never left to the cyclic collector
         self.timer.release()
-        self.parser = None
+        self._use_parser(None)
+        self.send = None
         self.current = self.active = None
         self.queue.clear()
 
@@ -378,11 +388,18 @@ class ClientConnection(asyncio.Protocol):
             if pending and self.transport is not None and not self.closed:
                 count = len(pending)
                 if count == 1:
-                    self.transport.write(pending[0])
+                    self._send(pending[0])
                 elif count == 2:  # a head and a body: one concatenation costs less than a join
-                    self.transport.write(pending[0] + pending[1])
+                    self._send(pending[0] + pending[1])
                 else:
-                    self.transport.write(b"".join(pending))
+                    self._send(b"".join(pending))
+
+    def _send(self, data: bytes) -> None:
+        send = self.send
+        if send is not None:
+            send(data)
+        elif self.transport is not None:
+            self.transport.write(data)
 
     def close(self) -> None:
         self.uncork()
@@ -403,7 +420,7 @@ class ClientConnection(asyncio.Protocol):
         still sends is read and dropped for up to lingering_time, lingering_timeout per read."""
         limits = self.limits
         self.linger_until = self.loop.time() + limits.lingering_time
-        self.parser = None
+        self._use_parser(None)
         transport.write_eof()
         self.read_pause_reasons.clear()
         transport.resume_reading()
@@ -497,7 +514,7 @@ class ClientConnection(asyncio.Protocol):
         if not self.lenient:
             # the strict parser refuses every bare CR in a head and in chunk framing itself
             self.read_data = data
-            fed = self._feed(parser, data, 0, len(data))
+            fed = self._feed(data, 0, len(data))
             self.read_data = None
             if self.relax_pending and self.parser is not None:
                 self.relax_pending = False
@@ -514,7 +531,7 @@ class ClientConnection(asyncio.Protocol):
         start = 0
         for at in bare_crs(data):
             # rare: feed up to the bare CR to learn whether it falls in a head or in a body
-            if not self._feed(parser, data, start, at):
+            if not self._feed(data, start, at):
                 return
             if self.in_headers:
                 self._reject(400)
@@ -525,13 +542,13 @@ class ClientConnection(asyncio.Protocol):
                 # in a chunked body a bare CR is data only inside a chunk; one in the framing
                 # (`3\rabc`) would end a line for the parser and not for the upstream
                 self.cr_is_data = False
-                if not self._feed(parser, data, at, at + 1):
+                if not self._feed(data, at, at + 1):
                     return
                 if self.current is current and not self.cr_is_data:
                     self._reject(400)
                     return
                 start = at + 1
-        if not self._feed(parser, data, start, len(data)):
+        if not self._feed(data, start, len(data)):
             return
         if self.in_headers and data[-1] == 13:
             self.cr_pending = True
@@ -543,8 +560,7 @@ class ClientConnection(asyncio.Protocol):
             # "0\n\n" ends a chunked body with bare LFs, as nginx takes it; the parser waits for
             # one byte of lookahead first, which a client that sent its last request never sends
             self.last_chunk_open = False
-            parser = self.parser
-            if parser is None or not self._feed(parser, b"\n", 0, 1):
+            if self.parser is None or not self._feed(b"\n", 0, 1):
                 return
         if self.active is None and self.queue:
             self._advance()  # requests queued while the read was parsed (a retired generation)
@@ -560,14 +576,24 @@ class ClientConnection(asyncio.Protocol):
             if self.raw_header_bytes > self.limits.header_buffer_size:
                 self._reject(400, "Request Header Or Cookie Too Large")
 
-    def _feed(self, parser: httptools.HttpRequestParser, data: bytes, start: int, end: int) -> bool:
-        """Parse data[start:end]; False when reading this connection stops here (rejected, or
-        the rest belongs to an upgraded protocol)."""
+    def _use_parser(self, parser: httptools.HttpRequestParser | None) -> None:
+        self.parser = parser
+        self.feed = None  # bound again once the connection keeps alive
+
+    def _feed(self, data: bytes, start: int, end: int) -> bool:
+        """Parse data[start:end] with the current parser; False when reading this connection
+        stops here (rejected, or the rest belongs to an upgraded protocol)."""
         if start == end:
             return True  # nothing to parse (the parser would report an empty body piece)
+        parser = self.parser
+        feed = self.feed
         chunk = data if start == 0 and end == len(data) else data[start:end]
         try:
-            parser.feed_data(chunk)
+            if feed is not None:
+                feed(chunk)
+            else:
+                assert parser is not None
+                parser.feed_data(chunk)
         except httptools.HttpParserUpgrade as upgrade:
             self.upgrade_buffer = data[start + upgrade.args[0] :]
             return False
@@ -606,7 +632,7 @@ class ClientConnection(asyncio.Protocol):
         self.current = None
         self.in_headers = True
         self.lenient = True
-        self.parser = self._new_parser()
+        self._use_parser(self._new_parser())
         self.data_received(data)
         return False
 
@@ -635,8 +661,8 @@ class ClientConnection(asyncio.Protocol):
         self.current = None
         self.in_headers = True
         line = data[: data.find(b"\n")].rstrip(b"\r") + b" HTTP/1.0\r\n\r\n"
-        self.parser = parser = self._new_parser()
-        self._feed(parser, line, 0, len(line))
+        self._use_parser(self._new_parser())
+        self._feed(line, 0, len(line))
         return False
 
     def _feed_stand_in(self, data: bytes) -> bool:
@@ -661,8 +687,8 @@ class ClientConnection(asyncio.Protocol):
                 self._reject(400)
                 return False
         self.line_data = stand_in
-        self.parser = parser = self._new_parser()
-        return self._feed(parser, stand_in, 0, len(stand_in))
+        self._use_parser(self._new_parser())
+        return self._feed(stand_in, 0, len(stand_in))
 
     def _reject(self, status: int, reason: str = "") -> None:
         """Input that cannot be parsed or accepted: answer, then close the connection.
@@ -672,7 +698,7 @@ class ClientConnection(asyncio.Protocol):
         if reason:
             log.info("client %s: %s", self.remote[0], reason)
         active = self.active
-        self.parser = self._new_parser()  # nothing after this is read
+        self._use_parser(self._new_parser())  # nothing after this is read
         self.pause_reading_for("rejected")
         self.linger_wanted = True
         if active is not None and active is self.current and active.response_done:
@@ -1440,7 +1466,7 @@ class ClientConnection(asyncio.Protocol):
         if self.corked is not None:
             self.corked.append(data)
         elif self.transport is not None and not self.closed:
-            self.transport.write(data)
+            self._send(data)
         if body and self.active is not None:
             self.active.bytes_sent += body
 
@@ -1612,7 +1638,7 @@ class ClientConnection(asyncio.Protocol):
         if pending is not None:
             # the upstream declined the upgrade: what the client sent after it is requests again
             self.upgrade_buffer = None
-            self.parser = self._new_parser()
+            self._use_parser(self._new_parser())
             self.current = None
             self.in_headers = True
         if req.body_complete:
@@ -1638,6 +1664,11 @@ class ClientConnection(asyncio.Protocol):
                 self.resume_reading_for("pipelined")
             self._dispatch(req)
             return
+        # kept alive: the methods called for every request are bound now (see __init__)
+        if self.feed is None and self.parser is not None:
+            self.feed = self.parser.feed_data
+        if self.send is None and self.transport is not None:
+            self.send = self.transport.write
         # a connection of a retired configuration (or of a quitting process) that answered
         # keep-alive stays open for the request its client may be sending: that one is
         # answered, with Connection: close

@@ -42,6 +42,7 @@ class OpenConnections:
         resume_accepting: Callable[[], None],
     ) -> None:
         self.loop = loop
+        self.clock = loop.time  # bound once: read for every proxied request
         self.limit = limit  # worker_connections
         self.members: set[ClientConnection] = set()
         self.pause_accepting = pause_accepting

@@ -328,7 +328,7 @@ class ProxyExchange:
         self.conn: UpstreamConnection | None = None
         self.tried: set[Peer] | None = None  # peers already tried by this request
         self.tries_left = self.settings.next_upstream_tries or group.balancer.tries
-        self.started = self.loop.time()
+        self.started = client.connections.clock()
         self.request_sent = False
         self.request_written = False  # the whole request, body included, went to the upstream
         self.pumping = False  # a spooled body is being sent
@@ -643,7 +643,7 @@ class ProxyExchange:
                 self._accel_redirect(conn, status, redirect)
                 return True
         self.response_started = True
-        req.try_header = self.loop.time()
+        req.try_header = self.client.connections.clock()
         self.head_in_read = True
         req.upstream_lines = conn.lines
         req.status = status

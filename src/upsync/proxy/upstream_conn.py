@@ -1,6 +1,7 @@
 """One connection to an upstream peer; it parses responses and hands events to its exchange."""
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
@@ -85,10 +86,12 @@ class UpstreamConnection(PooledConnection):
         "closed",
         "done",
         "exchange",
+        "feed",
         "head_size",
         "header_index",
         "interim",
         "keep_alive",
+        "keeps_alive",
         "length",
         "lines",
         "max_head",
@@ -98,6 +101,7 @@ class UpstreamConnection(PooledConnection):
         "received_any",
         "seen",
         "skip_body",
+        "status_code",
         "timer",
         "trailing",
         "transport",
@@ -112,6 +116,11 @@ class UpstreamConnection(PooledConnection):
         self.transport: asyncio.Transport | None = None
         self.exchange: ProxyExchange | None = None
         self.parser: httptools.HttpResponseParser | None = None
+        # the parser's methods, bound once per parser: a call by name looks the method up each
+        # time (about a hundred instructions, several times a response)
+        self.feed: Callable[[bytes], None] | None = None
+        self.status_code: Callable[[], int] | None = None
+        self.keeps_alive: Callable[[], bool] | None = None
         # the request's location's header classes, with the previous response's names
         self.memory = HeaderMemory(RESPONSE_HEADERS)
         # the response head as it is parsed: lines to pass on, and what the proxy itself needs
@@ -152,10 +161,13 @@ class UpstreamConnection(PooledConnection):
         if classes is not self.memory.classes:
             self.memory = HeaderMemory(classes)  # another location's: names learnt again
         if self.parser is None:
-            self.parser = httptools.HttpResponseParser(self)
+            self.parser = parser = httptools.HttpResponseParser(self)
             # nginx takes a response whose lines end in a bare LF (old servers send them); the
             # head is re-serialised towards the client with CRLF
-            self.parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+            parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+            self.feed = parser.feed_data
+            self.status_code = parser.get_status_code
+            self.keeps_alive = parser.should_keep_alive
         self._reset_head()
         self.received_any = False
         self.done = False
@@ -173,7 +185,7 @@ class UpstreamConnection(PooledConnection):
         if not (self.done and not self.skip_body) or self.trailing:
             # the parser may still wait for a body that never comes (HEAD, 204, a cut-off
             # response): the next request on this connection gets a fresh one
-            self.parser = None
+            self._drop_parser()
 
     def close(self) -> None:
         self.timer.cancel()
@@ -200,7 +212,10 @@ class UpstreamConnection(PooledConnection):
             self.tunnel.close()
         # parser and timer point back at this object: let reference counting free it
         self.timer.release()
-        self.parser = None
+        self._drop_parser()
+
+    def _drop_parser(self) -> None:
+        self.parser = self.feed = self.status_code = self.keeps_alive = None
 
     def eof_received(self) -> bool | None:
         return None
@@ -242,7 +257,9 @@ class UpstreamConnection(PooledConnection):
         client.cork()  # the response head, body and end leave in one send()
         try:
             try:
-                parser.feed_data(data)
+                feed = self.feed
+                assert feed is not None  # bound with the parser
+                feed(data)
             except httptools.HttpParserUpgrade as upgrade:
                 if self.done and self.exchange is exchange:
                     self.exchange = None
@@ -338,17 +355,18 @@ class UpstreamConnection(PooledConnection):
         if self.done:
             self.trailing = True
             return
-        parser = self.parser
         exchange = self.exchange
-        assert parser is not None and exchange is not None
-        status = parser.get_status_code()
+        # taken now: the exchange may let the parser go (a retry detaches this connection)
+        status_code, keeps_alive = self.status_code, self.keeps_alive
+        assert status_code is not None and keeps_alive is not None and exchange is not None
+        status = status_code()
         if 100 <= status < 200 and status != 101:
             self.interim = True  # "100 Continue" and friends are not forwarded
             self._reset_head()
             return
         self.skip_body = exchange.on_response_head(self, status)
         if self.skip_body or status == 101:
-            self.keep_alive = parser.should_keep_alive() and status != 101
+            self.keep_alive = keeps_alive() and status != 101
             self.done = True
 
     def on_body(self, body: bytes) -> None:
@@ -363,6 +381,6 @@ class UpstreamConnection(PooledConnection):
             self.interim = False
             return
         if not self.done:
-            assert self.parser is not None
-            self.keep_alive = self.parser.should_keep_alive()
+            keeps_alive = self.keeps_alive
+            self.keep_alive = keeps_alive is not None and keeps_alive()
             self.done = True
