@@ -111,3 +111,30 @@ def test_request_header_lines_remembered_by_value_follow_each_change() -> None:
                 assert read_response(client).startswith(b"HTTP/1.1 200")
     heads = [r.head.split(b"\r\n", 1)[1] for r in backend.requests]
     assert heads == [b"Host: backend\r\n" + headers.rstrip(b"\r\n") for headers in sends]
+
+
+def test_a_kept_alive_client_that_changes_its_host_reaches_each_server() -> None:
+    """A connection remembers the server its previous Host chose: a Host that changes, goes and
+    comes back on the same connection chooses by itself each time."""
+    port = free_port()
+    config = f"""
+events {{}}
+http {{
+    server {{ listen 127.0.0.1:{port}; server_name a.test; return 200 "a"; }}
+    server {{ listen 127.0.0.1:{port} default_server; server_name b.test; return 200 "b"; }}
+}}
+"""
+    hosts = [b"a.test", b"a.test", b"b.test", b"A.TEST", None, b"a.test", b"other"]
+    with running_upsync(config, port), socket.create_connection(("127.0.0.1", port)) as client:
+        client.settimeout(5)
+        bodies = []
+        for host in hosts:
+            line = b"" if host is None else b"Host: " + host + b"\r\n"
+            version = b"1.0" if host is None else b"1.1"
+            client.sendall(b"GET / HTTP/%s\r\n%sConnection: keep-alive\r\n\r\n" % (version, line))
+            answer = b""
+            while not (b"\r\n\r\n" in answer and answer.endswith((b"a", b"b"))):
+                answer += client.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+            bodies.append(answer[-1:])
+    assert bodies == [b"a", b"a", b"b", b"a", b"b", b"a", b"b"]

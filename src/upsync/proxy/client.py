@@ -187,6 +187,7 @@ class ClientConnection(asyncio.Protocol):
         "last_chunk_open",
         "last_host",
         "last_host_header",
+        "last_server",
         "lenient",
         "limits",
         "line_data",
@@ -242,6 +243,7 @@ class ClientConnection(asyncio.Protocol):
         self._local: tuple[str, int] | None = None
         self.last_host_header: bytes | None = None
         self.last_host = ""
+        self.last_server: VirtualServer | None = None  # the server last_host chose
         self.current: Request | None = None  # being parsed
         self.active: Request | None = None  # being answered
         self.queue: deque[Request] = deque()
@@ -1013,6 +1015,7 @@ class ClientConnection(asyncio.Protocol):
                         raise BadRequest(400)
                     req.host = self.last_host = host
                     self.last_host_header = host_header
+                    self.last_server = None
             elif req.version == "1.1":
                 raise BadRequest(400)
         # no body at all: complete now, so a proxied GET is sent before on_message_complete
@@ -1045,7 +1048,13 @@ class ClientConnection(asyncio.Protocol):
             tokens = self._answering_location(req).server_tokens
             self._write_and_close(http1.error_response(req.status, False, False, tokens))
             return
-        server = self.table.find(req.host)
+        host = req.host
+        if host is self.last_host:  # the same object as the previous request's: its server
+            server = self.last_server
+            if server is None:
+                server = self.last_server = self.table.find(host)
+        else:
+            server = self.table.find(host)
         req.server = server
         if server.block.rewrites:
             found = self._find_location(req, server)

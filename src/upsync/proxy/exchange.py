@@ -484,8 +484,8 @@ class ProxyExchange:
         self.conn = conn
         conn.attach(self)
         req = self.req
-        transport = conn.transport
-        assert transport is not None
+        send = conn.send
+        assert send is not None
         kept = req.body
         if self.plan.body is not None or req.body_dropped:
             override = self.plan.body
@@ -496,7 +496,7 @@ class ProxyExchange:
             elif self.plan.length_kept and req.content_length is not None and not req.body_dropped:
                 framing = b"Content-Length: %d\r\n" % req.content_length
             data = self.plan.head(req, self.uri, framing, body, self.client.memory)
-            transport.write(data)
+            send(data)
             req.try_sent += len(data)
             self.request_written = self.request_sent = True
             self._arm(self.settings.read_timeout)
@@ -507,7 +507,7 @@ class ProxyExchange:
                 data = self.plan.head(
                     req, self.uri, b"Content-Length: %d\r\n" % kept.size, b"", self.client.memory
                 )
-                transport.write(data)
+                send(data)
                 req.try_sent += len(data)
                 kept.rewind()
                 self.request_sent = True
@@ -520,7 +520,7 @@ class ProxyExchange:
                 else b""
             )
             data = self.plan.head(req, self.uri, framing, body, self.client.memory)
-            transport.write(data)
+            send(data)
             req.try_sent += len(data)
             self.request_written = True
             self._arm(self.settings.read_timeout, now)
@@ -535,7 +535,7 @@ class ProxyExchange:
                 held = kept.take()  # at most REPLAYABLE_BODY: streaming starts past it
                 if held:
                     data += self._framed(held)  # the head and what came with it, in one send
-            transport.write(data)
+            send(data)
             req.try_sent += len(data)
             self._arm(self.settings.send_timeout)
             if req.body_complete:

@@ -100,6 +100,7 @@ class UpstreamConnection(PooledConnection):
         "pool",
         "received_any",
         "seen",
+        "send",
         "skip_body",
         "status_code",
         "timer",
@@ -114,6 +115,7 @@ class UpstreamConnection(PooledConnection):
         super().__init__(peer)
         self.pool = pool
         self.transport: asyncio.Transport | None = None
+        self.send: Callable[[bytes], None] | None = None  # the transport's write, bound once
         self.exchange: ProxyExchange | None = None
         self.parser: httptools.HttpResponseParser | None = None
         # the parser's methods, bound once per parser: a call by name looks the method up each
@@ -154,6 +156,7 @@ class UpstreamConnection(PooledConnection):
         self.transport = cast(
             asyncio.Transport, transport
         )  # uvloop's transports are not subclasses
+        self.send = self.transport.write
 
     def attach(self, exchange: "ProxyExchange") -> None:
         self.exchange = exchange
@@ -203,6 +206,7 @@ class UpstreamConnection(PooledConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         self.timer.cancel()
         self.closed = True
+        self.send = None
         self.pool.discard(self)
         exchange = self.exchange
         if exchange is not None:

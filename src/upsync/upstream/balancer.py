@@ -41,7 +41,7 @@ def _mark_chosen(peer: Peer, now: float) -> Peer:
     return peer
 
 
-def smooth_weighted(peers: Sequence[Peer], tried: set[Peer] | None, now: float) -> Peer | None:
+def smooth_weighted(peers: list[Peer], tried: set[Peer] | None, now: float) -> Peer | None:
     """nginx's smooth weighted round robin (ngx_http_upstream_get_peer)."""
     best: Peer | None = None
     total = 0
@@ -60,7 +60,7 @@ def smooth_weighted(peers: Sequence[Peer], tried: set[Peer] | None, now: float) 
     return _mark_chosen(best, now)
 
 
-def _single(peers: Sequence[Peer]) -> Peer | None:
+def _single(peers: list[Peer]) -> Peer | None:
     """nginx never takes the only server of a group out for failures, only for down/max_conns."""
     if len(peers) != 1:
         return None
@@ -88,7 +88,7 @@ class Balancer:
             peer = self._pick_from(self.backup, tried, now)
         return peer
 
-    def _pick_from(self, peers: Sequence[Peer], tried: set[Peer] | None, now: float) -> Peer | None:
+    def _pick_from(self, peers: list[Peer], tried: set[Peer] | None, now: float) -> Peer | None:
         single = _single(peers)
         if single is not None:
             if single.down or (tried and single in tried):
@@ -102,7 +102,7 @@ class Balancer:
 class LeastConn(Balancer):
     """ngx_http_upstream_least_conn_module: fewest active connections relative to weight."""
 
-    def _pick_from(self, peers: Sequence[Peer], tried: set[Peer] | None, now: float) -> Peer | None:
+    def _pick_from(self, peers: list[Peer], tried: set[Peer] | None, now: float) -> Peer | None:
         if len(peers) == 1:
             return super()._pick_from(peers, tried, now)
         candidates: list[Peer] = []
