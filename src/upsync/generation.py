@@ -100,10 +100,10 @@ class Generation:
     def drain_moment(self, share: float) -> float:
         return self.retired_at + self.drain_window * share
 
-    def start_exchange(self, client: "ClientConnection", req: Request) -> ProxyExchange | None:
-        location = req.location
-        assert location is not None
-        plan = self.plans[id(location)]
+    def start_exchange(
+        self, client: "ClientConnection", req: Request, plan: ProxyPlan
+    ) -> ProxyExchange | None:
+        """`plan`: the one in `plans` for the request's location."""
         uri_override: str | None = None
         if plan.group is not None:
             req.proxy_host = plan.proxy_host

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from upsync.config.model import ErrorPage
     from upsync.generation import Generation
     from upsync.proxy.connections import OpenConnections
-    from upsync.proxy.exchange import ProxyExchange
+    from upsync.proxy.exchange import ProxyExchange, ProxyPlan
     from upsync.proxy.upstream_conn import UpstreamConnection
 
 log = logging.getLogger("upsync.client")
@@ -197,6 +197,7 @@ class ClientConnection(asyncio.Protocol):
         "loop",
         "memory",
         "parser",
+        "plan",
         "queue",
         "raw_header_bytes",
         "read_data",
@@ -244,6 +245,7 @@ class ClientConnection(asyncio.Protocol):
         self.last_host_header: bytes | None = None
         self.last_host = ""
         self.last_server: VirtualServer | None = None  # the server last_host chose
+        self.plan: ProxyPlan | None = None  # of the location last proxied to
         self.current: Request | None = None  # being parsed
         self.active: Request | None = None  # being answered
         self.queue: deque[Request] = deque()
@@ -745,7 +747,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.head_timed = False
         self.version_hint = None  # until on_url reads it from the request line
-        self.current = req = Request(self)
+        self.current = req = Request(self, self.connections.wall_clock())
         self.in_headers = True
         self.header_size = 0
         self.requests += 1
@@ -1428,14 +1430,23 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.send_simple(code, b"", location.default_type.encode())
 
+    def _plan_for(self, req: Request) -> "ProxyPlan":
+        """The proxy plan of the request's location: the previous request's, most often."""
+        location = req.location
+        plan = self.plan
+        if plan is None or plan.location is not location:
+            assert location is not None
+            plan = self.plan = self.site.plans[id(location)]
+        return plan
+
     def _start_proxy(self, req: Request) -> None:
-        exchange = self.site.start_exchange(self, req)
+        exchange = self.site.start_exchange(self, req, self._plan_for(req))
         if exchange is not None:
             self.exchange = exchange
             exchange.start()
 
     def _start_proxy_streaming(self, req: Request) -> None:
-        exchange = self.site.start_exchange(self, req)
+        exchange = self.site.start_exchange(self, req, self._plan_for(req))
         if exchange is not None:
             self.exchange = exchange
             exchange.streaming = True

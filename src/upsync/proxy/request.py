@@ -110,7 +110,8 @@ class Request:
         "version",
     )
 
-    def __init__(self, connection: "ConnectionAddresses") -> None:
+    def __init__(self, connection: "ConnectionAddresses", start: float = -1.0) -> None:
+        """`start`: the wall clock's time, when the caller has read it."""
         self.method = b""
         self.target = ""
         self.raw_target = b""  # the target's bytes as they came, while `target` is them
@@ -133,7 +134,7 @@ class Request:
         self.server: VirtualServer | None = None
         self.location: LocationConfig | None = None
         self.extra: RequestExtras | None = None  # what few requests need, made when they do
-        self.start = _wall_clock()
+        self.start = start if start >= 0 else _wall_clock()
         self.status = 0
         self.bytes_sent = 0  # of the response body
         self.proxy_host = ""

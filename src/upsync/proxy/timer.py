@@ -3,9 +3,12 @@ and coarse deadlines for many keys under one ticking timer."""
 
 import asyncio
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 K = TypeVar("K")
+
+
+_NEVER: Final = -1.0  # no deadline: loop times are never negative
 
 
 class Deadline:
@@ -15,7 +18,7 @@ class Deadline:
         self._loop = loop
         self._time = loop.time  # bound once: this is read on every request
         self._callback = callback
-        self._at: float | None = None
+        self._at = _NEVER  # a float, not None: stored unboxed in the compiled build
         self._handle: asyncio.TimerHandle | None = None
         self._handle_at = 0.0
 
@@ -23,7 +26,7 @@ class Deadline:
         """Fire `delay` seconds from now; a zero delay means never (nginx's 0 = no timeout).
         `now`: the loop time, when the caller has read it in this turn of the loop."""
         if delay <= 0:
-            self._at = None
+            self._at = _NEVER
             return
         at = (self._time() if now < 0 else now) + delay
         self._at = at
@@ -36,10 +39,10 @@ class Deadline:
         self._handle = self._loop.call_at(at, self._fire)
 
     def clear(self) -> None:
-        self._at = None
+        self._at = _NEVER
 
     def cancel(self) -> None:
-        self._at = None
+        self._at = _NEVER
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
@@ -54,13 +57,13 @@ class Deadline:
     def _fire(self) -> None:
         self._handle = None
         at = self._at
-        if at is None:
+        if at == _NEVER:
             return
         if self._time() + 0.0005 < at:
             self._handle_at = at
             self._handle = self._loop.call_at(at, self._fire)
             return
-        self._at = None
+        self._at = _NEVER
         self._callback()
 
 
