@@ -305,7 +305,11 @@ class UpstreamConnection(PooledConnection):
         index = self.header_index
         self.header_index = index + 1
         memory = self.memory
-        kind = memory.kind(index, name)
+        names = memory.names
+        if index < len(names) and names[index] == name:
+            kind = memory.kinds[index]  # kind()'s first case, without the call
+        else:
+            kind = memory.kind(index, name)
         if kind == _PASS:
             self.lines.append(memory.line(index, name, value))
             return
