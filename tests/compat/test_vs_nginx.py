@@ -1721,7 +1721,8 @@ def if_location_answers(runner: Runner, root: Path) -> list[str]:
                 shown = " ".join(
                     f"{name}={headers.get(name, '-')}"
                     for name in ("access-control-allow-origin", "access-control-allow-methods",
-                                 "x-outer", "x-if", "x-seen", "cache-control")
+                                 "x-outer", "x-if", "x-seen", "cache-control", "content-type",
+                                 "content-length")
                 )
                 text = "<page>" if b"<center>" in body else body.decode(errors="replace")
                 answers.append(f"{method} {path} {status} {shown} {text}")
@@ -1733,3 +1734,4 @@ def test_if_with_other_directives_is_a_location_as_nginx_builds_it(tmp_path: Pat
     theirs = if_location_answers(running_nginx, tmp_path)
     assert [(mine, nginx) for mine, nginx in zip(ours, theirs, strict=True) if mine != nginx] == []
     assert theirs[0].startswith("OPTIONS /api/x 204 access-control-allow-origin=* ")
+    assert "content-type=- content-length=-" in theirs[0]  # a 204 has neither

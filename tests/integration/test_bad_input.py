@@ -64,6 +64,10 @@ CASES = [
     (b"CONNECT /x HTTP/1.1\r\nHost: x\r\n\r\n", 405),
     (b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", 405),
     (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\rTransfer-Encoding: chunked\r\n\r\n", 400),  # bare CR
+    # lines ended by bare LFs are parsed again by a lenient parser: the same answers
+    (b"TRACE / HTTP/1.1\nHost: x\n\n", 405),
+    (b"GET / HTTP/2.0\nHost: x\n\n", 505),
+    (b"GET / HTTP/1.1\nHost: x\nHost: y\n\n", 400),
 ]
 
 

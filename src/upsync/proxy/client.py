@@ -602,31 +602,35 @@ class ClientConnection(asyncio.Protocol):
             self.upgrade_buffer = data[start + upgrade.args[0] :]
             return False
         except httptools.HttpParserError as error:
+            failure = error
             cause = error.__context__
-            if (
-                isinstance(
-                    error,
-                    (httptools.HttpParserInvalidMethodError, httptools.HttpParserInvalidURLError),
-                )
-                and start == 0
-                and end == len(data)
-                and self.boundary_requests >= 0
-                and self.requests == self.boundary_requests + 1
-            ):
-                return self._feed_stand_in(data)
-            if isinstance(cause, RelaxParser):
-                return self._feed_relaxed(data)
-            if isinstance(cause, Http09Request):
-                return self._serve_http09(data)
-            if isinstance(cause, BadRequest):
-                self._reject(cause.status)
-            elif cause is not None and not isinstance(cause, httptools.HttpParserError):
-                log.error("error while handling a request from %s", self.remote[0], exc_info=cause)
-                self._reject(500)
-            else:
-                self._reject(400)
-            return False
-        return not self.closed and self.parser is parser
+        else:
+            return not self.closed and self.parser is parser
+        # handled here, out of the except clause: a parse again would chain its own errors to
+        # this one, and their cause (the callback's exception) would be lost
+        if (
+            isinstance(
+                failure,
+                (httptools.HttpParserInvalidMethodError, httptools.HttpParserInvalidURLError),
+            )
+            and start == 0
+            and end == len(data)
+            and self.boundary_requests >= 0
+            and self.requests == self.boundary_requests + 1
+        ):
+            return self._feed_stand_in(data)
+        if isinstance(cause, RelaxParser):
+            return self._feed_relaxed(data)
+        if isinstance(cause, Http09Request):
+            return self._serve_http09(data)
+        if isinstance(cause, BadRequest):
+            self._reject(cause.status)
+        elif cause is not None and not isinstance(cause, httptools.HttpParserError):
+            log.error("error while handling a request from %s", self.remote[0], exc_info=cause)
+            self._reject(500)
+        else:
+            self._reject(400)
+        return False
 
     def _feed_relaxed(self, data: bytes) -> bool:
         """The read's first request line ends with a bare LF: the read is parsed again, from

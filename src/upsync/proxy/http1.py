@@ -283,7 +283,12 @@ def simple_response(
     trailers: bytes | None = None,
     keepalive_header: int = 0,
 ) -> bytes:
-    """A whole response; with `trailers` (add_trailer's lines) its body goes chunked."""
+    """A whole response; with `trailers` (add_trailer's lines) its body goes chunked. A 204
+    has neither type, length nor body, as nginx sends it."""
+    if code == 204:
+        return status_line(code) + common_headers(server_tokens) + extra + (
+            head_end(keep_alive, keepalive_header)
+        )
     framing = b"Content-Length: %d\r\n" % len(body)
     if trailers is not None and not head_only:
         framing = b"Transfer-Encoding: chunked\r\n"
