@@ -4,6 +4,7 @@ upstream receives is checked byte for byte (the backend echoes the request head 
 
 import contextlib
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -251,6 +252,31 @@ def test_line_ends_are_judged_across_a_kept_alive_connection(shared) -> None:  #
         sock.sendall(b"GET /cr HTTP/1.1\rHost: x\r\n\r\n")
         assert read_answers(sock, 1).startswith(b"HTTP/1.1 400")
     assert upstream_line(backend) == b"GET /lf HTTP/1.1"
+
+
+@pytest.mark.parametrize(
+    ("pieces", "status"),
+    [
+        ((b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\nHost: x\n\n",), 200),
+        ((b"GET /sp", b"lit HTTP/1.1\nHost: x\n\n"), 200),
+        ((b"GET /c HTTP/1.", b"1\nHost: x\n\n"), 200),
+        ((b"GET /d HTTP/1.1", b"\rHost: x\r\n\r\n"), 400),
+    ],
+)
+def test_request_lines_not_seen_whole_are_judged_as_nginx_judges_them(  # type: ignore[no-untyped-def]
+    shared, pieces: tuple[bytes, ...], status: int
+) -> None:
+    """A request line pipelined behind another, or cut between reads: a bare LF ending it is
+    taken, a bare CR refused, as for a line seen whole."""
+    port, _, _ = shared
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(0.05)  # not a wait for a condition: each piece a read of its own
+        answers = read_answers(sock, 2 if len(pieces) == 1 else 1)
+    assert answers.startswith(b"HTTP/1.1 200" if len(pieces) == 1 else b"HTTP/1.1 %d" % status)
+    assert answers.count(b"HTTP/1.1 %d" % status) == (2 if len(pieces) == 1 else 1), answers
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from upsync.proxy.intake import (
     LINE_HTTP09,
     LINE_HTTP10,
     LINE_HTTP11,
+    LINE_UNKNOWN,
     NAME_INVALID,
     NAME_UNDERSCORED,
     bare_crs,
@@ -644,10 +645,12 @@ class ClientConnection(asyncio.Protocol):
         self.data_received(data)
         return False
 
-    def _relax_for_chunked_body(self) -> None:
-        """A chunked body comes: nginx takes its framing with bare LFs, which the parser takes
-        only when lenient. The rest of this read is parsed leniently when it has no bare CR the
-        lenient parser would misread; else the next read on is."""
+    def _relax_live(self) -> None:
+        """Lenient from here on, in the middle of a read (a chunked body's framing, a request
+        line not seen whole, may end lines with bare LFs, which nginx takes): the rest of this
+        read is parsed leniently when it has no bare CR the lenient parser would misread (the
+        strict parser refused any before here); else strictly, and the next read on
+        leniently."""
         parser = self.parser
         data = self.read_data
         assert parser is not None
@@ -777,6 +780,12 @@ class ClientConnection(asyncio.Protocol):
                 raise Http09Request()
             elif line & LINE_BARE_LF and not self.lenient:
                 raise RelaxParser()
+            elif line == LINE_UNKNOWN and not self.lenient:
+                self._relax_live()  # the line goes on in the next read: it may end with a bare LF
+        elif self.version_hint is None and not self.lenient:
+            # a request line that does not start its read (pipelined behind another, or cut
+            # by TCP): where it ends is not seen here, and it may end with a bare LF
+            self._relax_live()
         if req.target:
             req.target += url.decode("latin-1")
             req.raw_target += url
@@ -825,7 +834,7 @@ class ClientConnection(asyncio.Protocol):
         req.version = version
         self._check_request(req)
         if req.chunked and not self.lenient:
-            self._relax_for_chunked_body()
+            self._relax_live()
         if self.active is None and not self._drained():
             self.active = req
             self._dispatch(req)
