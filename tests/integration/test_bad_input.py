@@ -68,6 +68,8 @@ CASES = [
     (b"TRACE / HTTP/1.1\nHost: x\n\n", 405),
     (b"GET / HTTP/2.0\nHost: x\n\n", 505),
     (b"GET / HTTP/1.1\nHost: x\nHost: y\n\n", 400),
+    # a method the parser does not know is parsed again with a stand-in line: its answer stays
+    (b"FOO / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
 ]
 
 
