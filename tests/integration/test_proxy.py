@@ -116,8 +116,12 @@ http {{
 
 def test_dead_peer_is_retried_then_taken_out() -> None:
     port = free_port()
-    dead = free_port()
-    with Backend("a") as a:
+    # bound and not listening for the whole test: connections are refused, and no backend
+    # started meanwhile can be given the same port
+    reserved = socket.socket()
+    reserved.bind(("127.0.0.1", 0))
+    dead = reserved.getsockname()[1]
+    with reserved, Backend("a") as a:
         upstream = (
             f"server 127.0.0.1:{dead} max_fails=1 fail_timeout=30s; server 127.0.0.1:{a.port};"
         )

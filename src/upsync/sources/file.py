@@ -42,7 +42,18 @@ class FileSource(Source):
         if not os.path.exists(target):
             raise RegistryError(f"{target} does not exist")
         stop = asyncio.Event()
-        async for changes in watchfiles.awatch(target, stop_event=stop, debounce=50, step=20):
+        ready = False
+        async for changes in watchfiles.awatch(
+            target, stop_event=stop, debounce=50, step=20, rust_timeout=1000, yield_on_timeout=True
+        ):
+            if not changes:  # a second without changes: the watch is surely in place
+                if not ready:
+                    # an edit made between the first read and the watch's start raised no
+                    # event: read once more
+                    ready = True
+                    on_snapshot(read_servers(path))
+                continue
+            ready = True
             if os.path.isdir(path) or any(
                 os.path.abspath(p) == os.path.abspath(path) for _, p in changes
             ):
