@@ -337,10 +337,11 @@ class ClientConnection(asyncio.Protocol):
         )
         return parser
 
-    def _relax(self, parser: httptools.HttpRequestParser) -> None:
+    def _relax(self) -> None:
         """From here on, bare LFs end every line, and reads are searched for bare CRs."""
         self.lenient = True
-        parser.set_dangerous_leniencies(lenient_optional_lf_after_cr=True)
+        if self.parser is not None:
+            self.parser.set_dangerous_leniencies(lenient_optional_lf_after_cr=True)
 
     # connection lifecycle
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -521,9 +522,9 @@ class ClientConnection(asyncio.Protocol):
             self.read_data = data
             fed = self._feed(data, 0, len(data))
             self.read_data = None
-            if self.relax_pending and self.parser is not None:
+            if self.relax_pending:
                 self.relax_pending = False
-                self._relax(self.parser)
+                self._relax()
             if fed:
                 self._after_read(data)
             return
@@ -651,13 +652,11 @@ class ClientConnection(asyncio.Protocol):
         read is parsed leniently when it has no bare CR the lenient parser would misread (the
         strict parser refused any before here); else strictly, and the next read on
         leniently."""
-        parser = self.parser
         data = self.read_data
-        assert parser is not None
         if data is not None and bare_crs(data):
             self.relax_pending = True
         else:
-            self._relax(parser)
+            self._relax()
 
     def _serve_http09(self, data: bytes) -> bool:
         """A request line without a version (HTTP/0.9): only a GET, on a fresh connection, is

@@ -26,6 +26,7 @@ from upsync.proxy.http1 import (
     drop_headers,
     head_end,
     header_filter,
+    header_line,
     last_chunk,
     last_modified_of,
     ok_head_start_at,
@@ -186,7 +187,7 @@ class ProxyPlan:
             if value is None:
                 dynamic.append((name, template))
             elif value:
-                static.append(name + b": " + value.encode("latin-1") + b"\r\n")
+                static.append(header_line(name, value.encode("latin-1")))
         # what follows the target: the version, and the headers known now
         self.line_end = b" HTTP/" + self.version + b"\r\n" + b"".join(static)
         self.headers = tuple(dynamic)
@@ -240,7 +241,7 @@ class ProxyPlan:
         for name, template in self.headers:
             rendered = template.render(req)
             if rendered:
-                parts += (name, b": ", rendered.encode("latin-1"), b"\r\n")
+                parts.append(header_line(name, rendered.encode("latin-1")))
         if self.pass_headers:
             passes = self.passes
             skip_mask = req.skip_mask
