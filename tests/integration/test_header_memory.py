@@ -4,6 +4,7 @@ connection and across responses on one pooled upstream connection, with names th
 change and repeat, every header is still passed or dropped by its own name."""
 
 import socket
+from collections.abc import Callable
 
 from tests.helpers import (
     RawRequest,
@@ -138,3 +139,39 @@ http {{
             assert answer.startswith(b"HTTP/1.1 200"), answer
             bodies.append(answer[-1:])
     assert bodies == [b"a", b"a", b"b", b"a", b"b", b"a", b"b"]
+
+
+def test_a_kept_alive_client_that_moves_between_locations_reaches_each_upstream() -> None:
+    """A connection keeps the plan of the location it last proxied to: a client that moves
+    between locations, and back, on one connection reaches each location's upstream."""
+
+    def named(name: str) -> Callable[[RawRequest], tuple[bytes, bool]]:
+        return lambda req: (ok_response(name.encode()), True)
+
+    port = free_port()
+    with ScriptedBackend(named("a")) as a, ScriptedBackend(named("b")) as b:
+        config = f"""
+events {{}}
+http {{
+    upstream one {{ server 127.0.0.1:{a.port}; keepalive 4; }}
+    upstream two {{ server 127.0.0.1:{b.port}; keepalive 4; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location /a/ {{ proxy_pass http://one; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+        location /b/ {{ proxy_pass http://two; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+        location /here {{ return 200 "here"; }}
+    }}
+}}
+"""
+        paths = ["/a/1", "/a/2", "/b/1", "/here", "/b/2", "/a/3"]
+        bodies = []
+        with running_upsync(config, port), socket.create_connection(("127.0.0.1", port)) as client:
+            client.settimeout(5)
+            for path in paths:
+                client.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+                answer = b""
+                while not (b"\r\n\r\n" in answer and answer.endswith((b"a", b"b", b"here"))):
+                    answer += client.recv(65536)
+                assert answer.startswith(b"HTTP/1.1 200"), answer
+                bodies.append(answer.rpartition(b"\r\n\r\n")[2])
+    assert bodies == [b"a", b"a", b"b", b"here", b"b", b"a"]
