@@ -175,3 +175,59 @@ http {{
                 assert answer.startswith(b"HTTP/1.1 200"), answer
                 bodies.append(answer.rpartition(b"\r\n\r\n")[2])
     assert bodies == [b"a", b"a", b"b", b"here", b"b", b"a"]
+
+
+def test_a_kept_alive_client_that_repeats_and_changes_its_target_gets_each_uri_and_location() -> None:
+    """A connection remembers its last target, the $uri and $args made of it and the location
+    its server chose: targets that repeat, change, are spelled otherwise and come back, under
+    a Host that changes, are each taken by themselves."""
+    port = free_port()
+    config = f"""
+events {{}}
+http {{
+    server {{
+        listen 127.0.0.1:{port}; server_name x.test;
+        location /p/ {{ return 200 "x-p $uri $args."; }}
+        location / {{ return 200 "x-root $uri $args."; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port}; server_name y.test;
+        location /p/ {{ return 200 "y-p $uri $args."; }}
+    }}
+}}
+"""
+    asked = [
+        (b"x.test", b"/p/q?a=1", b"x-p /p/q a=1."),
+        (b"x.test", b"/p/q?a=1", b"x-p /p/q a=1."),
+        (b"y.test", b"/p/q?a=1", b"y-p /p/q a=1."),
+        (b"x.test", b"/p/q?a=1", b"x-p /p/q a=1."),
+        (b"x.test", b"/p/%71", b"x-p /p/q ."),
+        (b"x.test", b"/p//q/../r?b", b"x-p /p/r b."),
+        (b"x.test", b"/p//q/../r?b", b"x-p /p/r b."),
+        (b"x.test", b"/p/q?a=2", b"x-p /p/q a=2."),
+        (b"x.test", b"/q?a=2", b"x-root /q a=2."),
+        (b"x.test", b"/p/q?a=1", b"x-p /p/q a=1."),
+        (b"x.test", b"/p/../../q", None),
+        (b"x.test", b"/p/q?a=1", b"x-p /p/q a=1."),
+    ]
+    with running_upsync(config, port):
+        client = socket.create_connection(("127.0.0.1", port))
+        client.settimeout(5)
+        try:
+            for host, target, body in asked:
+                client.sendall(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, host))
+                answer = b""
+                while not answer.endswith(b".") and not answer.endswith(b"</html>\r\n"):
+                    chunk = client.recv(65536)
+                    assert chunk, answer
+                    answer += chunk
+                if body is None:  # above the root: 400, and the connection is closed
+                    assert answer.startswith(b"HTTP/1.1 400"), answer
+                    client.close()
+                    client = socket.create_connection(("127.0.0.1", port))
+                    client.settimeout(5)
+                    continue
+                assert answer.startswith(b"HTTP/1.1 200"), answer
+                assert answer.rpartition(b"\r\n\r\n")[2] == body, (target, answer)
+        finally:
+            client.close()

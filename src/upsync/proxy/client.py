@@ -188,7 +188,13 @@ class ClientConnection(asyncio.Protocol):
         "last_chunk_open",
         "last_host",
         "last_host_header",
+        "last_location",
+        "last_location_server",
+        "last_path",
+        "last_query",
         "last_server",
+        "last_target",
+        "last_url",
         "lenient",
         "limits",
         "line_data",
@@ -246,6 +252,14 @@ class ClientConnection(asyncio.Protocol):
         self.last_host_header: bytes | None = None
         self.last_host = ""
         self.last_server: VirtualServer | None = None  # the server last_host chose
+        # keep-alive clients often ask for one target again: the last origin-form target as
+        # sent, and as text, its $uri and $args, and the location its server chose for them
+        self.last_url = b""
+        self.last_target = ""
+        self.last_path = ""
+        self.last_query = ""
+        self.last_location: LocationConfig | None = None
+        self.last_location_server: VirtualServer | None = None
         self.plan: ProxyPlan | None = None  # of the location last proxied to
         self.current: Request | None = None  # being parsed
         self.active: Request | None = None  # being answered
@@ -788,6 +802,9 @@ class ClientConnection(asyncio.Protocol):
         if req.target:
             req.target += url.decode("latin-1")
             req.raw_target += url
+        elif url == self.last_url:
+            req.target = self.last_target  # the object _check_request knows again
+            req.raw_target = url
         else:
             req.target = url.decode("latin-1")
             req.raw_target = url
@@ -943,18 +960,29 @@ class ClientConnection(asyncio.Protocol):
                 target = "/" + target  # "http://host?q" asks for "/?q"
             req.target = target
             req.raw_target = b""  # not as it came: encoded when it goes upstream
-        if "#" in target:
-            target = target.partition("#")[0]  # a fragment is no part of $uri or $args
-        if "?" in target:
-            path, _, query = target.partition("?")
+        if target is self.last_target and self.last_path:
+            req.path = self.last_path
+            req.query = self.last_query
         else:
-            path, query = target, ""
-        normalized = normalize_path(path)
-        if normalized is None:
-            req.path = ""  # $uri of a request refused for its URI: empty, as nginx logs it
-            raise BadRequest(400)
-        req.path = normalized
-        req.query = query
+            whole = target is req.target and len(req.raw_target) > 0  # origin-form, as sent
+            if "#" in target:
+                target = target.partition("#")[0]  # a fragment is no part of $uri or $args
+            if "?" in target:
+                path, _, query = target.partition("?")
+            else:
+                path, query = target, ""
+            normalized = normalize_path(path)
+            if normalized is None:
+                req.path = ""  # $uri of a request refused for its URI: empty, as nginx logs it
+                raise BadRequest(400)
+            req.path = normalized
+            req.query = query
+            if whole:
+                self.last_url = req.raw_target
+                self.last_target = req.target
+                self.last_path = normalized
+                self.last_query = query
+                self.last_location = None
         host_header: bytes | None = None
         invalid_names = False
         unique_seen = 0
@@ -1073,7 +1101,17 @@ class ClientConnection(asyncio.Protocol):
         if server.block.rewrites:
             found = self._find_location(req, server)
         else:
-            found = server.locations.match(req.path)
+            path = req.path
+            found = self.last_location
+            if (
+                found is None
+                or path is not self.last_path
+                or server is not self.last_location_server
+            ):
+                found = server.locations.match(path)
+                if path is self.last_path:
+                    self.last_location = found
+                    self.last_location_server = server
             if found.rewrites or found.auto_redirect or found.internal:
                 found = self._enter_location(req, found)
         if found is None:

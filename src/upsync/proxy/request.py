@@ -33,7 +33,8 @@ class ConnectionAddresses(Protocol):
 # head and its end (-1.0: never reached), the response body bytes it delivered, and the bytes
 # received from and sent to the upstream.
 UpstreamTry = tuple[str, int, float, float, float, int, int, int]
-NO_TRIES: tuple[UpstreamTry, ...] = ()
+# Final: compiled code reads it as a constant, not from the module's dict
+NO_TRIES: Final[tuple[UpstreamTry, ...]] = ()
 
 
 if TYPE_CHECKING:
