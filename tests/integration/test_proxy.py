@@ -1,5 +1,6 @@
 """upsync as a process on free loopback ports, in front of real backends."""
 
+import datetime
 import socket
 import struct
 import threading
@@ -421,6 +422,34 @@ def test_access_log_in_combined_format() -> None:
             line = log_file.read_text()
             assert line.startswith("127.0.0.1 - - [")
             assert '"GET /path?q=1 HTTP/1.1" 200 2 "http://r/" "tester/1.0"' in line
+
+
+def test_access_log_times_follow_the_wall_clock() -> None:
+    """$time_iso8601, $msec and $request_time: the request's start is the wall clock's time
+    (read once a second and carried by the event loop's clock), a request of half a second
+    takes about that long, and no time is negative."""
+    port = free_port()
+    with Backend("a") as a:
+        text = config(
+            port,
+            f"server 127.0.0.1:{a.port};",
+            http="log_format times '$time_iso8601 $msec $request_time $upstream_response_time';",
+        ).replace("location = /local", "access_log logs/times.log times;\n        location = /local")
+        with running_upsync(text, port) as proc:
+            before = time.time()
+            assert request(port, "/p")[0] == 200
+            assert request(port, "/slow/0.5")[0] == 200
+            after = time.time()
+            log_file = proc.workdir / "logs" / "times.log"
+            wait_until(lambda: log_file.exists() and log_file.read_text().count("\n") == 2)
+            lines = [line.split() for line in log_file.read_text().splitlines()]
+    for stamp, msec, taken, upstream in lines:
+        started = datetime.datetime.fromisoformat(stamp).timestamp()
+        assert int(before) <= started <= after, (stamp, before, after)
+        assert before - 0.002 <= float(msec) <= after + 0.002
+        assert float(taken) >= 0 and float(upstream) >= 0 and not taken.startswith("-")
+    assert float(lines[0][2]) < 0.4
+    assert 0.45 <= float(lines[1][2]) < 5, lines[1]
 
 
 def test_access_log_lines_go_to_every_log_of_the_level_when_their_condition_holds() -> None:

@@ -207,6 +207,7 @@ class ClientConnection(asyncio.Protocol):
         "plan",
         "queue",
         "raw_header_bytes",
+        "read_at",
         "read_data",
         "read_pause_reasons",
         "relax_pending",
@@ -252,6 +253,7 @@ class ClientConnection(asyncio.Protocol):
         self.last_host_header: bytes | None = None
         self.last_host = ""
         self.last_server: VirtualServer | None = None  # the server last_host chose
+        self.read_at = -1.0  # the loop's time during a read, once read (see read_clock)
         # keep-alive clients often ask for one target again: the last origin-form target as
         # sent, and as text, its $uri and $args, and the location its server chose for them
         self.last_url = b""
@@ -509,6 +511,20 @@ class ClientConnection(asyncio.Protocol):
 
     # incoming bytes
     def data_received(self, data: bytes) -> None:
+        try:
+            self._received(data)
+        finally:
+            self.read_at = -1.0  # the next read's time is read again
+
+    def read_clock(self) -> float:
+        """The event loop's time, read once per read of this connection (nginx reads its time
+        once per event loop turn): what a read starts is timed from it."""
+        now = self.read_at
+        if now < 0:
+            now = self.read_at = self.connections.clock()
+        return now
+
+    def _received(self, data: bytes) -> None:
         if self.awaiting_first_bytes:
             self.awaiting_first_bytes = False
             self.connections.awaiting_first_bytes.discard(self)
@@ -767,7 +783,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.head_timed = False
         self.version_hint = None  # until on_url reads it from the request line
-        self.current = req = Request(self, self.connections.wall_clock())
+        self.current = req = Request(self, http1.wall_time_at(self.read_clock()))
         self.in_headers = True
         self.header_size = 0
         self.requests += 1

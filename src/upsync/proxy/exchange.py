@@ -329,7 +329,7 @@ class ProxyExchange:
         self.conn: UpstreamConnection | None = None
         self.tried: set[Peer] | None = None  # peers already tried by this request
         self.tries_left = self.settings.next_upstream_tries or group.balancer.tries
-        self.started = client.connections.clock()
+        self.started = client.read_clock()
         self.request_sent = False
         self.request_written = False  # the whole request, body included, went to the upstream
         self.pumping = False  # a spooled body is being sent

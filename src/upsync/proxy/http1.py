@@ -85,6 +85,7 @@ class _PerSecond:
         # the event loop's (monotonic) time at which this second ends: up to then, a caller
         # that has read the loop's clock needs no wall clock reading
         self.until = 0.0
+        self.offset = 0.0  # wall clock minus loop clock, as read at the second's start
 
     def refresh(self, now: int) -> None:
         self.second = now
@@ -115,7 +116,14 @@ def _second_at(loop_now: float) -> _PerSecond:
         if now != second.second:
             second.refresh(now)
         second.until = loop_now + (now + 1 - wall)
+        second.offset = wall - loop_now
     return second
+
+
+def wall_time_at(loop_now: float) -> float:
+    """The wall clock's time at the event loop's time loop_now, without reading it more than
+    once a second (a step of the wall clock shows within the second)."""
+    return loop_now + _second_at(loop_now).offset
 
 
 def common_headers_at(server_tokens: bool, loop_now: float) -> bytes:

@@ -456,7 +456,8 @@ _VARIABLES: dict[str, Callable[[Request], str]] = {
     "remote_user": _remote_user,
     "body_bytes_sent": lambda r: str(r.bytes_sent),
     "bytes_sent": lambda r: str(len(r.sent_head) + r.bytes_sent),
-    "request_time": lambda r: f"{time.time() - r.start:.3f}",
+    # the start comes from the loop's clock in milliseconds: never shown below zero
+    "request_time": lambda r: f"{max(0.0, time.time() - r.start):.3f}",
     "request_length": _request_length,
     "request_id": _request_id,
     "connection": lambda r: str(r.connection.serial),
