@@ -173,7 +173,10 @@ class ClientConnection(asyncio.Protocol):
         "boundary_requests",
         "closed",
         "connections",
-        "corked",
+        "corked_first",
+        "corked_more",
+        "corked_second",
+        "corking",
         "cr_is_data",
         "cr_pending",
         "current",
@@ -301,7 +304,11 @@ class ClientConnection(asyncio.Protocol):
         self.keepalive_timeout = 75.0
         self.keepalive_time = 3600.0
         self.born = 0.0  # loop time of the connection's start, for keepalive_time
-        self.corked: list[bytes] | None = None
+        # writes held while corked (see cork)
+        self.corking = False
+        self.corked_first = b""
+        self.corked_second = b""
+        self.corked_more: list[bytes] | None = None
         self.writable: asyncio.Future[None] | None = None  # a file being sent waits on it
         self.sending: asyncio.Future[None] | None = None  # a large file being sent
 
@@ -400,21 +407,41 @@ class ClientConnection(asyncio.Protocol):
 
     def cork(self) -> None:
         """Collect writes until uncork(): a response head and body leave in one send()."""
-        if self.corked is None:
-            self.corked = []
+        self.corking = True
 
     def uncork(self) -> None:
-        pending = self.corked
-        if pending is not None:
-            self.corked = None
-            if pending and self.transport is not None and not self.closed:
-                count = len(pending)
-                if count == 1:
-                    self._send(pending[0])
-                elif count == 2:  # a head and a body: one concatenation costs less than a join
-                    self._send(pending[0] + pending[1])
-                else:
-                    self._send(b"".join(pending))
+        if not self.corking:
+            return
+        self.corking = False
+        first, second, more = self.corked_first, self.corked_second, self.corked_more
+        if len(first) == 0:
+            return
+        self.corked_first = self.corked_second = b""
+        self.corked_more = None
+        if self.transport is None or self.closed:
+            return
+        if more is not None:
+            more[:0] = (first, second)
+            self._send(b"".join(more))
+        elif len(second) > 0:  # a head and a body: one concatenation costs less than a join
+            self._send(first + second)
+        else:
+            self._send(first)
+
+    def _hold(self, data: bytes) -> None:
+        """A write while corked: the first two writes (a head, a body) in fields, more in a
+        list, so the usual response is held without one."""
+        # len(), not truth: compiled code tests a bytes object's truth by a generic call
+        if len(data) == 0:
+            return
+        if len(self.corked_first) == 0:
+            self.corked_first = data
+        elif len(self.corked_second) == 0:
+            self.corked_second = data
+        elif self.corked_more is None:
+            self.corked_more = [data]
+        else:
+            self.corked_more.append(data)
 
     def _send(self, data: bytes) -> None:
         send = self.send
@@ -462,7 +489,9 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def abort(self) -> None:
-        self.corked = None
+        self.corking = False
+        self.corked_first = self.corked_second = b""
+        self.corked_more = None
         if self.transport is not None:
             self.closed = True
             self.transport.abort()
@@ -1549,8 +1578,8 @@ class ClientConnection(asyncio.Protocol):
             # an HTTP/0.9 answer is its body alone: the head (always one write) is dropped
             self.http09 = False
             data = data[data.find(b"\r\n\r\n") + 4 :]
-        if self.corked is not None:
-            self.corked.append(data)
+        if self.corking:
+            self._hold(data)
         elif self.transport is not None and not self.closed:
             self._send(data)
         if body and self.active is not None:
@@ -1743,10 +1772,11 @@ class ClientConnection(asyncio.Protocol):
         self.active = None
         if self.closed:
             return
-        if self.queue:
-            req = self.queue.popleft()
+        queue = self.queue
+        if len(queue) > 0:  # len(), not truth: see _hold
+            req = queue.popleft()
             self.active = req
-            if not self.queue:
+            if len(queue) == 0:
                 self.resume_reading_for("pipelined")
             self._dispatch(req)
             return
@@ -1758,7 +1788,7 @@ class ClientConnection(asyncio.Protocol):
         # a connection of a retired configuration (or of a quitting process) that answered
         # keep-alive stays open for the request its client may be sending: that one is
         # answered, with Connection: close
-        if self.read_pause_reasons:
+        if len(self.read_pause_reasons) > 0:
             self.resume_reading_for("pipelined")
         self.timer.set(self.keepalive_timeout, now)
 

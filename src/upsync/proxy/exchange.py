@@ -236,8 +236,10 @@ class ProxyPlan:
         most of its headers), where it has it."""
         method = req.method if self.method is None else self.method.render(req).encode("latin-1")
         target = req.raw_target if uri is req.target else b""
+        if len(target) == 0:  # len(), not truth: see ClientConnection._hold
+            target = uri.encode("latin-1")
         # as few parts as may be: each costs the join about as much as a short append
-        parts = [method, b" ", target or uri.encode("latin-1"), self.line_end]
+        parts = [method, b" ", target, self.line_end]
         for name, template in self.headers:
             rendered = template.render(req)
             if rendered:
@@ -257,10 +259,10 @@ class ProxyPlan:
                         parts.append(b": ")
                         parts.append(value)
                         parts.append(b"\r\n")
-        if framing:
+        if len(framing) > 0:
             parts.append(framing)
         parts.append(b"\r\n")
-        if body:
+        if len(body) > 0:
             parts.append(body)
         return b"".join(parts)
 
@@ -517,7 +519,7 @@ class ProxyExchange:
             body = kept.in_memory() if kept is not None else b""
             framing = (
                 b"Content-Length: %d\r\n" % len(body)
-                if (body or req.content_length is not None)
+                if (len(body) > 0 or req.content_length is not None)
                 else b""
             )
             data = self.plan.head(req, self.uri, framing, body, self.client.memory)
@@ -685,7 +687,8 @@ class ProxyExchange:
         if status == 101:
             self.frame = FRAME_NONE
             client_keep = False
-            out.extend(conn.upgrade_lines)
+            if conn.upgrade_lines is not None:
+                out.extend(conn.upgrade_lines)
             out.append(b"\r\n")
         else:
             if no_body:

@@ -127,7 +127,7 @@ class UpstreamConnection(PooledConnection):
         self.memory = HeaderMemory(RESPONSE_HEADERS)
         # the response head as it is parsed: lines to pass on, and what the proxy itself needs
         self.lines: list[bytes] = []
-        self.upgrade_lines: list[bytes] = []
+        self.upgrade_lines: list[bytes] | None = None  # made when a response has one
         self.accel: list[bytes] | None = None  # X-Accel-* lines, for nginx's special meaning
         self.seen = 0  # of the headers taken once, by class bit
         self.header_index = 0  # of the header being read
@@ -287,7 +287,7 @@ class UpstreamConnection(PooledConnection):
     # httptools callbacks
     def _reset_head(self) -> None:
         self.lines = []
-        self.upgrade_lines = []
+        self.upgrade_lines = None
         self.accel = None
         self.seen = 0
         self.header_index = 0
@@ -331,6 +331,8 @@ class UpstreamConnection(PooledConnection):
             self.chunked = True
         elif kind == _UPGRADE:
             # kept for a 101 only, and remembered: a Connection line comes with most answers
+            if self.upgrade_lines is None:
+                self.upgrade_lines = []
             self.upgrade_lines.append(memory.line(index, name, value))
         elif kind == _ACCEL:
             if self.accel is None:
