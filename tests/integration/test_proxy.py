@@ -294,6 +294,9 @@ def test_websocket_upgrade_is_tunnelled() -> None:
                     head += sock.recv(4096)
                 assert head.startswith(b"HTTP/1.1 101 Switching Protocols")
                 assert b"Upgrade: websocket" in head
+                # nginx's own Connection line, whatever the backend's says ("Upgrade" here)
+                assert head.count(b"\r\nConnection:") == 1, head
+                assert b"\r\nConnection: upgrade\r\n" in head, head
                 sock.sendall(b"ping")
                 echoed = b""
                 while len(echoed) < 4:

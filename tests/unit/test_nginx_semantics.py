@@ -75,6 +75,39 @@ def test_keepalive_time_retires_an_old_cached_connection() -> None:
     assert not pool.put(old, now=100.0)  # 11 s old: closed by its owner, never reused
 
 
+def test_keepalive_pool_hands_out_the_latest_idle_connection_of_a_peer() -> None:
+    """The pool keeps slots past its idle connections (so its list does not shrink and grow
+    for every request): taking, putting back, evicting the least recently idle and dropping
+    an expired one keep nginx's order. A connection the pool closes reaches the base class's
+    close(), which raises: that is how this test sees it closed."""
+    one = Peer(ServerSpec(name="127.0.0.1:1", host="127.0.0.1", port=1))
+    two = Peer(ServerSpec(name="127.0.0.1:2", host="127.0.0.1", port=2))
+    pool = KeepalivePool(capacity=3, timeout=60.0, max_requests=100)
+    a, b, c, d = (PooledConnection(peer) for peer in (one, two, one, one))
+    assert pool.put(a, 1.0) and pool.put(b, 2.0) and pool.put(c, 3.0)
+    assert pool.connections() == [a, b, c]
+    assert pool.take(one, 4.0) is c  # the most recently idle of its peer
+    assert pool.take(one, 4.0) is a  # from the middle: the later ones move down
+    assert pool.connections() == [b] and len(pool) == 1
+    assert pool.take(one, 4.0) is None
+    for _ in range(3):  # out and back, as a pooled connection goes for each request
+        assert pool.put(a, 5.0)
+        assert pool.take(one, 5.0) is a
+    assert pool.connections() == [b]
+    assert pool.put(a, 6.0) and pool.put(c, 7.0)
+    with pytest.raises(NotImplementedError):
+        pool.put(d, 8.0)  # past capacity: the least recently idle (b) is closed
+    assert pool.connections() == [a, c, d]
+    pool.discard(c)
+    assert pool.connections() == [a, d]
+    assert pool.take(one, 67.5) is d  # 59.5 s idle: within keepalive_timeout
+    with pytest.raises(NotImplementedError):
+        pool.take(one, 67.5)  # a, 61.5 s idle: closed, not handed out
+    assert pool.connections() == [] and len(pool) == 0
+    assert pool.put(b, 70.0)
+    assert pool.connections() == [b]
+
+
 def test_error_page_choice_and_final_status() -> None:
     page = ErrorPage(frozenset({404, 500}), compile_template("/e"), None)
     location = type("L", (), {"error_pages": (page,), "recursive_error_pages": False})()

@@ -14,6 +14,7 @@ from upsync.config.variables import Template, compile_template
 from upsync.proxy.accel import accel_value, kept_on_redirect, limit_rate_value
 from upsync.proxy.http1 import (
     CLOSE_END,
+    CONNECTION_UPGRADE,
     HOP_BY_HOP,
     KEEP_ALIVE_END,
     LENGTH_CLOSE_END,
@@ -687,6 +688,7 @@ class ProxyExchange:
         if status == 101:
             self.frame = FRAME_NONE
             client_keep = False
+            out.append(CONNECTION_UPGRADE)
             if conn.upgrade_lines is not None:
                 out.extend(conn.upgrade_lines)
             out.append(b"\r\n")

@@ -59,8 +59,10 @@ NON_IDEMPOTENT: Final = frozenset({b"POST", b"LOCK", b"PATCH"})
 # Response headers not passed to the client as they came: framing and hop-by-hop headers (the
 # proxy writes its own) and the ones nginx hides.
 RESPONSE_DROPPED: Final = HOP_BY_HOP | HIDDEN_RESPONSE | {b"content-length"}
-# ...of which a 101 Switching Protocols answer keeps these two
-UPGRADE_KEPT: Final = frozenset({b"upgrade", b"connection"})
+# ...of which a 101 Switching Protocols answer keeps this one (its Connection line is the
+# proxy's own "upgrade", as nginx's header filter writes it)
+UPGRADE_KEPT: Final = frozenset({b"upgrade"})
+CONNECTION_UPGRADE: Final = b"Connection: upgrade\r\n"
 
 _SERVER_BYTES: Final = SERVER_NAME.encode()
 _SERVER_LINE: Final = b"Server: " + _SERVER_BYTES + b"\r\n"

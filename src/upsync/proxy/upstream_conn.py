@@ -330,10 +330,10 @@ class UpstreamConnection(PooledConnection):
                 raise UnknownTransferEncoding()
             self.chunked = True
         elif kind == _UPGRADE:
-            # kept for a 101 only, and remembered: a Connection line comes with most answers
+            # kept for a 101 only
             if self.upgrade_lines is None:
                 self.upgrade_lines = []
-            self.upgrade_lines.append(memory.line(index, name, value))
+            self.upgrade_lines.append(header_line(name, value))
         elif kind == _ACCEL:
             if self.accel is None:
                 self.accel = []

@@ -31,19 +31,27 @@ class KeepalivePool:
         self.timeout = timeout
         self.max_requests = max_requests
         self.max_age = max_age
-        self.idle: list[PooledConnection] = []
+        # slots: the first `count` hold the idle connections, least recently idle first; the
+        # rest are None, kept so the list does not shrink and grow again (a reallocation each
+        # way) as a connection leaves and comes back for every request
+        self.idle: list[PooledConnection | None] = []
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
 
     def take(self, peer: Peer, now: float) -> PooledConnection | None:
         idle = self.idle
-        for index in range(len(idle) - 1, -1, -1):
+        index = self.count - 1
+        while index >= 0:
             conn = idle[index]
-            if conn.peer is not peer:
-                continue
-            idle.pop(index)
-            if now - conn.idle_since > self.timeout:
+            assert conn is not None
+            if conn.peer is peer:
+                self._remove_at(index)
+                if now - conn.idle_since <= self.timeout:
+                    return conn
                 conn.close()
-                continue
-            return conn
+            index -= 1
         return None
 
     def put(self, conn: PooledConnection, now: float) -> bool:
@@ -56,21 +64,48 @@ class KeepalivePool:
         ):
             return False
         conn.idle_since = now
-        self.idle.append(conn)
-        if len(self.idle) > self.capacity:
-            self.idle.pop(0).close()
+        idle = self.idle
+        count = self.count
+        if count < len(idle):
+            idle[count] = conn
+        else:
+            idle.append(conn)
+        self.count = count = count + 1
+        if count > self.capacity:
+            oldest = idle[0]
+            assert oldest is not None
+            self._remove_at(0)
+            oldest.close()
         return True
 
+    def _remove_at(self, index: int) -> None:
+        idle = self.idle
+        last = self.count - 1
+        if index < last:
+            del idle[index]  # the later ones move down a slot...
+            idle.append(None)  # ...and the list keeps its length
+        else:
+            idle[index] = None
+        self.count = last
+
+    def connections(self) -> list[PooledConnection]:
+        """The idle connections, least recently idle first."""
+        return [conn for conn in self.idle[: self.count] if conn is not None]
+
     def discard(self, conn: PooledConnection) -> None:
-        if conn in self.idle:
-            self.idle.remove(conn)
+        for index in range(self.count):
+            if self.idle[index] is conn:
+                self._remove_at(index)
+                return
 
     def close_peer(self, peer: Peer) -> None:
-        for conn in [c for c in self.idle if c.peer is peer]:
-            self.idle.remove(conn)
+        for conn in [c for c in self.connections() if c.peer is peer]:
+            self.discard(conn)
             conn.close()
 
     def close_all(self) -> None:
-        idle, self.idle = self.idle, []
+        idle = self.connections()
+        self.idle = []
+        self.count = 0
         for conn in idle:
             conn.close()
