@@ -239,12 +239,19 @@ class ProxyPlan:
         target = req.raw_target if uri is req.target else b""
         if len(target) == 0:  # len(), not truth: see ClientConnection._hold
             target = uri.encode("latin-1")
-        # as few parts as may be: each costs the join about as much as a short append
-        parts = [method, b" ", target, self.line_end]
+        # the header lines: one is kept as it is, more are joined (a list only then)
+        block = b""
+        more: list[bytes] | None = None
         for name, template in self.headers:
             rendered = template.render(req)
             if rendered:
-                parts.append(header_line(name, rendered.encode("latin-1")))
+                line = header_line(name, rendered.encode("latin-1"))
+                if len(block) == 0:
+                    block = line
+                elif more is None:
+                    more = [block, line]
+                else:
+                    more.append(line)
         if self.pass_headers:
             passes = self.passes
             skip_mask = req.skip_mask
@@ -253,19 +260,19 @@ class ProxyPlan:
                 index += 1
                 if not skip_mask >> index & 1 and (passes is None or passes.of(name)):
                     if memory is not None:
-                        parts.append(memory.line(index, name, value))
+                        line = memory.line(index, name, value)
                     else:
-                        # four appends cost less than extending by a tuple or concatenating
-                        parts.append(name)
-                        parts.append(b": ")
-                        parts.append(value)
-                        parts.append(b"\r\n")
-        if len(framing) > 0:
-            parts.append(framing)
-        parts.append(b"\r\n")
-        if len(body) > 0:
-            parts.append(body)
-        return b"".join(parts)
+                        line = header_line(name, value)
+                    if len(block) == 0:
+                        block = line
+                    elif more is None:
+                        more = [block, line]
+                    else:
+                        more.append(line)
+        if more is not None:
+            block = b"".join(more)
+        # compiled, one copy of the parts (see header_line)
+        return b"%s %s%s%s%s\r\n%s" % (method, target, self.line_end, block, framing, body)
 
 
 class Throttle:
@@ -678,46 +685,50 @@ class ProxyExchange:
             req.extras().headers_out = made = list(conn.lines)
             extra, replaced = header_filter(location, status, req, modified, made)
             lines = drop_headers(conn.lines, replaced) if replaced else conn.lines
-            out = [start, *lines, extra]
+            block = b"".join(lines) + extra
         else:
-            out = [start]
-            for line in conn.lines:  # fewer than extend() costs, for the usual few lines
-                out.append(line)
+            lines = conn.lines
+            # the head is made of a fixed number of parts: a list grown by appends is
+            # reallocated as it grows
+            block = lines[0] if len(lines) == 1 else b"".join(lines)
         no_body = req.method == b"HEAD" or not status_has_body(status)
         self.until_close = not no_body and status != 101 and length is None and not chunked
+        framing = length_value = b""
         if status == 101:
             self.frame = FRAME_NONE
             client_keep = False
-            out.append(CONNECTION_UPGRADE)
-            if conn.upgrade_lines is not None:
-                out.extend(conn.upgrade_lines)
-            out.append(b"\r\n")
+            upgrade_lines = conn.upgrade_lines
+            framing = CONNECTION_UPGRADE
+            if upgrade_lines is not None:
+                framing += b"".join(upgrade_lines)
+            end = b"\r\n"
         else:
             if no_body:
                 self.frame = FRAME_NONE
                 if length is not None:
-                    out.append(b"Content-Length: " + length + b"\r\n")
+                    framing = b"Content-Length: " + length + b"\r\n"
             elif (
                 length is not None
                 and not chunked
                 and not (location.add_trailers and trailing(location, req, status))
             ):
                 self.frame = FRAME_LENGTH
-                out.append(b"Content-Length: ")
-                out.append(length)  # its line ends with the connection's line below
+                framing = b"Content-Length: "
+                length_value = length  # its line ends with the connection's line below
             elif req.version == "1.1" and location.chunked_transfer_encoding:
                 self.frame = FRAME_CHUNKED
-                out.append(b"Transfer-Encoding: chunked\r\n")
+                framing = b"Transfer-Encoding: chunked\r\n"
             else:
                 self.frame = FRAME_CLOSE
                 client_keep = False
             if location.keepalive_header:
                 end = head_end(client_keep, location.keepalive_header)
-                out.append(b"\r\n" + end if self.frame == FRAME_LENGTH else end)
+                if self.frame == FRAME_LENGTH:
+                    end = b"\r\n" + end
             elif self.frame == FRAME_LENGTH:
-                out.append(LENGTH_KEEP_ALIVE_END if client_keep else LENGTH_CLOSE_END)
+                end = LENGTH_KEEP_ALIVE_END if client_keep else LENGTH_CLOSE_END
             else:
-                out.append(KEEP_ALIVE_END if client_keep else CLOSE_END)
+                end = KEEP_ALIVE_END if client_keep else CLOSE_END
         self.client_keep_alive = client_keep
         upstream_rate = self.settings.limit_rate
         if (plan.may_limit or req.vars or accel) and not no_body:
@@ -729,7 +740,8 @@ class ProxyExchange:
             limit = limit_for(location, upstream_rate, rate, req.try_header)
             if limit is not None:
                 self.throttle = Throttle(limit)
-        req.sent_head = head = b"".join(out)
+        # compiled, one copy of the parts (see header_line)
+        req.sent_head = head = b"%s%s%s%s%s" % (start, block, framing, length_value, end)
         self.client.write(head)
         return no_body
 

@@ -191,8 +191,9 @@ _REMEMBERED_NAMES: Final = 32
 
 
 def header_line(name: bytes, value: bytes) -> bytes:
-    """`name: value` and CRLF, in one join (three concatenations cost twice as much)."""
-    return b"".join((name, b": ", value, b"\r\n"))
+    """`name: value` and CRLF. Compiled, %-formatting of bytes with %s is one copy of the
+    parts into the result, without the tuple and buffer handling of a join."""
+    return b"%s: %s\r\n" % (name, value)
 
 
 # no header value holds a line end: the value of a position whose line is not remembered
