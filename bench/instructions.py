@@ -5,9 +5,15 @@ upsync runs under callgrind in front of a Debian nginx backend; N requests go th
 keep-alive connections or each on a new connection; the count for N=1000 is subtracted from the count for N=3000, which leaves
 the cost of 2000 requests without start-up. Needs valgrind (Debian package `valgrind`).
 
-    .venv/bin/python bench/instructions.py
+--relay counts bench/relay.py (compiled by mypyc, as make bench runs it) the same way: the
+floor of this stack. --cache adds callgrind's cache simulation: instruction-cache (I1) and
+data-cache (D1) misses per request, where the relay's whole per-request code fits the
+instruction cache and a larger program's does not.
+
+    .venv/bin/python bench/instructions.py [--relay] [--cache]
 """
 
+import argparse
 import os
 import shutil
 import signal
@@ -30,7 +36,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def count(requests: int, workdir: Path, close: bool) -> int:
+def proxy_argv(workdir: Path, proxy: int, backend: int, relay: Path | None) -> list[str]:
+    if relay is not None:
+        run = f"import sys; sys.path.insert(0, {str(relay)!r}); import relay; relay.main()"
+        return [sys.executable, "-c", run, str(proxy), str(backend)]
+    return [
+        sys.executable,
+        "-m",
+        "upsync",
+        "-c",
+        str(workdir / "proxy.conf"),
+        "-g",
+        # one process: callgrind follows the process it starts, and a worker runs the
+        # same code per request as the single process does
+        f"pid {workdir}/u.pid; error_log {workdir}/u.err; master_process off;",
+    ]
+
+
+def count(
+    requests: int, workdir: Path, close: bool, relay: Path | None = None, cache: bool = False
+) -> list[int]:
+    """callgrind's totals: instructions, then (with `cache`) the cache simulation's events
+    (Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw)."""
     backend, proxy = free_port(), free_port()
     (workdir / "logs").mkdir(exist_ok=True)
     (workdir / "backend.conf").write_text(
@@ -52,20 +79,14 @@ def count(requests: int, workdir: Path, close: bool) -> int:
         ]
     )
     out = workdir / f"callgrind.{requests}"
+    simulate = ["--cache-sim=yes"] if cache else []
     upsync = subprocess.Popen(
         [
             "valgrind",
             "--tool=callgrind",
+            *simulate,
             f"--callgrind-out-file={out}",
-            sys.executable,
-            "-m",
-            "upsync",
-            "-c",
-            str(workdir / "proxy.conf"),
-            "-g",
-            # one process: callgrind follows the process it starts, and a worker runs the
-            # same code per request as the single process does
-            f"pid {workdir}/u.pid; error_log {workdir}/u.err; master_process off;",
+            *proxy_argv(workdir, proxy, backend, relay),
         ],
         env={**os.environ, "PYTHONHASHSEED": "0"},
         stdout=subprocess.DEVNULL,
@@ -105,19 +126,42 @@ def count(requests: int, workdir: Path, close: bool) -> int:
         nginx.wait(10)
     for line in out.read_text().splitlines():
         if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
+            return [int(field) for field in line.split()[1:]]
     raise SystemExit("callgrind wrote no totals")
 
 
+def compiled_relay(workdir: Path) -> Path:
+    build = workdir / "relay"
+    build.mkdir()
+    shutil.copy(Path(__file__).with_name("relay.py"), build / "relay.py")
+    mypyc = Path(sys.executable).with_name("mypyc")
+    if mypyc.exists():
+        subprocess.run([str(mypyc), "relay.py"], cwd=build, capture_output=True, check=False)
+    return build
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--relay", action="store_true", help="count bench/relay.py instead")
+    parser.add_argument("--cache", action="store_true", help="also cache misses per request")
+    args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind): skipped")
         return 0
+    name = "the relay" if args.relay else "upsync"
     for close, mode in ((False, "keep-alive request"), (True, "request on a new connection")):
         with tempfile.TemporaryDirectory() as tmp:
-            low = count(1000, Path(tmp), close)
-            high = count(3000, Path(tmp), close)
-        print(f"instructions per proxied {mode}: {(high - low) / 2000:,.0f}")
+            relay = compiled_relay(Path(tmp)) if args.relay else None
+            low = count(1000, Path(tmp), close, relay, args.cache)
+            high = count(3000, Path(tmp), close, relay, args.cache)
+        per = [(more - fewer) / 2000 for more, fewer in zip(high, low, strict=True)]
+        line = f"{name}: instructions per proxied {mode}: {per[0]:,.0f}"
+        if args.cache:
+            # events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw
+            line += f"; I1 misses {per[3]:,.0f}, D1 misses {per[4] + per[5]:,.0f}"
+        print(line)
     return 0
 
 
