@@ -49,6 +49,13 @@ def test_bare_crs(data: bytes, offsets: list[int]) -> None:
         (b"GET /long", 5, LINE_UNKNOWN),  # the target goes on in the next read
         (b"GET / HTTP/2.0\r\n\r\n", 1, LINE_UNKNOWN),
         (b"GET / HTTP/1.1x\r\n\r\n", 1, LINE_UNKNOWN),
+        (b"GET / HTTP/1.2\r\n\r\n", 1, LINE_UNKNOWN),  # the parser tells what it is
+        (b"GET / HTTP/0.1\r\n\r\n", 1, LINE_UNKNOWN),
+        (b"GET / HTTX/1.1\r\n\r\n", 1, LINE_UNKNOWN),
+        (b"GET / http/1.1\r\n\r\n", 1, LINE_UNKNOWN),
+        (b"GET / HTTP/1,0\r\n\r\n", 1, LINE_UNKNOWN),
+        (b"GET / HTTP-1.0\r\n\r\n", 1, LINE_UNKNOWN),
+        (b"GET / RTSP/1.0\r\n\r\n", 1, LINE_UNKNOWN),
         (b"\r\nGET / HTTP/1.1\r\n\r\n", 1, LINE_UNKNOWN),  # leading empty line
         (b"M-SEARCH * HTTP/1.1\r\n\r\n", 1, LINE_HTTP11),
         (b"GET /x\r\n", 2, LINE_HTTP09),

@@ -25,7 +25,7 @@ class Connection:
 
 def request(headers: list[tuple[bytes, bytes]], query: str = "") -> Request:
     req = Request(Connection())  # type: ignore[arg-type]
-    req.headers = headers
+    req.headers = [part for pair in headers for part in pair]
     req.query = query
     return req
 

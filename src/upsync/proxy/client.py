@@ -866,7 +866,9 @@ class ClientConnection(asyncio.Protocol):
         self.header_size += line
         if self.header_size > self.limits.header_buffer_size or line > self.limits.line_size:
             raise BadRequest(400)
-        req.headers.append((name, value))
+        headers = req.headers
+        headers.append(name)
+        headers.append(value)
 
     def on_headers_complete(self) -> None:
         req = self.current
@@ -1037,10 +1039,11 @@ class ClientConnection(asyncio.Protocol):
         # classifying each name again
         skip_mask = 0
         connection = 0  # its tokens: close, keep-alive
-        index = -1
         memory = self.memory
-        for name, value in req.headers:
-            index += 1
+        headers = req.headers
+        for at in range(0, len(headers), 2):
+            index = at >> 1
+            name = headers[at]
             kind = memory.kind(index, name) if memory is not None else _REQUEST_HEADERS.of(name)
             if kind == _OTHER:
                 continue
@@ -1053,23 +1056,24 @@ class ClientConnection(asyncio.Protocol):
             elif kind == _HOST:
                 if host_header is not None:
                     raise BadRequest(400)
-                host_header = value
+                host_header = headers[at + 1]
             elif kind == _CONTENT_LENGTH:
+                value = headers[at + 1]
                 if req.content_length is not None or not value.strip().isdigit():
                     raise BadRequest(400)
                 req.content_length = int(value)
             elif kind == _TRANSFER_ENCODING:
                 if transfer_encoding is not None:
                     raise BadRequest(400)
-                transfer_encoding = value
+                transfer_encoding = headers[at + 1]
             elif kind == _EXPECT:
                 if expect is not None:
                     raise BadRequest(400)
-                expect = value
+                expect = headers[at + 1]
             elif kind == _UPGRADE:
                 req.upgrade = True
             elif kind == _CONNECTION:
-                connection |= connection_tokens(value)
+                connection |= connection_tokens(headers[at + 1])
             elif kind != _HOP:
                 invalid_names = True
         # as the parser tells it: HTTP/1.0 keeps alive when asked to, later versions unless
@@ -1113,9 +1117,9 @@ class ClientConnection(asyncio.Protocol):
         or with "_" unless underscores_in_headers, is dropped and logged; a backend that reads
         X_Real_IP as X-Real-IP could otherwise be told a forged address."""
         underscores = self.limits.underscores_in_headers
-        kept: list[tuple[bytes, bytes]] = []
+        kept: list[bytes] = []
         old_mask, skip_mask = req.skip_mask, 0
-        for index, (name, value) in enumerate(req.headers):
+        for index, (name, value) in enumerate(req.pairs()):
             kind = _REQUEST_HEADERS.of(name)
             if kind == _INVALID_NAME or (kind == _UNDERSCORED and not underscores):
                 log.info(
@@ -1125,8 +1129,9 @@ class ClientConnection(asyncio.Protocol):
                 )
             else:
                 if old_mask >> index & 1:
-                    skip_mask |= 1 << len(kept)  # its position among the headers kept
-                kept.append((name, value))
+                    skip_mask |= 1 << (len(kept) >> 1)  # its position among the headers kept
+                kept.append(name)
+                kept.append(value)
         req.headers = kept
         req.skip_mask = skip_mask
 

@@ -255,14 +255,15 @@ class ProxyPlan:
         if self.pass_headers:
             passes = self.passes
             skip_mask = req.skip_mask
-            index = -1
-            for name, value in req.headers:
-                index += 1
+            headers = req.headers
+            for at in range(0, len(headers), 2):
+                index = at >> 1
+                name = headers[at]
                 if not skip_mask >> index & 1 and (passes is None or passes.of(name)):
                     if memory is not None:
-                        line = memory.line(index, name, value)
+                        line = memory.line(index, name, headers[at + 1])
                     else:
-                        line = header_line(name, value)
+                        line = header_line(name, headers[at + 1])
                     if len(block) == 0:
                         block = line
                     elif more is None:

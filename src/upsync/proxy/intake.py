@@ -91,11 +91,19 @@ def line_after_target(data: bytes, target_length: int) -> int:
         ending = LINE_BARE_LF
     else:
         return LINE_UNKNOWN
-    version = data[at + 1 : at + 9]
-    if version == b"HTTP/1.1":
-        return LINE_HTTP11 | ending
-    if version == b"HTTP/1.0":
-        return LINE_HTTP10 | ending
+    # "HTTP/1.1" or "HTTP/1.0", read byte by byte: a slice would be a new bytes object
+    minor = data[at + 8]
+    if (
+        (minor == 49 or minor == 48)  # "1", "0"
+        and data[at + 1] == 72  # H
+        and data[at + 2] == 84  # T
+        and data[at + 3] == 84  # T
+        and data[at + 4] == 80  # P
+        and data[at + 5] == 47  # /
+        and data[at + 6] == 49  # 1
+        and data[at + 7] == 46  # .
+    ):
+        return (LINE_HTTP11 if minor == 49 else LINE_HTTP10) | ending
     return LINE_UNKNOWN | ending
 
 

@@ -119,7 +119,9 @@ class Request:
         self.path = "/"
         self.query = ""
         self.version = "1.1"
-        self.headers: list[tuple[bytes, bytes]] = []
+        # name, value, name, value...: flat, so a header costs the parse two appends and no
+        # tuple (pairs() gives them as pairs)
+        self.headers: list[bytes] = []
         self.skip_mask = 0  # by position, the headers never passed upstream (hop-by-hop, ...)
         self.host = ""
         self.keep_alive = True
@@ -201,8 +203,13 @@ class Request:
         )
         return (*self.tries, current)
 
+    def pairs(self) -> list[tuple[bytes, bytes]]:
+        """The request's headers as (name, value) pairs, in their order."""
+        headers = self.headers
+        return list(zip(headers[::2], headers[1::2], strict=True))
+
     def header(self, name: bytes) -> bytes | None:
-        for key, value in self.headers:
+        for key, value in self.pairs():
             if key.lower() == name:
                 return value
         return None
@@ -231,7 +238,7 @@ class Request:
         Cookie, "," for the others)."""
         found: list[bytes] | None = None
         first = b""
-        for key, value in self.headers:
+        for key, value in self.pairs():
             if key.lower() == name:
                 if found is None and not first:
                     first = value
@@ -284,7 +291,7 @@ class Request:
             return _header_in(trailers or (), name[13:])
         if name.startswith("cookie_"):
             cookie_wanted = name[7:]
-            for header_name, value in self.headers:
+            for header_name, value in self.pairs():
                 if header_name.lower() == b"cookie":
                     for pair in value.decode("latin-1").split(";"):
                         cookie_name, _, cookie = pair.strip().partition("=")
