@@ -231,3 +231,42 @@ http {{
                 assert answer.rpartition(b"\r\n\r\n")[2] == body, (target, answer)
         finally:
             client.close()
+
+
+def test_host_headers_remembered_across_connections_choose_their_own_server() -> None:
+    """A worker remembers the host each Host header sent names (new connections repeat them):
+    on a fresh connection each time, a Host that repeats, changes case, carries a port or a
+    trailing dot still chooses its own server, and an invalid one is refused every time."""
+    port = free_port()
+    config = f"""
+events {{}}
+http {{
+    server {{ listen 127.0.0.1:{port}; server_name a.test; return 200 "a"; }}
+    server {{ listen 127.0.0.1:{port} default_server; server_name b.test; return 200 "b"; }}
+}}
+"""
+    asked = [
+        (b"a.test", b"a"),
+        (b"a.test", b"a"),
+        (b"b.test", b"b"),
+        (b"A.TEST", b"a"),
+        (b"a.test:8080", b"a"),
+        (b"a.test.", b"a"),
+        (b"a/test", None),
+        (b"a/test", None),
+        (b"other", b"b"),
+        (b"a.test", b"a"),
+    ]
+    with running_upsync(config, port):
+        for host, body in asked:
+            with socket.create_connection(("127.0.0.1", port)) as client:
+                client.settimeout(5)
+                client.sendall(b"GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % host)
+                answer = b""
+                while chunk := client.recv(65536):
+                    answer += chunk
+            if body is None:
+                assert answer.startswith(b"HTTP/1.1 400"), (host, answer)
+            else:
+                assert answer.startswith(b"HTTP/1.1 200"), (host, answer)
+                assert answer.endswith(b"\r\n\r\n" + body), (host, answer)

@@ -8,7 +8,6 @@ import asyncio
 import ipaddress
 import logging
 import os
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 from urllib.parse import quote
@@ -126,6 +125,10 @@ _LISTED_REQUEST_HEADERS: Final = {
         )
     },
 }
+# Host headers as sent, each with the host it names (valid ones only): new connections repeat
+# them, and validating one costs about 2,000 instructions; bounded (cleared when full)
+_KNOWN_HOSTS: Final[dict[bytes, str]] = {}
+_KNOWN_HOSTS_LIMIT: Final = 1024
 _REQUEST_HEADERS: Final = http1.HeaderClasses(_LISTED_REQUEST_HEADERS, _OTHER, _unlisted_header)
 
 
@@ -268,7 +271,9 @@ class ClientConnection(asyncio.Protocol):
         self.plan: ProxyPlan | None = None  # of the location last proxied to
         self.current: Request | None = None  # being parsed
         self.active: Request | None = None  # being answered
-        self.queue: deque[Request] = deque()
+        # requests read while another is answered (pipelined): a list, as few ever wait (a
+        # deque costs a block of 64 slots for every connection)
+        self.queue: list[Request] = []
         self.exchange: ProxyExchange | None = None
         self.body_sink: ProxyExchange | None = None
         self.in_headers = True
@@ -300,7 +305,7 @@ class ClientConnection(asyncio.Protocol):
         self.linger_wanted = False
         self.linger_until = 0.0  # set while lingering
         self.tunnel: asyncio.Transport | None = None
-        self.timer = Deadline(self.loop, self._on_timeout)
+        self.timer = Deadline(self.loop, self._on_timeout, connections.clock)
         self.keepalive_timeout = 75.0
         self.keepalive_time = 3600.0
         self.born = 0.0  # loop time of the connection's start, for keepalive_time
@@ -1101,9 +1106,15 @@ class ClientConnection(asyncio.Protocol):
                 if host_header == self.last_host_header:
                     req.host = self.last_host  # keep-alive clients repeat their Host
                 else:
-                    host = request_host(host_header.decode("latin-1"))
+                    host = _KNOWN_HOSTS.get(host_header)
                     if host is None:
-                        raise BadRequest(400)
+                        host = request_host(host_header.decode("latin-1"))
+                        if host is None:
+                            raise BadRequest(400)
+                        if len(host_header) <= 255:  # a name's length: the cache stays small
+                            if len(_KNOWN_HOSTS) >= _KNOWN_HOSTS_LIMIT:
+                                _KNOWN_HOSTS.clear()
+                            _KNOWN_HOSTS[host_header] = host
                     req.host = self.last_host = host
                     self.last_host_header = host_header
                     self.last_server = None
@@ -1567,7 +1578,7 @@ class ClientConnection(asyncio.Protocol):
         # a connection of a configuration that was reloaded away (or of a process that quits)
         # answers what it has already received, and closes after the last of it: no request it
         # sent is left unanswered
-        return not self._drained() or bool(self.queue)
+        return not self._drained() or len(self.queue) > 0
 
     def _drained(self) -> bool:
         """Whether this connection's configuration was reloaded away and its moment to close
@@ -1779,7 +1790,7 @@ class ClientConnection(asyncio.Protocol):
             return
         queue = self.queue
         if len(queue) > 0:  # len(), not truth: see _hold
-            req = queue.popleft()
+            req = queue.pop(0)
             self.active = req
             if len(queue) == 0:
                 self.resume_reading_for("pipelined")

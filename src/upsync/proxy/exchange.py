@@ -970,11 +970,12 @@ class ProxyExchange:
         else:
             self._give_up(status)
 
-    def _finish_peer(self, failed: bool, now: float | None = None) -> None:
+    def _finish_peer(self, failed: bool, now: float = -1.0) -> None:
+        """`now`: the loop time, when the caller has read it (a float, not None: unboxed)."""
         peer = self.peer
         if peer is not None:
             self.peer = None
-            release(peer, failed, self.loop.time() if now is None else now)
+            release(peer, failed, self.loop.time() if now < 0 else now)
             if failed and peer.max_fails and peer.fails >= peer.max_fails:
                 log.warning(
                     'upstream server temporarily disabled: "%s" in upstream "%s"',
