@@ -232,6 +232,19 @@ class HeaderMemory:
             self.lines.append(b"")
         return kind
 
+    def line_of_known(self, index: int, name: bytes, value: bytes) -> bytes:
+        """line(), for a header whose name the caller has just found at this position (or
+        made kind() remember there): only the value is compared."""
+        values = self.values
+        if index >= len(values):
+            return header_line(name, value)
+        if values[index] == value:
+            return self.lines[index]
+        line = header_line(name, value)
+        values[index] = value
+        self.lines[index] = line
+        return line
+
     def line(self, index: int, name: bytes, value: bytes) -> bytes:
         """header_line(name, value) for the header at this position: the same bytes as last
         time when the name and value are the same. Remembered when kind() last saw this name

@@ -311,7 +311,7 @@ class UpstreamConnection(PooledConnection):
         else:
             kind = memory.kind(index, name)
         if kind == _PASS:
-            self.lines.append(memory.line(index, name, value))
+            self.lines.append(memory.line_of_known(index, name, value))
             return
         if kind >= _ONCE or kind in (_LOCATION, _REFRESH, _ENCODING):
             once = 1 << kind
@@ -321,7 +321,7 @@ class UpstreamConnection(PooledConnection):
                 return  # a repeated one: the first stands (nginx logs and drops it)
             self.seen |= once
             if kind >= _ONCE:
-                self.lines.append(memory.line(index, name, value))
+                self.lines.append(memory.line_of_known(index, name, value))
                 return
         if kind == _LENGTH:
             self.length = value
