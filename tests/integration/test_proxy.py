@@ -455,6 +455,37 @@ def test_access_log_times_follow_the_wall_clock() -> None:
     assert 0.45 <= float(lines[1][2]) < 5, lines[1]
 
 
+def test_a_request_after_pipelined_ones_and_a_pause_is_timed_from_its_own_read() -> None:
+    """A request queued behind another (pipelined) is started by the upstream's read, not the
+    client's: the time read then is not kept for the client's next read. After a pause longer
+    than proxy_read_timeout, a request whose answer takes a fraction of it still gets it (with
+    a stale time its read timeout would have passed at once: 504)."""
+    port = free_port()
+    with Backend("a") as a:
+        text = config(
+            port,
+            f"server 127.0.0.1:{a.port}; keepalive 4;",
+            'proxy_read_timeout 1s; proxy_http_version 1.1; proxy_set_header Connection "";',
+        )
+        with running_upsync(text, port):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+                client.sendall(b"GET /p/1 HTTP/1.1\r\nHost: x\r\n\r\nGET /p/2 HTTP/1.1\r\nHost: x\r\n\r\n")
+                answers = b""
+                while answers.count(b"a\n") < 2:
+                    chunk = client.recv(65536)
+                    assert chunk, answers
+                    answers += chunk
+                assert answers.count(b"HTTP/1.1 200 OK") == 2, answers
+                time.sleep(1.5)  # the pause under test: longer than proxy_read_timeout
+                client.sendall(b"GET /slow/0.3 HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = b""
+                while not answer.endswith(b"a\n"):
+                    chunk = client.recv(65536)
+                    assert chunk, answer
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 200 OK"), answer
+
+
 def test_access_log_lines_go_to_every_log_of_the_level_when_their_condition_holds() -> None:
     port = free_port()
     with Backend("a") as a:

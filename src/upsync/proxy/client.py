@@ -125,6 +125,9 @@ _LISTED_REQUEST_HEADERS: Final = {
         )
     },
 }
+# read_at outside a read, and in one before the clock is read (loop times are never negative)
+_NOT_IN_READ: Final = -1.0
+_IN_READ: Final = -2.0
 # Host headers as sent, each with the host it names (valid ones only): new connections repeat
 # them, and validating one costs about 2,000 instructions; bounded (cleared when full)
 _KNOWN_HOSTS: Final[dict[bytes, str]] = {}
@@ -259,7 +262,7 @@ class ClientConnection(asyncio.Protocol):
         self.last_host_header: bytes | None = None
         self.last_host = ""
         self.last_server: VirtualServer | None = None  # the server last_host chose
-        self.read_at = -1.0  # the loop's time during a read, once read (see read_clock)
+        self.read_at = _NOT_IN_READ  # the loop's time during a read, once read (read_clock)
         # keep-alive clients often ask for one target again: the last origin-form target as
         # sent, and as text, its $uri and $args, and the location its server chose for them
         self.last_url = b""
@@ -545,18 +548,23 @@ class ClientConnection(asyncio.Protocol):
 
     # incoming bytes
     def data_received(self, data: bytes) -> None:
+        self.read_at = _IN_READ
         try:
             self._received(data)
         finally:
-            self.read_at = -1.0  # the next read's time is read again
+            self.read_at = _NOT_IN_READ  # the next read's time is read again
 
     def read_clock(self) -> float:
         """The event loop's time, read once per read of this connection (nginx reads its time
-        once per event loop turn): what a read starts is timed from it."""
+        once per event loop turn): what a read starts is timed from it. Outside a read (a
+        queued request started by an upstream's read) it is read each time, never kept."""
         now = self.read_at
-        if now < 0:
-            now = self.read_at = self.connections.clock()
-        return now
+        if now >= 0:
+            return now
+        clock = self.connections.clock()
+        if now == _IN_READ:
+            self.read_at = clock
+        return clock
 
     def _received(self, data: bytes) -> None:
         if self.awaiting_first_bytes:
