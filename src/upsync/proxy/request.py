@@ -209,9 +209,10 @@ class Request:
         return list(zip(headers[::2], headers[1::2], strict=True))
 
     def header(self, name: bytes) -> bytes | None:
-        for key, value in self.pairs():
-            if key.lower() == name:
-                return value
+        headers = self.headers
+        for at in range(0, len(headers), 2):
+            if headers[at].lower() == name:
+                return headers[at + 1]
         return None
 
     def extras(self) -> RequestExtras:
@@ -238,8 +239,10 @@ class Request:
         Cookie, "," for the others)."""
         found: list[bytes] | None = None
         first = b""
-        for key, value in self.pairs():
-            if key.lower() == name:
+        headers = self.headers
+        for at in range(0, len(headers), 2):
+            if headers[at].lower() == name:
+                value = headers[at + 1]
                 if found is None and not first:
                     first = value
                 elif found is None:
