@@ -114,17 +114,22 @@ def test_request_header_lines_remembered_by_value_follow_each_change() -> None:
     assert heads == [b"Host: backend\r\n" + headers.rstrip(b"\r\n") for headers in sends]
 
 
-def test_a_kept_alive_client_that_changes_its_host_reaches_each_server() -> None:
-    """A connection remembers the server its previous Host chose: a Host that changes, goes and
-    comes back on the same connection chooses by itself each time."""
-    port = free_port()
-    config = f"""
+def two_servers(port: int) -> str:
+    """a.test answers "a"; b.test, the default server, "b"."""
+    return f"""
 events {{}}
 http {{
     server {{ listen 127.0.0.1:{port}; server_name a.test; return 200 "a"; }}
     server {{ listen 127.0.0.1:{port} default_server; server_name b.test; return 200 "b"; }}
 }}
 """
+
+
+def test_a_kept_alive_client_that_changes_its_host_reaches_each_server() -> None:
+    """A connection remembers the server its previous Host chose: a Host that changes, goes and
+    comes back on the same connection chooses by itself each time."""
+    port = free_port()
+    config = two_servers(port)
     hosts = [b"a.test", b"a.test", b"b.test", b"A.TEST", None, b"a.test", b"other"]
     with running_upsync(config, port), socket.create_connection(("127.0.0.1", port)) as client:
         client.settimeout(5)
@@ -238,13 +243,7 @@ def test_host_headers_remembered_across_connections_choose_their_own_server() ->
     on a fresh connection each time, a Host that repeats, changes case, carries a port or a
     trailing dot still chooses its own server, and an invalid one is refused every time."""
     port = free_port()
-    config = f"""
-events {{}}
-http {{
-    server {{ listen 127.0.0.1:{port}; server_name a.test; return 200 "a"; }}
-    server {{ listen 127.0.0.1:{port} default_server; server_name b.test; return 200 "b"; }}
-}}
-"""
+    config = two_servers(port)
     asked = [
         (b"a.test", b"a"),
         (b"a.test", b"a"),

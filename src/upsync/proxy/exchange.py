@@ -242,16 +242,12 @@ class ProxyPlan:
         # the header lines: one is kept as it is, more are joined (a list only then)
         block = b""
         more: list[bytes] | None = None
-        for name, template in self.headers:
-            rendered = template.render(req)
-            if rendered:
-                line = header_line(name, rendered.encode("latin-1"))
-                if len(block) == 0:
-                    block = line
-                elif more is None:
-                    more = [block, line]
-                else:
-                    more.append(line)
+        if len(self.headers) > 0:  # the location's headers made per request
+            more = []
+            for name, template in self.headers:
+                rendered = template.render(req)
+                if rendered:
+                    more.append(header_line(name, rendered.encode("latin-1")))
         if self.pass_headers:
             passes = self.passes
             skip_mask = req.skip_mask
@@ -264,12 +260,12 @@ class ProxyPlan:
                         line = memory.line(index, name, headers[at + 1])
                     else:
                         line = header_line(name, headers[at + 1])
-                    if len(block) == 0:
-                        block = line
-                    elif more is None:
-                        more = [block, line]
-                    else:
+                    if more is not None:
                         more.append(line)
+                    elif len(block) == 0:
+                        block = line
+                    else:
+                        more = [block, line]
         if more is not None:
             block = b"".join(more)
         # compiled, one copy of the parts (see header_line)
