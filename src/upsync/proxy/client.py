@@ -47,7 +47,13 @@ from upsync.proxy.intake import (
 )
 from upsync.proxy.rate import RateLimit
 from upsync.proxy.request import Request
-from upsync.proxy.routing import ServerTable, VirtualServer, normalize_path, request_host
+from upsync.proxy.routing import (
+    ServerTable,
+    VirtualServer,
+    header_host,
+    normalize_path,
+    request_host,
+)
 from upsync.proxy.timer import Deadline
 
 if TYPE_CHECKING:
@@ -128,10 +134,6 @@ _LISTED_REQUEST_HEADERS: Final = {
 # read_at outside a read, and in one before the clock is read (loop times are never negative)
 _NOT_IN_READ: Final = -1.0
 _IN_READ: Final = -2.0
-# Host headers as sent, each with the host it names (valid ones only): new connections repeat
-# them, and validating one costs about 2,000 instructions; bounded (cleared when full)
-_KNOWN_HOSTS: Final[dict[bytes, str]] = {}
-_KNOWN_HOSTS_LIMIT: Final = 1024
 _REQUEST_HEADERS: Final = http1.HeaderClasses(_LISTED_REQUEST_HEADERS, _OTHER, _unlisted_header)
 
 
@@ -429,8 +431,7 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is None or self.closed:
             return
         if more is not None:
-            more[:0] = (first, second)
-            self._send(b"".join(more))
+            self._send(b"".join([first, second, *more]))
         elif len(second) > 0:  # a head and a body: one concatenation costs less than a join
             self._send(first + second)
         else:
@@ -1114,15 +1115,9 @@ class ClientConnection(asyncio.Protocol):
                 if host_header == self.last_host_header:
                     req.host = self.last_host  # keep-alive clients repeat their Host
                 else:
-                    host = _KNOWN_HOSTS.get(host_header)
+                    host = header_host(host_header)
                     if host is None:
-                        host = request_host(host_header.decode("latin-1"))
-                        if host is None:
-                            raise BadRequest(400)
-                        if len(host_header) <= 255:  # a name's length: the cache stays small
-                            if len(_KNOWN_HOSTS) >= _KNOWN_HOSTS_LIMIT:
-                                _KNOWN_HOSTS.clear()
-                            _KNOWN_HOSTS[host_header] = host
+                        raise BadRequest(400)
                     req.host = self.last_host = host
                     self.last_host_header = host_header
                     self.last_server = None
@@ -1171,14 +1166,16 @@ class ClientConnection(asyncio.Protocol):
             found = self._find_location(req, server)
         else:
             path = req.path
-            found = self.last_location
+            remembered = self.last_location
             if (
-                found is None
-                or path is not self.last_path
-                or server is not self.last_location_server
+                remembered is not None
+                and path is self.last_path
+                and server is self.last_location_server
             ):
+                found = remembered
+            else:
                 found = server.locations.match(path)
-                if path is self.last_path:
+                if path is self.last_path:  # reset with last_path (see _check_request)
                     self.last_location = found
                     self.last_location_server = server
             if found.rewrites or found.auto_redirect or found.internal:

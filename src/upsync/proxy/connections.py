@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import resource
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -44,7 +43,6 @@ class OpenConnections:
     ) -> None:
         self.loop = loop
         self.clock = loop.time  # bound once: read for every proxied request
-        self.wall_clock = time.time  # the same: read for every request
         self.limit = limit  # worker_connections
         self.members: set[ClientConnection] = set()
         self.pause_accepting = pause_accepting

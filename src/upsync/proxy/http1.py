@@ -249,17 +249,10 @@ class HeaderMemory:
         """header_line(name, value) for the header at this position: the same bytes as last
         time when the name and value are the same. Remembered when kind() last saw this name
         at this position."""
-        values = self.values
-        if index >= len(values):
-            return header_line(name, value)
-        same_name = self.names[index] == name
-        if same_name and values[index] == value:
-            return self.lines[index]
-        line = header_line(name, value)
-        if same_name:
-            values[index] = value
-            self.lines[index] = line
-        return line
+        names = self.names
+        if index < len(names) and names[index] == name:
+            return self.line_of_known(index, name, value)
+        return header_line(name, value)
 
 
 _STATUS_LINES: Final[dict[int, bytes]] = {}

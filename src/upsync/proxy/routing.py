@@ -1,6 +1,7 @@
 """Choosing a server block by Host and a location by URI, with nginx's rules. Pure functions."""
 
 from collections.abc import Sequence
+from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from upsync.config.model import LocationConfig, ServerBlock
@@ -218,6 +219,25 @@ def normalize_path(raw_path: str) -> str | None:
     if trailing and segments:
         result += "/"
     return result
+
+
+# Host headers as sent, each with the host it names (valid ones only): new connections repeat
+# them, and validating one costs about 2,000 instructions; bounded (cleared when full)
+_KNOWN_HOSTS: Final[dict[bytes, str]] = {}
+_KNOWN_HOSTS_LIMIT: Final = 1024
+
+
+def header_host(value: bytes) -> str | None:
+    """request_host() of a Host header as sent, remembered per process for valid names up
+    to a name's length (so the memory stays small whatever clients send)."""
+    host = _KNOWN_HOSTS.get(value)
+    if host is None:
+        host = request_host(value.decode("latin-1"))
+        if host is not None and len(value) <= 255:
+            if len(_KNOWN_HOSTS) >= _KNOWN_HOSTS_LIMIT:
+                _KNOWN_HOSTS.clear()
+            _KNOWN_HOSTS[value] = host
+    return host
 
 
 def request_host(value: str) -> str | None:
