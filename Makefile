@@ -11,7 +11,7 @@ SOURCES := $(shell find src -name '*.py')
 # in .venv is rebuilt whenever a source file changes
 $(STAMP): pyproject.toml setup.py $(SOURCES)
 	$(PYTHON) -m venv $(VENV)
-	@echo "installing upsync into $(VENV); mypyc compiles the hot path (about a minute)"
+	@echo "installing upsync into $(VENV); mypyc compiles the hot path, profile-guided (about two minutes)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -34,7 +34,7 @@ bench-deps:
 	sh scripts/install-bench-deps.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench setup.py
+	$(BIN)/ruff check src tests bench scripts setup.py
 	$(BIN)/mypy
 
 # the whole suite runs the installed (compiled) build; the interpreted build that

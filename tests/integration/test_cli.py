@@ -1,5 +1,6 @@
 """The command line as a user meets it: -t, -T, -v, -s reload|quit|stop, signals."""
 
+import importlib.util
 import os
 import signal
 import socket
@@ -88,8 +89,31 @@ def test_installed_build_has_the_compiled_hot_path() -> None:
     assert result.returncode == 0
     if os.environ.get("UPSYNC_PURE_PYTHON", "") in ("", "0"):
         assert "hot path compiled by mypyc" in result.stderr
+        # setup.py trains the build with GCC unless told not to (the README's "How it is built")
+        if os.environ.get("UPSYNC_PGO", "1") not in ("", "0"):
+            assert "profile-guided" in result.stderr
     else:
         assert "hot path interpreted" in result.stderr
+
+
+def test_installed_extension_is_not_the_instrumented_one() -> None:
+    """The profile-guided build compiles twice; the first, instrumented, extension must never be
+    the one installed (it would be slower, and write profile files where the build was)."""
+    spec = importlib.util.find_spec("upsync__mypyc")
+    if spec is None or spec.origin is None:
+        pytest.skip("no compiled hot path installed")
+    assert b"__gcov_" not in Path(spec.origin).read_bytes()
+
+
+def test_profile_training_runs_through_the_installed_build() -> None:
+    """The training mix setup.py runs must keep working: if it fails, builds quietly lose their
+    profile (with a warning in the build's output)."""
+    training = Path(__file__).resolve().parents[2] / "scripts" / "pgo_training.py"
+    result = subprocess.run(
+        [sys.executable, str(training)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "profile training ran" in result.stderr
 
 
 def test_reload_applies_new_config_without_dropping_the_listener() -> None:
