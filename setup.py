@@ -26,6 +26,14 @@ TRAINING = ROOT / "scripts" / "pgo_training.py"
 TRAINING_TIMEOUT = 300
 # written into the package when the profile was used; `upsync -V` reports it
 PROFILE_MARK = Path("upsync", "profile-guided")
+# How compiled functions call each other and CPython. By default every function of a shared
+# object may be replaced by another object's at load time, so calls between them go through
+# the PLT and none can be inlined into another: hidden visibility makes them direct, and lets
+# the profile inline the hot ones (mypyc's modules find each other through capsules, and
+# PyInit_ stays exported). -fno-plt calls CPython through its GOT entry, without the PLT's
+# extra jump. With the profile: 28,605 -> 27,795 instructions per keep-alive request, 447 -> 229
+# instruction-cache misses (bench/instructions.py --cache); without it, no change.
+LINKAGE = ["-fvisibility=hidden", "-fno-plt"]
 INSTRUMENT = ["-fprofile-generate"]
 # -fprofile-partial-training: code the training did not run is optimised for speed as without a
 # profile, not for size (a user's configuration runs paths a training mix cannot all reach)
@@ -75,7 +83,11 @@ def compiled_modules() -> list[Extension]:
         return []
     from mypyc.build import mypycify
 
-    return mypycify(HOT_PATH, group_name="upsync", opt_level="3")
+    extensions: list[Extension] = mypycify(HOT_PATH, group_name="upsync", opt_level="3")
+    if sys.platform == "linux":
+        for extension in extensions:
+            extension.extra_compile_args += LINKAGE
+    return extensions
 
 
 def compiler_is_gcc() -> bool:
@@ -95,6 +107,10 @@ class ProfileGuidedBuild(build_ext):
     def run(self) -> None:
         mark = Path(self.build_lib, PROFILE_MARK)
         mark.unlink(missing_ok=True)  # a build directory outlives a build
+        # every object is compiled in every pass: an object left from an earlier build (with
+        # other flags, or an interrupted training) is newer than its unchanged C file, and would
+        # be trained (uninstrumented, so nothing is learnt) or installed (instrumented)
+        self.force = True
         if not self._wanted():
             super().run()
             return
@@ -103,10 +119,9 @@ class ProfileGuidedBuild(build_ext):
         compiler = self.compiler  # a name, until run() puts the compiler object there
         self._set_flags(INSTRUMENT, INSTRUMENT)
         super().run()
-        trained = self._train()
+        trained = self._train() and self._profiled()
         self._set_flags(USE_PROFILE if trained else [], [])
         self.compiler = compiler
-        self.force = True  # every object again: the instrumented ones must not be installed
         super().run()
         if trained:
             mark.write_text("trained by scripts/pgo_training.py\n")
@@ -120,6 +135,12 @@ class ProfileGuidedBuild(build_ext):
             print("upsync: no GCC or no training script: no profile-guided build", file=sys.stderr)
             return False
         return True
+
+    def _profiled(self) -> bool:
+        if any(Path(self.build_temp).rglob("*.gcda")):
+            return True
+        print("upsync: the training wrote no profile: building without one", file=sys.stderr)
+        return False
 
     def _set_flags(self, compile_flags: list[str], link_flags: list[str]) -> None:
         for extension in self.extensions:
