@@ -6,7 +6,7 @@ failing the install.
 
 With GCC the compiled build is profile-guided, as CPython's own release builds are: compiled
 once instrumented, trained by scripts/pgo_training.py (a typical request mix through the new
-build, about 10 s), then compiled again with what the training measured. GCC then keeps the code
+build, a few seconds), then compiled again with what the training measured. GCC then keeps the code
 a request runs together and the error paths apart; where the hot path's code no longer fits the
 instruction cache, that is what upsync's requests per second depend on. If the training fails,
 the build goes on without a profile, with a warning. UPSYNC_PGO=0 skips the training."""
@@ -117,10 +117,11 @@ class ProfileGuidedBuild(build_ext):
         for stale in Path(self.build_temp).rglob("*.gcda"):
             stale.unlink()
         compiler = self.compiler  # a name, until run() puts the compiler object there
-        self._set_flags(INSTRUMENT, INSTRUMENT)
+        base = [(list(e.extra_compile_args), list(e.extra_link_args)) for e in self.extensions]
+        self._set_flags(base, INSTRUMENT, INSTRUMENT)
         super().run()
         trained = self._train() and self._profiled()
-        self._set_flags(USE_PROFILE if trained else [], [])
+        self._set_flags(base, USE_PROFILE if trained else [], [])
         self.compiler = compiler
         super().run()
         if trained:
@@ -142,14 +143,15 @@ class ProfileGuidedBuild(build_ext):
         print("upsync: the training wrote no profile: building without one", file=sys.stderr)
         return False
 
-    def _set_flags(self, compile_flags: list[str], link_flags: list[str]) -> None:
-        for extension in self.extensions:
-            base = getattr(extension, "_upsync_base_flags", None)
-            if base is None:
-                base = (list(extension.extra_compile_args), list(extension.extra_link_args))
-                extension._upsync_base_flags = base
-            extension.extra_compile_args = [*base[0], *compile_flags]
-            extension.extra_link_args = [*base[1], *link_flags]
+    def _set_flags(
+        self,
+        base: list[tuple[list[str], list[str]]],
+        compile_flags: list[str],
+        link_flags: list[str],
+    ) -> None:
+        for extension, (compile_args, link_args) in zip(self.extensions, base, strict=True):
+            extension.extra_compile_args = [*compile_args, *compile_flags]
+            extension.extra_link_args = [*link_args, *link_flags]
 
     def _train(self) -> bool:
         print("upsync: profile-guided build: training run", file=sys.stderr)
