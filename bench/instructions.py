@@ -24,16 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from proxy_bench import compiled_relay, free_port
+
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\n\r\n"
 CLOSE_REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nConnection: close\r\n\r\n"
 BODY = b"hello from the backend\n"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def proxy_argv(workdir: Path, proxy: int, backend: int, relay: Path | None) -> list[str]:
@@ -128,16 +124,6 @@ def count(
         if line.startswith(("summary:", "totals:")):
             return [int(field) for field in line.split()[1:]]
     raise SystemExit("callgrind wrote no totals")
-
-
-def compiled_relay(workdir: Path) -> Path:
-    build = workdir / "relay"
-    build.mkdir()
-    shutil.copy(Path(__file__).with_name("relay.py"), build / "relay.py")
-    mypyc = Path(sys.executable).with_name("mypyc")
-    if mypyc.exists():
-        subprocess.run([str(mypyc), "relay.py"], cwd=build, capture_output=True, check=False)
-    return build
 
 
 def main() -> int:

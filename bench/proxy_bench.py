@@ -108,14 +108,20 @@ def start_nginx(
     return subprocess.Popen(pinned(cpu, argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def start_relay(workdir: Path, port: int, backend: int, cpu: int | None) -> subprocess.Popen[bytes]:
-    """bench/relay.py, compiled by mypyc (as upsync's hot path is) when it can be."""
+def compiled_relay(workdir: Path) -> Path:
+    """A directory holding bench/relay.py, compiled by mypyc (as upsync's hot path is) when it
+    can be; bench/instructions.py --relay counts the same build."""
     build = workdir / "relay"
     build.mkdir()
     shutil.copy(ROOT / "bench" / "relay.py", build / "relay.py")
     mypyc = Path(sys.executable).with_name("mypyc")
     if mypyc.exists():
         subprocess.run([str(mypyc), "relay.py"], cwd=build, capture_output=True, check=False)
+    return build
+
+
+def start_relay(workdir: Path, port: int, backend: int, cpu: int | None) -> subprocess.Popen[bytes]:
+    build = compiled_relay(workdir)
     argv = [sys.executable, "-c", "import relay; relay.main()", str(port), str(backend)]
     return subprocess.Popen(
         pinned(cpu, argv), cwd=build, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
