@@ -6,11 +6,12 @@ keep-alive connections or each on a new connection; the count for N=1000 is subt
 the cost of 2000 requests without start-up. Needs valgrind (Debian package `valgrind`).
 
 --relay counts bench/relay.py (compiled by mypyc, as make bench runs it) the same way: the
-floor of this stack. --cache adds callgrind's cache simulation: instruction-cache (I1) and
+floor of this stack. --unique-heads has the backend add a new id to each response head, the
+case where no upstream head repeats the one before (see upstream_conn.KnownHead). --cache adds callgrind's cache simulation: instruction-cache (I1) and
 data-cache (D1) misses per request, where the relay's whole per-request code fits the
 instruction cache and a larger program's does not.
 
-    .venv/bin/python bench/instructions.py [--relay] [--cache]
+    .venv/bin/python bench/instructions.py [--relay] [--cache] [--unique-heads]
 """
 
 import argparse
@@ -50,14 +51,21 @@ def proxy_argv(workdir: Path, proxy: int, backend: int, relay: Path | None) -> l
 
 
 def count(
-    requests: int, workdir: Path, close: bool, relay: Path | None = None, cache: bool = False
+    requests: int,
+    workdir: Path,
+    close: bool,
+    relay: Path | None = None,
+    cache: bool = False,
+    unique_heads: bool = False,
 ) -> list[int]:
     """callgrind's totals: instructions, then (with `cache`) the cache simulation's events
-    (Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw)."""
+    (Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw). `unique_heads`: the backend adds a new id to each
+    response head, so no head repeats the one before."""
     backend, proxy = free_port(), free_port()
     (workdir / "logs").mkdir(exist_ok=True)
+    unique = "add_header X-Id $request_id; " if unique_heads else ""
     (workdir / "backend.conf").write_text(
-        f'events {{}} http {{ access_log off; keepalive_requests 100000; server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "{BODY.decode().strip()}\\n"; }} }} }}'
+        f'events {{}} http {{ access_log off; keepalive_requests 100000; server {{ listen 127.0.0.1:{backend}; location / {{ {unique}return 200 "{BODY.decode().strip()}\\n"; }} }} }}'
     )
     (workdir / "proxy.conf").write_text(
         f"events {{}} http {{ access_log off; upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }} "
@@ -132,6 +140,11 @@ def main() -> int:
     )
     parser.add_argument("--relay", action="store_true", help="count bench/relay.py instead")
     parser.add_argument("--cache", action="store_true", help="also cache misses per request")
+    parser.add_argument(
+        "--unique-heads",
+        action="store_true",
+        help="a new X-Id in each backend response head: no head repeats (see KnownHead)",
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind): skipped")
@@ -140,8 +153,8 @@ def main() -> int:
     for close, mode in ((False, "keep-alive request"), (True, "request on a new connection")):
         with tempfile.TemporaryDirectory() as tmp:
             relay = compiled_relay(Path(tmp)) if args.relay else None
-            low = count(1000, Path(tmp), close, relay, args.cache)
-            high = count(3000, Path(tmp), close, relay, args.cache)
+            low = count(1000, Path(tmp), close, relay, args.cache, args.unique_heads)
+            high = count(3000, Path(tmp), close, relay, args.cache, args.unique_heads)
         per = [(more - fewer) / 2000 for more, fewer in zip(high, low, strict=True)]
         line = f"{name}: instructions per proxied {mode}: {per[0]:,.0f}"
         if args.cache:

@@ -92,6 +92,9 @@ class UpstreamConnection(PooledConnection):
         "interim",
         "keep_alive",
         "keeps_alive",
+        "known",
+        "learnable",
+        "learning",
         "length",
         "lines",
         "max_head",
@@ -99,6 +102,7 @@ class UpstreamConnection(PooledConnection):
         "parser",
         "pool",
         "received_any",
+        "repeating",
         "seen",
         "send",
         "skip_body",
@@ -123,6 +127,13 @@ class UpstreamConnection(PooledConnection):
         self.feed: Callable[[bytes], None] | None = None
         self.status_code: Callable[[], int] | None = None
         self.keeps_alive: Callable[[], bool] | None = None
+        # a response head read before, and whether the current response repeats it (see
+        # KnownHead); the first read of a response, while it is parsed, when its head may be
+        # learnt; and whether this one's headers allow it (none is rewritten per request)
+        self.known: KnownHead | None = None
+        self.repeating = False
+        self.learning: bytes | None = None
+        self.learnable = True
         # the request's location's header classes, with the previous response's names
         self.memory = HeaderMemory(RESPONSE_HEADERS)
         # the response head as it is parsed: lines to pass on, and what the proxy itself needs
@@ -173,6 +184,7 @@ class UpstreamConnection(PooledConnection):
             self.keeps_alive = parser.should_keep_alive
         self._reset_head()
         self.received_any = False
+        self.repeating = False
         self.done = False
         self.keep_alive = False
         self.skip_body = False
@@ -214,12 +226,16 @@ class UpstreamConnection(PooledConnection):
             exchange.on_upstream_closed(self)
         if self.tunnel is not None:
             self.tunnel.close()
-        # parser and timer point back at this object: let reference counting free it
+        # parser, timer and known head point back at this object: let reference counting
+        # free it
         self.timer.release()
         self._drop_parser()
+        self.known = None
 
     def _drop_parser(self) -> None:
         self.parser = self.feed = self.status_code = self.keeps_alive = None
+        if self.known is not None:
+            self.known.drop_parser()  # the head it learnt stays
 
     def eof_received(self) -> bool | None:
         return None
@@ -255,6 +271,7 @@ class UpstreamConnection(PooledConnection):
             # bytes nobody asked for: the connection can no longer be trusted
             self.abort()
             return
+        first = not self.received_any
         self.received_any = True
         exchange.req.try_received += len(data)
         client = exchange.client
@@ -262,6 +279,12 @@ class UpstreamConnection(PooledConnection):
         try:
             try:
                 feed = self.feed
+                if first:
+                    feed = self._first_read_feed(data)
+                elif self.repeating:
+                    known = self.known
+                    assert known is not None
+                    feed = known.feed
                 assert feed is not None  # bound with the parser
                 feed(data)
             except httptools.HttpParserUpgrade as upgrade:
@@ -282,10 +305,26 @@ class UpstreamConnection(PooledConnection):
                 else:
                     exchange.on_upstream_read()
         finally:
+            self.learning = None
             client.uncork()
+
+    def _first_read_feed(self, data: bytes) -> Callable[[bytes], None] | None:
+        """The parser for a response that starts with `data`: the known head's when `data`
+        starts with that head, else the connection's own (which may learn the head)."""
+        known = self.known
+        if known is not None:
+            if known.matches(data, self.memory.classes, self.max_head):
+                known.pace.matched = True
+                self.repeating = True
+                return known.parser_feed()
+            if not known.pace.worth_learning():
+                return self.feed
+        self.learning = data
+        return self.feed
 
     # httptools callbacks
     def _reset_head(self) -> None:
+        self.learnable = True
         self.lines = []
         self.upgrade_lines = None
         self.accel = None
@@ -331,20 +370,24 @@ class UpstreamConnection(PooledConnection):
             self.chunked = True
         elif kind == _UPGRADE:
             # kept for a 101 only
+            self.learnable = False
             if self.upgrade_lines is None:
                 self.upgrade_lines = []
             self.upgrade_lines.append(header_line(name, value))
         elif kind == _ACCEL:
+            self.learnable = False  # acted on per request
             if self.accel is None:
                 self.accel = []
             self.accel.append(header_line(name, value))
         elif kind == _COOKIE:
+            self.learnable = False  # rewritten per request
             exchange = self.exchange
             assert exchange is not None
             settings = exchange.settings
             value = rewrite_cookie(value, settings, exchange.req)
             self.lines.append(header_line(name, value))
         elif kind in (_LOCATION, _REFRESH):
+            self.learnable = False  # rewritten per request
             exchange = self.exchange
             assert exchange is not None
             redirects = exchange.plan.redirects
@@ -365,19 +408,52 @@ class UpstreamConnection(PooledConnection):
         if self.done:
             self.trailing = True
             return
-        exchange = self.exchange
         # taken now: the exchange may let the parser go (a retry detaches this connection)
         status_code, keeps_alive = self.status_code, self.keeps_alive
-        assert status_code is not None and keeps_alive is not None and exchange is not None
+        assert status_code is not None and keeps_alive is not None
         status = status_code()
         if 100 <= status < 200 and status != 101:
             self.interim = True  # "100 Continue" and friends are not forwarded
             self._reset_head()
+            self.learning = None  # the final response's head does not start the read
             return
+        learning = self.learning
+        if learning is not None and self.learnable and status != 101:
+            self._learn(learning)
+        self._head_complete(status, keeps_alive)
+
+    def on_known_head(self, status: int, keeps_alive: Callable[[], bool]) -> None:
+        """The known head's parser read it again: its headers are what they made last time."""
+        if self.done:
+            self.trailing = True
+            return
+        known = self.known
+        assert known is not None
+        self.lines = known.lines
+        self.length = known.length
+        self.chunked = known.chunked
+        self._head_complete(status, keeps_alive)
+
+    def _head_complete(self, status: int, keeps_alive: Callable[[], bool]) -> None:
+        exchange = self.exchange
+        assert exchange is not None
         self.skip_body = exchange.on_response_head(self, status)
         if self.skip_body or status == 101:
             self.keep_alive = keeps_alive() and status != 101
             self.done = True
+
+    def _learn(self, data: bytes) -> None:
+        """Keep the head that starts `data` with what its headers made. Its end is the first
+        empty line: in a head the parser took, a CRLF CRLF can only end it. A head whose lines
+        end in bare LFs is not found (or is found with some of its body, which only makes a
+        later match rarer)."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        known = self.known
+        if known is None:
+            known = self.known = KnownHead(self)
+        known.learn(data[: end + 4], self.memory.classes, self)
 
     def on_body(self, body: bytes) -> None:
         if self.done:
@@ -387,10 +463,126 @@ class UpstreamConnection(PooledConnection):
             self.exchange.on_response_body(body)
 
     def on_message_complete(self) -> None:
+        self.message_complete(self.keeps_alive)
+
+    def message_complete(self, keeps_alive: Callable[[], bool] | None) -> None:
         if self.interim:
             self.interim = False
             return
         if not self.done:
-            keeps_alive = self.keeps_alive
             self.keep_alive = keeps_alive is not None and keeps_alive()
             self.done = True
+
+
+class LearningPace:
+    """When a connection learns a response head after one that did not repeat the known head.
+    A head that came back is replaced at once (by one with the next second's Date, most
+    often). While learnt heads never come back (a backend that sends a new id or cookie each
+    time), one response in `interval` is learnt, the interval doubling up to 64: finding and
+    keeping a head costs about a thousand instructions, which such a backend would otherwise
+    cost each response for nothing."""
+
+    __slots__ = ("countdown", "interval", "matched")
+
+    def __init__(self) -> None:
+        self.matched = False  # the known head came back since it was learnt
+        self.interval = 1
+        self.countdown = 0
+
+    def worth_learning(self) -> bool:
+        if self.matched:
+            self.matched = False
+            self.interval = 1
+            self.countdown = 0
+            return True
+        if self.countdown > 0:
+            self.countdown -= 1
+            return False
+        self.interval = min(self.interval * 2, 64)
+        self.countdown = self.interval
+        return True
+
+
+class KnownHead:
+    """The last response head an upstream connection learnt, with what its headers made, and a
+    second parser for responses that start with the same bytes: a backend that answers the
+    same way again (most do, but for Date once a second) is parsed without a call per header.
+    A head with headers rewritten or acted on per request (Set-Cookie under proxy_cookie_*,
+    Location, Refresh, X-Accel-*, Upgrade) is never learnt, nor an interim or 101 one.
+    The same bytes make the same headers for the same header classes (the location's), and
+    the size check passed for a proxy_buffer_size at least as large."""
+
+    __slots__ = (
+        "chunked",
+        "classes",
+        "conn",
+        "feed",
+        "head",
+        "head_size",
+        "keeps_alive",
+        "length",
+        "lines",
+        "pace",
+        "parser",
+        "status_code",
+    )
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        self.head = b""
+        self.classes: HeaderClasses | None = None
+        self.lines: list[bytes] = []
+        self.length: bytes | None = None
+        self.chunked = False
+        self.head_size = 0
+        self.parser: httptools.HttpResponseParser | None = None
+        self.feed: Callable[[bytes], None] | None = None
+        self.status_code: Callable[[], int] | None = None
+        self.keeps_alive: Callable[[], bool] | None = None
+        self.pace = LearningPace()
+
+    def learn(self, head: bytes, classes: HeaderClasses, conn: UpstreamConnection) -> None:
+        self.head = head
+        self.classes = classes
+        self.lines = conn.lines  # never changed in place: a new head gets a new list
+        self.length = conn.length
+        self.chunked = conn.chunked
+        self.head_size = conn.head_size
+
+    def matches(self, data: bytes, classes: HeaderClasses, max_head: int) -> bool:
+        head = self.head
+        size = len(head)
+        return (
+            classes is self.classes
+            and self.head_size <= max_head
+            and len(data) >= size
+            and data[:size] == head
+        )
+
+    def parser_feed(self) -> Callable[[bytes], None]:
+        feed = self.feed
+        if feed is None:
+            self.parser = parser = httptools.HttpResponseParser(self)
+            parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)  # as the first
+            self.feed = feed = parser.feed_data
+            self.status_code = parser.get_status_code
+            self.keeps_alive = parser.should_keep_alive
+        return feed
+
+    def drop_parser(self) -> None:
+        self.parser = self.feed = self.status_code = self.keeps_alive = None
+
+    # the second parser's callbacks: none per header
+    def on_message_begin(self) -> None:
+        self.conn.on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        status_code, keeps_alive = self.status_code, self.keeps_alive
+        assert status_code is not None and keeps_alive is not None
+        self.conn.on_known_head(status_code(), keeps_alive)
+
+    def on_body(self, body: bytes) -> None:
+        self.conn.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.conn.message_complete(self.keeps_alive)
