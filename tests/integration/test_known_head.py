@@ -297,3 +297,20 @@ def test_heads_that_never_repeat_are_each_relayed_as_they_came() -> None:
         assert body == b"body-" + headers["x-id"].encode()
     ids = [headers["x-id"] for _, headers, _ in answers]
     assert ids[:6] == ["000000", "000001", "000000", "000003", "000004", "000003"]
+
+
+def test_a_learnt_head_takes_no_trailer_of_the_response_it_came_with() -> None:
+    """A chunked response's trailer fields are read after its head: they never become header
+    lines of a later response that repeats the head."""
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: t\r\n\r\n"
+    with_trailer = head + b"2\r\nok\r\n0\r\nX-Trail: 1\r\n\r\n"
+    port = free_port()
+    with ScriptedBackend(lambda req: (with_trailer, True)) as backend:
+        with running_upsync(keepalive_proxy_config(backend.port, port), port):
+            client = KeepAliveClient(port)
+            answers = [client.get("/t") for _ in range(4)]
+            client.close()
+    assert backend.connections == 1
+    for status, headers, body in answers:
+        assert (status, body, headers["x-up"]) == (200, b"ok", "t")
+        assert "x-trail" not in headers

@@ -544,7 +544,9 @@ class KnownHead:
     def learn(self, head: bytes, classes: HeaderClasses, conn: UpstreamConnection) -> None:
         self.head = head
         self.classes = classes
-        self.lines = conn.lines  # never changed in place: a new head gets a new list
+        # a copy: a chunked body's trailer fields are added to the connection's lines after
+        # its head (and never to these, which the second parser's responses share)
+        self.lines = list(conn.lines)
         self.length = conn.length
         self.chunked = conn.chunked
         self.head_size = conn.head_size
