@@ -88,23 +88,33 @@ def test_heads_rewritten_per_request_are_rewritten_for_each_request() -> None:
         assert headers["set-cookie"] == f"id=1; Domain={host}"
 
 
-def test_each_location_applies_its_own_header_rules_to_a_shared_connection() -> None:
-    head = ok_response(b"ok", b"X-Secret: s\r\nX-Up: u\r\n")
-    port = free_port()
-    with ScriptedBackend(lambda req: (head, True)) as backend:
-        config = f"""
+def two_locations(backend_port: int, port: int, first: str, second: str) -> str:
+    """Two locations proxying to one upstream, so its pooled connections serve both."""
+    return f"""
 events {{}}
 http {{
-    upstream backend {{ server 127.0.0.1:{backend.port}; keepalive 4; }}
+    upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 4; }}
     server {{
         listen 127.0.0.1:{port};
         proxy_http_version 1.1;
         proxy_set_header Connection "";
-        location /hide/ {{ proxy_pass http://backend; proxy_hide_header X-Secret; }}
-        location /show/ {{ proxy_pass http://backend; }}
+        location {first}
+        location {second}
     }}
 }}
 """
+
+
+def test_each_location_applies_its_own_header_rules_to_a_shared_connection() -> None:
+    head = ok_response(b"ok", b"X-Secret: s\r\nX-Up: u\r\n")
+    port = free_port()
+    with ScriptedBackend(lambda req: (head, True)) as backend:
+        config = two_locations(
+            backend.port,
+            port,
+            "/hide/ { proxy_pass http://backend; proxy_hide_header X-Secret; }",
+            "/show/ { proxy_pass http://backend; }",
+        )
         paths = ["/hide/1", "/hide/2", "/show/1", "/show/2", "/hide/3", "/show/3"]
         with running_upsync(config, port):
             client = KeepAliveClient(port)
@@ -120,19 +130,12 @@ def test_a_location_with_a_smaller_proxy_buffer_size_refuses_a_head_learnt_elsew
     head = ok_response(b"ok", b"X-Long: " + b"v" * 1500 + b"\r\n")
     port = free_port()
     with ScriptedBackend(lambda req: (head, True)) as backend:
-        config = f"""
-events {{}}
-http {{
-    upstream backend {{ server 127.0.0.1:{backend.port}; keepalive 4; }}
-    server {{
-        listen 127.0.0.1:{port};
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        location /big/ {{ proxy_pass http://backend; proxy_buffer_size 4k; }}
-        location /small/ {{ proxy_pass http://backend; proxy_buffer_size 1k; }}
-    }}
-}}
-"""
+        config = two_locations(
+            backend.port,
+            port,
+            "/big/ { proxy_pass http://backend; proxy_buffer_size 4k; }",
+            "/small/ { proxy_pass http://backend; proxy_buffer_size 1k; }",
+        )
         with running_upsync(config, port):
             client = KeepAliveClient(port)
             statuses = [client.get(path)[0] for path in ["/big/1", "/big/2", "/small/1", "/big/3"]]
