@@ -47,7 +47,7 @@ test: system-deps $(STAMP) lint
 		tests/integration/test_invariants.py tests/integration/test_workers.py \
 		tests/integration/test_request_buffering.py tests/integration/test_addresses.py \
 		tests/integration/test_rate_limits.py tests/integration/test_header_memory.py \
-		tests/integration/test_known_head.py
+		tests/integration/test_known_head.py tests/integration/test_known_request.py
 
 bench: system-deps bench-deps $(STAMP)
 	$(BIN)/python bench/proxy_bench.py

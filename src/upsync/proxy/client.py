@@ -192,10 +192,14 @@ class ClientConnection(asyncio.Protocol):
         "feed",
         "head_timed",
         "header_size",
+        "heard",
+        "heard_headers",
+        "heard_url",
         "http09",
         "in_headers",
         "keepalive_time",
         "keepalive_timeout",
+        "known_request",
         "last_chunk_open",
         "last_host",
         "last_host_header",
@@ -252,6 +256,13 @@ class ClientConnection(asyncio.Protocol):
         self.lenient = False
         self.relax_pending = False  # lenient from the next read on
         self.read_data: bytes | None = None  # the read being parsed strictly
+        # the last request whose head was complete, with the parser's calls that made it (its
+        # target and headers as they came); a read that is the same bytes as a known one is
+        # not parsed again (see _replay_known_request)
+        self.heard: Request | None = None
+        self.heard_url = b""
+        self.heard_headers: list[bytes] = []
+        self.known_request: KnownRequest | None = None
         self.parser: httptools.HttpRequestParser | None = None
         # the parser's feed_data and the transport's write, bound once the connection keeps
         # alive: a call by name looks the method up each time (about a hundred instructions),
@@ -407,12 +418,13 @@ class ClientConnection(asyncio.Protocol):
                 self.site.log_access(self.active)
         if self.tunnel is not None:
             self.tunnel.close()
-        # the parser and the timer point back at this object; without them it is freed by
-        # reference counting as soon as the transport lets go, never left to the cyclic collector
+        # the parser, the timer and the requests kept (current, active, heard) point back at
+        # this object; without them it is freed by reference counting as soon as the transport
+        # lets go, never left to the cyclic collector
         self.timer.release()
         self._use_parser(None)
         self.send = None
-        self.current = self.active = None
+        self.current = self.active = self.heard = None
         self.queue.clear()
 
     def cork(self) -> None:
@@ -593,7 +605,20 @@ class ClientConnection(asyncio.Protocol):
         if not self.lenient:
             # the strict parser refuses every bare CR in a head and in chunk framing itself
             self.read_data = data
-            fed = self._feed(data, 0, len(data))
+            known = self.known_request
+            heard = self.heard
+            if (
+                at_boundary
+                and known is not None
+                and data == known.data
+                and heard is not None
+                and heard.keep_alive  # else the parser would refuse a request after it
+            ):
+                fed = self._replay_known_request(known)
+            else:
+                fed = self._feed(data, 0, len(data))
+                if fed and at_boundary:
+                    self._learn_request(data)
             self.read_data = None
             if self.relax_pending:
                 self.relax_pending = False
@@ -632,6 +657,56 @@ class ClientConnection(asyncio.Protocol):
         if self.in_headers and data[-1] == 13:
             self.cr_pending = True
         self._after_read(data)
+
+    def _learn_request(self, data: bytes) -> None:
+        """After a read that started at a request's start was parsed: when it held one whole
+        request without a body, which keeps the connection alive, and the parser needed no
+        leniency for it, keep the read with the calls the parser made for it."""
+        req = self.heard
+        if (
+            req is None
+            or self.current is not None  # a request still being read
+            or self.requests != self.boundary_requests + 1
+            or not req.keep_alive  # the parser refuses what follows a last request
+            or req.chunked
+            or req.content_length
+            or req.upgrade
+            or self.version_hint is None  # the request line was not read from this read
+            or len(self.heard_url) == 0
+            or self.relax_pending
+            or self.lenient
+        ):
+            return
+        known = self.known_request
+        if known is None:
+            self.known_request = KnownRequest(data, self.heard_url, self.heard_headers)
+        else:
+            known.data = data
+            known.url = self.heard_url
+            known.headers = self.heard_headers
+
+    def _replay_known_request(self, known: "KnownRequest") -> bool:
+        """A read that is the same bytes as a known one is one whole request without a body,
+        which the parser would take as it took them (the connection is as strict, and its
+        last request kept it alive): its calls are made again instead, and every rule they
+        apply is applied again. The parser, between two messages, is left as it was."""
+        parser = self.parser
+        try:
+            self.on_message_begin()
+            self.on_url(known.url)
+            headers = known.headers
+            for at in range(0, len(headers), 2):
+                self.on_header(headers[at], headers[at + 1])
+            self.on_headers_complete()
+            self.on_message_complete()
+        except BadRequest as bad:
+            self._reject(bad.status)
+            return False
+        except Exception:
+            log.exception("error while handling a request from %s", self.remote[0])
+            self._reject(500)
+            return False
+        return not self.closed and self.parser is parser
 
     def _after_read(self, data: bytes) -> None:
         """What follows the parsing of a whole read."""
@@ -887,6 +962,9 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         req = self.current
         assert req is not None
+        self.heard = req
+        self.heard_url = req.raw_target  # the target as the parser gave it
+        self.heard_headers = req.headers  # replaced, never changed, when names are dropped
         self.in_headers = False
         self.raw_header_bytes = 0
         req.head_size = self.header_size
@@ -1835,3 +1913,15 @@ class ClientConnection(asyncio.Protocol):
             transport.write(pending)
         self.read_pause_reasons.clear()
         self.transport.resume_reading()
+
+
+class KnownRequest:
+    """A read that held one whole request without a body, and the parser's calls for it: its
+    target and its headers (name, value, name, value...) as they came."""
+
+    __slots__ = ("data", "headers", "url")
+
+    def __init__(self, data: bytes, url: bytes, headers: list[bytes]) -> None:
+        self.data = data
+        self.url = url
+        self.headers = headers
