@@ -27,17 +27,32 @@ def by_path(responses: dict[str, bytes]) -> Script:
     return lambda req: (responses[req.path.split("?")[0]], True)
 
 
+Answer = tuple[int, dict[str, str], bytes]
+
+
+def through_one_connection(
+    reply: Script, paths: list[str], methods: list[str] | None = None
+) -> tuple[list[Answer], ScriptedBackend]:
+    """`paths` asked in turn on one client connection through upsync, in front of a scripted
+    backend reached over pooled connections: the answers, and the backend with its record."""
+    port = free_port()
+    with ScriptedBackend(reply) as backend:
+        with running_upsync(keepalive_proxy_config(backend.port, port), port):
+            client = KeepAliveClient(port)
+            answers = [
+                client.get(path, method=methods[n] if methods else "GET")
+                for n, path in enumerate(paths)
+            ]
+            client.close()
+    return answers, backend
+
+
 def test_a_head_repeated_with_one_value_changed_in_place_passes_each_value() -> None:
     # same lengths throughout: only the bytes tell the heads apart
     one = ok_response(b"aa", b"X-Up: 1\r\nContent-Type: text/a\r\n")
     two = ok_response(b"bb", b"X-Up: 2\r\nContent-Type: text/a\r\n")
     paths = ["/1", "/1", "/2", "/2", "/1", "/2"]
-    port = free_port()
-    with ScriptedBackend(by_path({"/1": one, "/2": two})) as backend:
-        with running_upsync(keepalive_proxy_config(backend.port, port), port):
-            client = KeepAliveClient(port)
-            answers = [client.get(path) for path in paths]
-            client.close()
+    answers, backend = through_one_connection(by_path({"/1": one, "/2": two}), paths)
     assert backend.connections == 1
     for path, (status, headers, body) in zip(paths, answers, strict=True):
         assert status == 200
@@ -53,12 +68,7 @@ def test_a_repeated_head_keeps_its_framing_for_each_body() -> None:
     responses["/n"] = ok_response(b"plain", b"X-Up: c\r\n")
     paths = ["/c1", "/c1", "/c2", "/n", "/c2", "/n"]
     expected = {"/c1": b"abc", "/c2": b"xyz", "/n": b"plain"}
-    port = free_port()
-    with ScriptedBackend(by_path(responses)) as backend:
-        with running_upsync(keepalive_proxy_config(backend.port, port), port):
-            client = KeepAliveClient(port)
-            answers = [client.get(path) for path in paths]
-            client.close()
+    answers, backend = through_one_connection(by_path(responses), paths)
     assert backend.connections == 1
     assert [body for _, _, body in answers] == [expected[path] for path in paths]
 
@@ -152,12 +162,7 @@ def test_a_head_request_between_repeated_heads_leaves_the_connection_in_step() -
         return (response[: -len(b"hello")] if req.method == "HEAD" else response), True
 
     methods = ["GET", "GET", "HEAD", "GET", "HEAD", "HEAD", "GET", "GET"]
-    port = free_port()
-    with ScriptedBackend(reply) as backend:
-        with running_upsync(keepalive_proxy_config(backend.port, port), port):
-            client = KeepAliveClient(port)
-            answers = [client.get("/h", method=method) for method in methods]
-            client.close()
+    answers, backend = through_one_connection(reply, ["/h"] * len(methods), methods)
     assert backend.connections == 1
     for method, (status, headers, body) in zip(methods, answers, strict=True):
         assert (status, headers["content-length"], headers["x-up"]) == (200, "5", "h")
@@ -172,12 +177,7 @@ def test_an_interim_response_before_a_repeated_head_is_not_relayed() -> None:
         return interim + final, True
 
     paths = ["/plain", "/interim", "/interim", "/plain", "/interim", "/interim"]
-    port = free_port()
-    with ScriptedBackend(reply) as backend:
-        with running_upsync(keepalive_proxy_config(backend.port, port), port):
-            client = KeepAliveClient(port)
-            answers = [client.get(path) for path in paths]
-            client.close()
+    answers, backend = through_one_connection(reply, paths)
     assert backend.connections == 1
     assert [(status, body) for status, _, body in answers] == [(200, b"done")] * len(paths)
 
@@ -192,12 +192,7 @@ def test_a_head_whose_lines_end_in_bare_lf_is_read_whole_each_time() -> None:
         "/3": lf_response(b"1", b"two"),
     }
     paths = ["/1", "/1", "/2", "/3", "/1", "/3"]
-    port = free_port()
-    with ScriptedBackend(by_path(responses)) as backend:
-        with running_upsync(keepalive_proxy_config(backend.port, port), port):
-            client = KeepAliveClient(port)
-            answers = [client.get(path) for path in paths]
-            client.close()
+    answers, backend = through_one_connection(by_path(responses), paths)
     assert backend.connections == 1
     for path, (status, headers, body) in zip(paths, answers, strict=True):
         assert status == 200
@@ -210,12 +205,7 @@ def test_bytes_after_a_repeated_response_retire_its_connection() -> None:
         tail = b"HTTP/1.1 200 OK\r\n" if req.path == "/extra" else b""
         return ok_response(b"ok", b"X-Up: t\r\n") + tail, True
 
-    port = free_port()
-    with ScriptedBackend(reply) as backend:
-        with running_upsync(keepalive_proxy_config(backend.port, port), port):
-            client = KeepAliveClient(port)
-            answers = [client.get(path) for path in ["/a", "/a", "/extra", "/a", "/a"]]
-            client.close()
+    answers, backend = through_one_connection(reply, ["/a", "/a", "/extra", "/a", "/a"])
     assert [(status, body) for status, _, body in answers] == [(200, b"ok")] * 5
     # the connection that sent more than its response is never asked again
     assert backend.connections == 2
@@ -288,12 +278,7 @@ def test_heads_that_never_repeat_are_each_relayed_as_they_came() -> None:
         value = b"%06d" % (n - n % 3 if n % 3 == 2 else n)
         return ok_response(b"body-" + value, b"X-Id: " + value + b"\r\n"), True
 
-    port = free_port()
-    with ScriptedBackend(reply) as backend:
-        with running_upsync(keepalive_proxy_config(backend.port, port), port):
-            client = KeepAliveClient(port)
-            answers = [client.get("/id") for _ in range(300)]
-            client.close()
+    answers, backend = through_one_connection(reply, ["/id"] * 300)
     assert backend.connections == 1
     for status, headers, body in answers:
         assert status == 200
@@ -307,12 +292,7 @@ def test_a_learnt_head_takes_no_trailer_of_the_response_it_came_with() -> None:
     lines of a later response that repeats the head."""
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: t\r\n\r\n"
     with_trailer = head + b"2\r\nok\r\n0\r\nX-Trail: 1\r\n\r\n"
-    port = free_port()
-    with ScriptedBackend(lambda req: (with_trailer, True)) as backend:
-        with running_upsync(keepalive_proxy_config(backend.port, port), port):
-            client = KeepAliveClient(port)
-            answers = [client.get("/t") for _ in range(4)]
-            client.close()
+    answers, backend = through_one_connection(lambda req: (with_trailer, True), ["/t"] * 4)
     assert backend.connections == 1
     for status, headers, body in answers:
         assert (status, body, headers["x-up"]) == (200, b"ok", "t")
