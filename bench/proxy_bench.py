@@ -8,6 +8,9 @@ wrk drives each proxy in alternating rounds; the backend is Debian's nginx answe
 so each proxy gets one core. Prints requests/s, p50 and p99 latency and the ratios to nginx.
 
     make bench                      # or: .venv/bin/python bench/proxy_bench.py --rounds 3
+
+--unique-heads has the backend put a new id in every response head (upsync then gains nothing
+from the response heads it learns; see docs/ARCHITECTURE.md).
 """
 
 import argparse
@@ -75,15 +78,17 @@ http {{
 """
 
 
-def backend_config(*ports: int) -> str:
+def backend_config(*ports: int, unique_heads: bool = False) -> str:
+    """`unique_heads`: a new X-Id in every response head, so none repeats the one before."""
     listens = " ".join(f"listen 127.0.0.1:{port};" for port in ports)
+    unique = "add_header X-Id $request_id; " if unique_heads else ""
     return f"""
 worker_processes 1;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
     keepalive_requests 100000;
-    server {{ {listens} location / {{ return 200 "hello from the backend\\n"; }} }}
+    server {{ {listens} location / {{ {unique}return 200 "hello from the backend\\n"; }} }}
 }}
 """
 
@@ -237,6 +242,11 @@ def main() -> int:
     parser.add_argument(
         "--only", nargs="*", default=None, help="servers to measure beside nginx (default: all)"
     )
+    parser.add_argument(
+        "--unique-heads",
+        action="store_true",
+        help="the backend puts a new id in every response head: no head repeats the one before",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: make bench installs it (apt-get install wrk)")
@@ -248,7 +258,9 @@ def main() -> int:
         ports = {name: free_port() for name in ("nginx", "upsync", "relay", "haproxy", "caddy")}
         wanted = set(args.only) if args.only is not None else set(ports)
         processes = [
-            start_nginx(workdir, "backend", backend_config(backend_port), load_cpu),
+            start_nginx(
+                workdir, "backend", backend_config(backend_port, unique_heads=args.unique_heads), load_cpu
+            ),
             start_nginx(workdir, "proxy", proxy_config(ports["nginx"], backend_port), proxy_cpu),
         ]
         starters = {
