@@ -67,6 +67,8 @@ if TYPE_CHECKING:
     from upsync.proxy.upstream_conn import UpstreamConnection
 
 log = logging.getLogger("upsync.client")
+# the headers of no request (read only)
+_NO_HEADERS: Final[list[bytes]] = []
 
 UPGRADE_BUFFER_LIMIT: Final = 1024 * 1024
 
@@ -199,6 +201,7 @@ class ClientConnection(asyncio.Protocol):
         "in_headers",
         "keepalive_time",
         "keepalive_timeout",
+        "kept_alive",
         "known_request",
         "last_chunk_open",
         "last_host",
@@ -256,12 +259,14 @@ class ClientConnection(asyncio.Protocol):
         self.lenient = False
         self.relax_pending = False  # lenient from the next read on
         self.read_data: bytes | None = None  # the read being parsed strictly
-        # the last request whose head was complete, with the parser's calls that made it (its
-        # target and headers as they came); a read that is the same bytes as a known one is
-        # not parsed again (see _replay_known_request)
+        # the request whose head the current read completed, with the parser's calls that made
+        # it (its target and headers as they came), until the read is parsed; whether the last
+        # one asked to keep the connection alive; and a read that held one whole request, whose
+        # bytes, read again, are not parsed again (see _replay_known_request)
         self.heard: Request | None = None
         self.heard_url = b""
-        self.heard_headers: list[bytes] = []
+        self.heard_headers: list[bytes] = _NO_HEADERS
+        self.kept_alive = False
         self.known_request: KnownRequest | None = None
         self.parser: httptools.HttpRequestParser | None = None
         # the parser's feed_data and the transport's write, bound once the connection keeps
@@ -606,19 +611,23 @@ class ClientConnection(asyncio.Protocol):
             # the strict parser refuses every bare CR in a head and in chunk framing itself
             self.read_data = data
             known = self.known_request
-            heard = self.heard
             if (
                 at_boundary
                 and known is not None
                 and data == known.data
-                and heard is not None
-                and heard.keep_alive  # else the parser would refuse a request after it
+                and self.kept_alive  # else the parser would refuse a request after the last
             ):
                 fed = self._replay_known_request(known)
             else:
                 fed = self._feed(data, 0, len(data))
                 if fed and at_boundary:
                     self._learn_request(data)
+            heard = self.heard
+            if heard is not None:
+                # an idle keep-alive connection holds no request of its own
+                self.kept_alive = heard.keep_alive
+                self.heard = None
+                self.heard_headers = _NO_HEADERS
             self.read_data = None
             if self.relax_pending:
                 self.relax_pending = False
