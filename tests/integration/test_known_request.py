@@ -29,6 +29,15 @@ def read_answers(sock: socket.socket, count: int) -> list[bytes]:
     return answers
 
 
+def one_by_one(sock: socket.socket, sends: list[bytes]) -> list[bytes]:
+    """Each of `sends` written once the answer to the one before is read: the answers."""
+    answers: list[bytes] = []
+    for send in sends:
+        sock.sendall(send)
+        answers += read_answers(sock, 1)
+    return answers
+
+
 def body_of(answer: bytes) -> bytes:
     return answer.partition(b"\r\n\r\n")[2]
 
@@ -61,10 +70,7 @@ def test_each_repeated_request_is_answered_as_its_own() -> None:
     request = b"GET /id?q=1 HTTP/1.1\r\nHost: x\r\nX-A: a\r\n\r\n"
     with running_upsync(config(port), port), socket.create_connection(("127.0.0.1", port)) as c:
         c.settimeout(5)
-        bodies = []
-        for _ in range(6):
-            c.sendall(request)
-            bodies.append(body_of(read_answers(c, 1)[0]).decode())
+        bodies = [body_of(answer).decode() for answer in one_by_one(c, [request] * 6)]
     ids = [body.split()[0] for body in bodies]
     assert len(set(ids)) == 6  # a request id of its own each time
     assert [body.split(" ", 1)[1] for body in bodies] == [f"{n} /id q=1 a." for n in range(1, 7)]
@@ -84,10 +90,7 @@ def test_a_change_of_any_byte_is_seen() -> None:
     ]
     with running_upsync(config(port), port), socket.create_connection(("127.0.0.1", port)) as c:
         c.settimeout(5)
-        answers = []
-        for send in sends:
-            c.sendall(send)
-            answers.append(read_answers(c, 1)[0])
+        answers = one_by_one(c, sends)
     bodies = [body_of(answer) for answer in answers]
     assert [b.endswith(b" a.") for b in bodies[:4]] == [True, True, False, False]
     assert [b.endswith(b" b.") for b in bodies[:4]] == [False, False, True, True]
@@ -102,10 +105,7 @@ def test_keepalive_requests_ends_a_connection_of_repeated_requests() -> None:
     with running_upsync(config(port, "keepalive_requests 3;"), port):
         with socket.create_connection(("127.0.0.1", port)) as c:
             c.settimeout(5)
-            heads = []
-            for _ in range(3):
-                c.sendall(request)
-                heads.append(read_answers(c, 1)[0].partition(b"\r\n\r\n")[0])
+            heads = [a.partition(b"\r\n\r\n")[0] for a in one_by_one(c, [request] * 3)]
             assert c.recv(65536) == b""  # closed after the third
     assert [b"Connection: close" in head for head in heads] == [False, False, True]
 
@@ -120,10 +120,7 @@ def test_invalid_header_names_are_dropped_from_every_repeat() -> None:
         conf = config(port, backend_port=backend.port)
         with running_upsync(conf, port), socket.create_connection(("127.0.0.1", port)) as c:
             c.settimeout(5)
-            bodies = []
-            for _ in range(4):
-                c.sendall(request)
-                bodies.append(body_of(read_answers(c, 1)[0]))
+            bodies = [body_of(answer) for answer in one_by_one(c, [request] * 4)]
     assert backend.connections == 1
     for n, body in enumerate(bodies, 1):
         lines = body.split(b"\r\n")
@@ -158,10 +155,7 @@ def test_a_client_that_turned_lenient_is_parsed_each_time() -> None:
     request = b"GET /id HTTP/1.1\nHost: x\nX-A: a\n\n"
     with running_upsync(config(port), port), socket.create_connection(("127.0.0.1", port)) as c:
         c.settimeout(5)
-        bodies = []
-        for _ in range(3):
-            c.sendall(request)
-            bodies.append(body_of(read_answers(c, 1)[0]))
+        bodies = [body_of(answer) for answer in one_by_one(c, [request] * 3)]
         c.sendall(b"GET /id HTTP/1.1\r\nHost: x\rX-A: a\r\n\r\n")  # a bare CR: refused
         refused = c.recv(65536)
     assert [body.split(b" ", 1)[1] for body in bodies] == [b"%d /id  a." % n for n in (1, 2, 3)]
@@ -174,12 +168,7 @@ def test_http10_keep_alive_repeats_and_a_last_request() -> None:
     last = b"GET /id HTTP/1.0\r\nHost: x\r\n\r\n"
     with running_upsync(config(port), port), socket.create_connection(("127.0.0.1", port)) as c:
         c.settimeout(5)
-        answers = []
-        for _ in range(3):
-            c.sendall(keep)
-            answers += read_answers(c, 1)
-        c.sendall(last)
-        answers += read_answers(c, 1)
+        answers = one_by_one(c, [keep] * 3 + [last])
         assert c.recv(65536) == b""
     assert [b"Connection: keep-alive" in a for a in answers] == [True, True, True, False]
     assert [body_of(a).split(b" ")[1] for a in answers] == [b"1", b"2", b"3", b"4"]
@@ -195,10 +184,7 @@ def test_repeated_requests_with_a_body_carry_it_each_time() -> None:
         conf = config(port, backend_port=backend.port)
         with running_upsync(conf, port), socket.create_connection(("127.0.0.1", port)) as c:
             c.settimeout(5)
-            bodies = []
-            for post in posts:
-                for _ in range(3):
-                    c.sendall(post)
-                    bodies.append(body_of(read_answers(c, 1)[0]))
+            sends = [post for post in posts for _ in range(3)]
+            bodies = [body_of(answer) for answer in one_by_one(c, sends)]
     assert bodies == [b"ok"] * 6
     assert [r.body for r in backend.requests] == [b"hello"] * 6  # each request's own body

@@ -681,7 +681,6 @@ class ClientConnection(asyncio.Protocol):
             or req.content_length
             or req.upgrade
             or self.version_hint is None  # the request line was not read from this read
-            or len(self.heard_url) == 0
             or self.relax_pending
             or self.lenient
         ):
@@ -708,12 +707,8 @@ class ClientConnection(asyncio.Protocol):
                 self.on_header(headers[at], headers[at + 1])
             self.on_headers_complete()
             self.on_message_complete()
-        except BadRequest as bad:
-            self._reject(bad.status)
-            return False
-        except Exception:
-            log.exception("error while handling a request from %s", self.remote[0])
-            self._reject(500)
+        except Exception as cause:
+            self._refuse(cause)
             return False
         return not self.closed and self.parser is parser
 
@@ -782,6 +777,13 @@ class ClientConnection(asyncio.Protocol):
             return self._feed_relaxed(data)
         if isinstance(cause, Http09Request):
             return self._serve_http09(data)
+        self._refuse(cause)
+        return False
+
+    def _refuse(self, cause: BaseException | None) -> None:
+        """The answer to a request the parser or a callback refused (`cause`: the callback's
+        exception, if one raised): its status for a BadRequest, 500 for a failure of upsync's
+        own, else 400."""
         if isinstance(cause, BadRequest):
             self._reject(cause.status)
         elif cause is not None and not isinstance(cause, httptools.HttpParserError):
@@ -789,7 +791,6 @@ class ClientConnection(asyncio.Protocol):
             self._reject(500)
         else:
             self._reject(400)
-        return False
 
     def _feed_relaxed(self, data: bytes) -> bool:
         """The read's first request line ends with a bare LF: the read is parsed again, from

@@ -65,6 +65,15 @@ def response_header_classes(
     return HeaderClasses(classes, _PASS)
 
 
+def response_parser(protocol: object) -> httptools.HttpResponseParser:
+    """A parser for an upstream's responses, calling back `protocol`. nginx takes a response
+    whose lines end in a bare LF (old servers send them); the head is re-serialised towards the
+    client with CRLF."""
+    parser = httptools.HttpResponseParser(protocol)
+    parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+    return parser
+
+
 class UnknownTransferEncoding(Exception):
     """An upstream Transfer-Encoding other than one "chunked" (nginx 1.23 on: 502)."""
 
@@ -175,10 +184,7 @@ class UpstreamConnection(PooledConnection):
         if classes is not self.memory.classes:
             self.memory = HeaderMemory(classes)  # another location's: names learnt again
         if self.parser is None:
-            self.parser = parser = httptools.HttpResponseParser(self)
-            # nginx takes a response whose lines end in a bare LF (old servers send them); the
-            # head is re-serialised towards the client with CRLF
-            parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+            self.parser = parser = response_parser(self)
             self.feed = parser.feed_data
             self.status_code = parser.get_status_code
             self.keeps_alive = parser.should_keep_alive
@@ -312,14 +318,12 @@ class UpstreamConnection(PooledConnection):
         """The parser for a response that starts with `data`: the known head's when `data`
         starts with that head, else the connection's own (which may learn the head)."""
         known = self.known
-        if known is not None:
-            if known.matches(data, self.memory.classes, self.max_head):
-                known.pace.matched = True
-                self.repeating = True
-                return known.parser_feed()
-            if not known.pace.worth_learning():
-                return self.feed
-        self.learning = data
+        if known is not None and known.matches(data):
+            known.pace.matched = True
+            self.repeating = True
+            return known.parser_feed()
+        if known is None or known.pace.worth_learning():
+            self.learning = data
         return self.feed
 
     # httptools callbacks
@@ -453,7 +457,7 @@ class UpstreamConnection(PooledConnection):
         known = self.known
         if known is None:
             known = self.known = KnownHead(self)
-        known.learn(data[: end + 4], self.memory.classes, self)
+        known.learn(data[: end + 4])
 
     def on_body(self, body: bytes) -> None:
         if self.done:
@@ -541,9 +545,11 @@ class KnownHead:
         self.keeps_alive: Callable[[], bool] | None = None
         self.pace = LearningPace()
 
-    def learn(self, head: bytes, classes: HeaderClasses, conn: UpstreamConnection) -> None:
+    def learn(self, head: bytes) -> None:
+        """Keep `head` with what the connection's headers made of it, just now."""
+        conn = self.conn
         self.head = head
-        self.classes = classes
+        self.classes = conn.memory.classes
         # a copy: a chunked body's trailer fields are added to the connection's lines after
         # its head (and never to these, which the second parser's responses share)
         self.lines = list(conn.lines)
@@ -551,12 +557,15 @@ class KnownHead:
         self.chunked = conn.chunked
         self.head_size = conn.head_size
 
-    def matches(self, data: bytes, classes: HeaderClasses, max_head: int) -> bool:
+    def matches(self, data: bytes) -> bool:
+        """Whether a response that starts with `data` repeats this head, for the location its
+        connection now serves."""
+        conn = self.conn
         head = self.head
         size = len(head)
         return (
-            classes is self.classes
-            and self.head_size <= max_head
+            conn.memory.classes is self.classes
+            and self.head_size <= conn.max_head
             and len(data) >= size
             and data[:size] == head
         )
@@ -564,8 +573,7 @@ class KnownHead:
     def parser_feed(self) -> Callable[[bytes], None]:
         feed = self.feed
         if feed is None:
-            self.parser = parser = httptools.HttpResponseParser(self)
-            parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)  # as the first
+            self.parser = parser = response_parser(self)
             self.feed = feed = parser.feed_data
             self.status_code = parser.get_status_code
             self.keeps_alive = parser.should_keep_alive
